@@ -1,0 +1,341 @@
+//! Typed configuration: a YAML file, overridden by environment variables, validated up front.
+//! Unknown keys are errors (a typo must not silently fall back to a default), and error messages
+//! never echo a value, since a misplaced secret would otherwise end up in a log.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::map::MapOptions;
+use crate::redact::RuleSpec;
+use crate::sinks::batch::DEFAULT_MAX_BODY_BYTES;
+use crate::sources::file::FileOptions;
+
+/// Prefix of environment overrides: `M365_SENTINEL__BATCH__MAX_BODY_BYTES=500000` sets
+/// `batch.max_body_bytes`. Double underscores separate levels; names are lowercased.
+pub const ENV_PREFIX: &str = "M365_SENTINEL__";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of table schemas, enums.yaml and redaction.yaml; the embedded copy when unset.
+    #[serde(default)]
+    pub schemas_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub input: InputConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub redaction: RedactionConfig,
+    #[serde(default)]
+    pub dry_run: DryRunConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Files or directories read when no --input is given; `-` is stdin.
+    pub paths: Vec<PathBuf>,
+    pub max_record_bytes: usize,
+    pub max_document_bytes: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        let file = FileOptions::default();
+        Self {
+            paths: Vec::new(),
+            max_record_bytes: file.max_record_bytes,
+            max_document_bytes: file.max_document_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Request body limit, uncompressed and compressed.
+    pub max_body_bytes: usize,
+    /// Longest field value; longer values are truncated with a marker.
+    pub max_field_bytes: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_field_bytes: MapOptions::default().max_field_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Rules added to those of redaction.yaml.
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DryRunConfig {
+    pub out_dir: PathBuf,
+}
+
+impl Default for DryRunConfig {
+    fn default() -> Self {
+        Self {
+            out_dir: PathBuf::from("dry-run-out"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter: error, warn, info, debug, trace, or per-module directives.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Replaces quoted values in deserializer messages ("invalid type: string \"...\"").
+fn hide_values(message: &str) -> String {
+    let re = regex::Regex::new(r#"(string|value) "(?:[^"\\]|\\.)*""#);
+    match re {
+        Ok(re) => re.replace_all(message, "$1 (value not shown)").into_owned(),
+        Err(_) => message.to_string(),
+    }
+}
+
+fn set_path(
+    root: &mut yaml_serde::Value,
+    path: &[String],
+    value: yaml_serde::Value,
+) -> Result<(), String> {
+    let mut node = root;
+    for (i, key) in path.iter().enumerate() {
+        if node.is_null() {
+            *node = yaml_serde::Value::Mapping(Default::default());
+        }
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| format!("{} is not a section", path[..i].join(".")))?;
+        let k = yaml_serde::Value::String(key.clone());
+        if i + 1 == path.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert(yaml_serde::Value::Null);
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads `path` (or the defaults) and applies `M365_SENTINEL__*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (origin, text) = match path {
+            Some(p) => (
+                format!("config file {}", p.display()),
+                std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    error,
+                })?,
+            ),
+            None => ("default config".to_string(), String::new()),
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: hide_values(&message),
+        };
+        let mut value: yaml_serde::Value = if text.trim().is_empty() {
+            yaml_serde::Value::Mapping(Default::default())
+        } else {
+            yaml_serde::from_str(&text).map_err(|e| invalid(e.to_string()))?
+        };
+        let mut overrides = Vec::new();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if keys.iter().any(String::is_empty) {
+                return Err(invalid(format!(
+                    "environment variable {name}: empty key segment"
+                )));
+            }
+            let parsed: yaml_serde::Value =
+                yaml_serde::from_str(&raw).unwrap_or(yaml_serde::Value::String(raw.clone()));
+            set_path(&mut value, &keys, parsed)
+                .map_err(|m| invalid(format!("environment variable {name}: {m}")))?;
+            overrides.push(name);
+        }
+        // serde_path_to_error names the offending key (batch.max_body_bytes), which yaml_serde
+        // cannot do for a value tree built from file and environment together.
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let mut message = if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            };
+            if !overrides.is_empty() {
+                message.push_str(&format!(
+                    " (environment overrides applied: {})",
+                    overrides.join(", ")
+                ));
+            }
+            invalid(message)
+        })?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let b = &self.batch;
+        if !(1024..=DEFAULT_MAX_BODY_BYTES).contains(&b.max_body_bytes) {
+            return Err(format!(
+                "batch.max_body_bytes is {}; it must be between 1024 and {DEFAULT_MAX_BODY_BYTES} (the Logs Ingestion API takes at most 1 MB per call)",
+                b.max_body_bytes
+            ));
+        }
+        if !(1024..=65_536).contains(&b.max_field_bytes) {
+            return Err(format!(
+                "batch.max_field_bytes is {}; it must be between 1024 and 65536 (the service cuts fields at 64 KB)",
+                b.max_field_bytes
+            ));
+        }
+        if self.input.max_record_bytes < 1024 || self.input.max_document_bytes < 1024 {
+            return Err(
+                "input.max_record_bytes and input.max_document_bytes must be at least 1024".into(),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(format!(
+                "log.level {:?} is not a valid filter; use error, warn, info, debug or trace",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn file_options(&self) -> FileOptions {
+        FileOptions {
+            max_record_bytes: self.input.max_record_bytes,
+            max_document_bytes: self.input.max_document_bytes,
+        }
+    }
+
+    pub fn map_options(&self) -> MapOptions {
+        MapOptions {
+            max_field_bytes: self.batch.max_field_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_and_env_overrides() {
+        let c = load("batch:\n  max_body_bytes: 500000\n", &[]).unwrap();
+        assert_eq!(c.batch.max_body_bytes, 500_000);
+        assert_eq!(c.batch.max_field_bytes, 64_000);
+        let c = load(
+            "batch:\n  max_body_bytes: 500000\n",
+            &[
+                ("M365_SENTINEL__BATCH__MAX_BODY_BYTES", "400000"),
+                ("M365_SENTINEL__LOG__FORMAT", "json"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.batch.max_body_bytes, 400_000);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_from_file_and_env() {
+        let e = load("batch:\n  max_body_byte: 5\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_body_byte") && e.contains("c.yaml"), "{e}");
+        let e = load("", &[("M365_SENTINEL__BATCH__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nope") && e.contains("M365_SENTINEL__BATCH__NOPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let e = load("batch:\n  max_body_bytes: 2000000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("batch.max_body_bytes") && e.contains("1000000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn values_are_never_echoed_in_errors() {
+        let e = load("batch:\n  max_body_bytes: \"hunter2-secret\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("max_body_bytes"), "{e}");
+        let e = load(
+            "",
+            &[("M365_SENTINEL__BATCH__MAX_FIELD_BYTES", "s3cr3t-value")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+}

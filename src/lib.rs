@@ -1,0 +1,17 @@
+//! m365-sentinel: collects the Microsoft 365 unified audit log and Defender for Office 365 email
+//! events, maps them into Sentinel table shapes and delivers them to a Log Analytics workspace.
+//!
+//! Data flows one way: `sources` → `decode` → `route` → `map` → `sinks::batch` → sink.
+//! See ARCHITECTURE.md for the map of modules.
+
+pub mod config;
+pub mod decode;
+pub mod map;
+pub mod pipeline;
+pub mod record;
+pub mod redact;
+pub mod route;
+pub mod schema;
+pub mod sinks;
+pub mod sources;
+pub mod stats;

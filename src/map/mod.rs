@@ -1,0 +1,313 @@
+//! Mapping: a routed record to one row of its table, encoded as the JSON object the sink sends.
+//! Driven entirely by the table schema; fields without a column, and values that fail conversion,
+//! go to the schema's unmapped (dynamic) column so nothing the source sent is lost.
+
+pub mod convert;
+pub mod datetime;
+pub mod json;
+
+use std::sync::Arc;
+
+use crate::record::RejectReason;
+use crate::redact::Redactor;
+use crate::route::Routed;
+use crate::schema::{ColumnType, SchemaSet, TableSchema};
+use convert::{Ctx, write_value};
+use json::{decode_string, push_compact, push_json_string};
+
+/// Something the mapper did to a value that the user should be able to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoteKind {
+    /// The value did not fit the column type and was kept in the unmapped column as text.
+    Unconverted {
+        field: String,
+        expected: ColumnType,
+        found: &'static str,
+    },
+    /// The value was longer than the field limit and was cut, with a marker.
+    Truncated { original_bytes: usize },
+    /// A redaction rule masked part of the value.
+    Redacted { rule: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub column: String,
+    pub kind: NoteKind,
+}
+
+impl NoteKind {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unconverted { .. } => "unconverted",
+            Self::Truncated { .. } => "truncated",
+            Self::Redacted { .. } => "redacted",
+        }
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            NoteKind::Unconverted {
+                field,
+                expected,
+                found,
+            } => write!(
+                f,
+                "column {} ({expected}): source field {field} held {found} that does not convert; kept as text in the unmapped column",
+                self.column
+            ),
+            NoteKind::Truncated { original_bytes } => write!(
+                f,
+                "column {}: value of {original_bytes} bytes truncated to the field limit",
+                self.column
+            ),
+            NoteKind::Redacted { rule } => {
+                write!(f, "column {}: masked by redaction rule {rule}", self.column)
+            }
+        }
+    }
+}
+
+/// One mapped row: its table and the JSON object text the sink sends.
+#[derive(Debug, Clone)]
+pub struct MappedRow {
+    pub table: usize,
+    pub json: String,
+    pub notes: Vec<Note>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MapOptions {
+    /// Longest value a field may hold; longer ones are truncated with a marker (Logs Ingestion
+    /// API: 64 KB per field value, cut silently by the service otherwise).
+    pub max_field_bytes: usize,
+}
+
+impl Default for MapOptions {
+    fn default() -> Self {
+        Self {
+            max_field_bytes: 64_000,
+        }
+    }
+}
+
+pub struct Mapper {
+    schemas: Arc<SchemaSet>,
+    redactor: Redactor,
+    options: MapOptions,
+}
+
+/// Keys already written into the unmapped object, so a collision gets a suffix, not a duplicate.
+struct BagKeys(Vec<String>);
+
+impl BagKeys {
+    fn unique(&mut self, key: &str) -> String {
+        let mut candidate = key.to_string();
+        let mut n = 2;
+        while self.0.iter().any(|k| *k == candidate) {
+            candidate = format!("{key}_{n}");
+            n += 1;
+        }
+        self.0.push(candidate.clone());
+        candidate
+    }
+}
+
+fn push_bag_entry(bag: &mut String, keys: &mut BagKeys, key: &str, raw: &str) {
+    bag.push(if bag.len() > 1 { ',' } else { '{' });
+    push_json_string(bag, &keys.unique(key));
+    bag.push(':');
+    push_compact(bag, raw);
+}
+
+impl Mapper {
+    pub fn new(schemas: Arc<SchemaSet>, redactor: Redactor, options: MapOptions) -> Self {
+        Self {
+            schemas,
+            redactor,
+            options,
+        }
+    }
+
+    pub fn schemas(&self) -> &Arc<SchemaSet> {
+        &self.schemas
+    }
+
+    pub fn map(&self, routed: &Routed<'_>) -> Result<MappedRow, RejectReason> {
+        let schema: &TableSchema = &self.schemas.tables[routed.table];
+        let root = &routed.root.0;
+
+        // Which field feeds each column: the most preferred source present wins.
+        let mut slots: Vec<Option<(u8, usize)>> = vec![None; schema.columns.len()];
+        let mut used = vec![false; root.len()];
+        for (fi, (name, _)) in root.iter().enumerate() {
+            if !schema.drop.is_empty() && schema.is_dropped(name) {
+                used[fi] = true;
+                continue;
+            }
+            for &(col, rank) in schema.columns_for(name) {
+                if slots[col].is_none_or(|(r, _)| rank < r) {
+                    slots[col] = Some((rank, fi));
+                }
+            }
+        }
+        for (_, fi) in slots.iter().flatten() {
+            used[*fi] = true;
+        }
+
+        let mut notes = Vec::new();
+        let mut hits = Vec::new();
+        let mut ctx = Ctx {
+            redactor: &self.redactor,
+            max_field_bytes: self.options.max_field_bytes,
+            notes: &mut notes,
+            hits: &mut hits,
+        };
+        let mut out =
+            String::with_capacity(root.iter().map(|(_, v)| v.get().len() + 24).sum::<usize>() + 64);
+        out.push('{');
+        let mut failed: Vec<(usize, usize)> = Vec::new();
+        for (col, column) in schema.columns.iter().enumerate() {
+            if col == schema.unmapped {
+                continue;
+            }
+            let raw = slots[col]
+                .map(|(_, fi)| root[fi].1.get())
+                .filter(|r| *r != "null");
+            let Some(raw) = raw else {
+                if column.required {
+                    return Err(RejectReason::RequiredColumn {
+                        column: column.name.clone(),
+                        detail: format!(
+                            "source field {} is missing or null",
+                            column.from.join(" or ")
+                        ),
+                    });
+                }
+                continue;
+            };
+            let mark = out.len();
+            out.push('"');
+            out.push_str(&column.name);
+            out.push_str("\":");
+            match write_value(&mut out, column, raw, &mut ctx) {
+                Ok(()) => out.push(','),
+                Err(e) => {
+                    out.truncate(mark);
+                    let fi = slots[col].map_or(0, |(_, fi)| fi);
+                    if column.required {
+                        return Err(RejectReason::RequiredColumn {
+                            column: column.name.clone(),
+                            detail: format!(
+                                "source field {} holds {} that is not a valid {}",
+                                root[fi].0, e.found, column.ty
+                            ),
+                        });
+                    }
+                    ctx.notes.push(Note {
+                        column: column.name.clone(),
+                        kind: NoteKind::Unconverted {
+                            field: root[fi].0.to_string(),
+                            expected: column.ty,
+                            found: e.found,
+                        },
+                    });
+                    failed.push((fi, col));
+                }
+            }
+        }
+
+        self.write_unmapped(&mut out, schema, routed, &slots, &used, &failed, &mut ctx);
+        if out.ends_with(',') {
+            out.pop();
+        }
+        out.push('}');
+        Ok(MappedRow {
+            table: routed.table,
+            json: out,
+            notes,
+        })
+    }
+
+    /// Builds the unmapped column: the column's own source value when it is an object (EmailEvents
+    /// has a real AdditionalFields), the Defender envelope, unused fields, then failed values.
+    #[allow(clippy::too_many_arguments)]
+    fn write_unmapped(
+        &self,
+        out: &mut String,
+        schema: &TableSchema,
+        routed: &Routed<'_>,
+        slots: &[Option<(u8, usize)>],
+        used: &[bool],
+        failed: &[(usize, usize)],
+        ctx: &mut Ctx<'_>,
+    ) {
+        let root = &routed.root.0;
+        let column = schema.unmapped_column();
+        let mut bag = String::new();
+        let mut keys = BagKeys(Vec::new());
+        if let Some((_, fi)) = slots[schema.unmapped] {
+            let raw = root[fi].1.get();
+            let parsed_string = (raw.starts_with('"'))
+                .then(|| decode_string(raw))
+                .flatten()
+                .filter(|s| s.trim_start().starts_with('{'))
+                .filter(|s| crate::decode::Fields::parse(s).is_ok());
+            let object: Option<&str> = match &parsed_string {
+                Some(s) => Some(s.as_ref()),
+                None if raw.starts_with('{') => Some(raw),
+                None => None,
+            };
+            match object {
+                Some(obj) => {
+                    if let Ok(fields) = crate::decode::Fields::parse(obj) {
+                        for (k, v) in &fields.0 {
+                            push_bag_entry(&mut bag, &mut keys, k, v.get());
+                        }
+                    }
+                }
+                None if raw != "null" => push_bag_entry(&mut bag, &mut keys, &root[fi].0, raw),
+                None => {}
+            }
+        }
+        for (k, v) in &routed.envelope.0 {
+            if v.get() != "null" {
+                push_bag_entry(&mut bag, &mut keys, k, v.get());
+            }
+        }
+        for (fi, (k, v)) in root.iter().enumerate() {
+            if !used[fi] && v.get() != "null" {
+                push_bag_entry(&mut bag, &mut keys, k, v.get());
+            }
+        }
+        let mut done: Vec<usize> = Vec::new();
+        for &(fi, _col) in failed {
+            if done.contains(&fi) {
+                continue;
+            }
+            done.push(fi);
+            let raw = root[fi].1.get();
+            let mut text = String::new();
+            match decode_string(raw) {
+                Some(s) => push_json_string(&mut text, &s),
+                None => {
+                    let mut compact = String::new();
+                    push_compact(&mut compact, raw);
+                    push_json_string(&mut text, &compact);
+                }
+            }
+            push_bag_entry(&mut bag, &mut keys, &root[fi].0, &text);
+        }
+        if bag.is_empty() {
+            return;
+        }
+        bag.push('}');
+        out.push('"');
+        out.push_str(&column.name);
+        out.push_str("\":");
+        ctx.push_dynamic(out, &column.name, &bag);
+        out.push(',');
+    }
+}

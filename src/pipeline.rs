@@ -1,0 +1,265 @@
+//! Wiring: loading what a run needs, and the dry-run flow
+//! file source → decode → route → map → batch → dry-run sink.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::decode::{Decoded, decode_unit};
+use crate::map::{MappedRow, Mapper};
+use crate::record::{Position, RejectReason, Rejected};
+use crate::redact::Redactor;
+use crate::route::route;
+use crate::schema::{SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
+use crate::sinks::batch::{Body, BodyBuilder};
+use crate::sinks::dry_run::DryRunSink;
+use crate::sources::file::{Framed, SourceError, read_inputs};
+use crate::stats::{Stats, TableStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("schemas are invalid; fix these and start again:\n{0}")]
+    Schema(#[from] SchemaErrors),
+}
+
+/// Everything loaded and validated before any record is read.
+pub struct Setup {
+    pub config: Config,
+    pub schemas: Arc<SchemaSet>,
+    pub redactor: Redactor,
+    /// Where the schemas came from, for messages.
+    pub schema_origin: String,
+}
+
+impl Setup {
+    /// Loads config (file + environment), schemas (directory or embedded) and redaction rules.
+    /// `schemas_dir` overrides the config's `schemas_dir`.
+    pub fn load(
+        config_path: Option<&Path>,
+        schemas_dir: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SetupError> {
+        let config = Config::load(config_path, env)?;
+        let dir = schemas_dir.or(config.schemas_dir.as_deref());
+        let files = match dir {
+            Some(d) => SchemaFiles::from_dir(d)?,
+            None => SchemaFiles::embedded(),
+        };
+        let schemas = SchemaSet::from_files(&files)?;
+        let rules_origin = config_path.map_or_else(
+            || "config redaction.rules".to_string(),
+            |p| format!("{} (redaction.rules)", p.display()),
+        );
+        let redactor = Redactor::from_files(&files, &config.redaction.rules, &rules_origin)?;
+        let problems = redactor.unknown_columns(&schemas);
+        if !problems.is_empty() {
+            return Err(SchemaErrors(
+                problems
+                    .into_iter()
+                    .map(|message| SchemaError {
+                        file: rules_origin.clone(),
+                        line: None,
+                        message,
+                    })
+                    .collect(),
+            )
+            .into());
+        }
+        Ok(Self {
+            config,
+            schemas: Arc::new(schemas),
+            redactor,
+            schema_origin: files.origin,
+        })
+    }
+
+    pub fn mapper(&self) -> Mapper {
+        Mapper::new(
+            self.schemas.clone(),
+            self.redactor.clone(),
+            self.config.map_options(),
+        )
+    }
+}
+
+/// What processing a unit of input yields.
+pub enum Output<'a> {
+    Row {
+        pos: Position,
+        row: MappedRow,
+        /// The record's original text, kept for a rejection further down.
+        text: &'a str,
+    },
+    Rejected(Rejected),
+}
+
+/// Decode, route and map one unit of input.
+pub fn process_unit<'a>(
+    mapper: &Mapper,
+    text: &'a str,
+    pos: &Position,
+    emit: &mut dyn FnMut(Output<'a>),
+) {
+    decode_unit(text, pos, &mut |decoded| match decoded {
+        Decoded::Record(pos, fields, text) => {
+            let mapped = route(mapper.schemas(), fields).and_then(|routed| mapper.map(&routed));
+            match mapped {
+                Ok(row) => emit(Output::Row { pos, row, text }),
+                Err(reason) => emit(Output::Rejected(Rejected {
+                    pos,
+                    reason,
+                    raw: text.as_bytes().to_vec(),
+                })),
+            }
+        }
+        Decoded::Rejected(pos, reason, text) => emit(Output::Rejected(Rejected {
+            pos,
+            reason,
+            raw: text.as_bytes().to_vec(),
+        })),
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("dry-run output {path}: {error}")]
+    Output { path: PathBuf, error: io::Error },
+}
+
+struct DryRun<'s> {
+    setup: &'s Setup,
+    sink: DryRunSink,
+    builders: Vec<BodyBuilder>,
+    stats: Stats,
+    error: Option<io::Error>,
+}
+
+impl DryRun<'_> {
+    fn fail(&mut self, e: io::Error) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    fn reject(&mut self, r: Rejected) {
+        *self.stats.rejected.entry(r.reason.code()).or_default() += 1;
+        if let Err(e) = self.sink.write_rejected(&r) {
+            self.fail(e);
+        }
+    }
+
+    fn row(&mut self, pos: Position, row: MappedRow, text: &str) {
+        let table = &self.setup.schemas.tables[row.table];
+        if !row.notes.is_empty() {
+            for n in &row.notes {
+                *self
+                    .stats
+                    .notes
+                    .entry((table.table.clone(), n.column.clone(), n.kind.code()))
+                    .or_default() += 1;
+            }
+            if let Err(e) = self.sink.write_notes(&pos, &table.table, &row.notes) {
+                self.fail(e);
+            }
+        }
+        match self.builders[row.table].push(row.json.as_bytes()) {
+            Ok(Some(body)) => self.body(row.table, body),
+            Ok(None) => {}
+            Err(too_large) => self.reject(Rejected {
+                pos,
+                reason: RejectReason::RowTooLarge {
+                    bytes: too_large.bytes,
+                    limit: too_large.limit,
+                },
+                raw: text.as_bytes().to_vec(),
+            }),
+        }
+    }
+
+    /// Writes a body, split further if its gzip form would cross the limit (only incompressible
+    /// data can do that, but the limit holds for both forms).
+    fn body(&mut self, table: usize, body: Body) {
+        let gz = match body.gzip() {
+            Ok(gz) => gz,
+            Err(e) => return self.fail(e),
+        };
+        let limit = self.builders[table].limit();
+        if gz.len() > limit {
+            if let Some((a, b)) = body.split() {
+                self.body(table, a);
+                self.body(table, b);
+                return;
+            }
+        }
+        let stream = &self.setup.schemas.tables[table].stream;
+        if let Err(e) = self.sink.write_body(table, stream, &body) {
+            return self.fail(e);
+        }
+        self.stats.tables[table].add_body(body.rows(), body.bytes.len(), gz.len());
+    }
+}
+
+/// Maps `inputs` and writes what would be sent into `out_dir`. Returns the run's counts.
+pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stats, PipelineError> {
+    let schemas = &setup.schemas;
+    let streams: Vec<String> = schemas.tables.iter().map(|t| t.stream.clone()).collect();
+    let out_err = |error| PipelineError::Output {
+        path: out_dir.to_path_buf(),
+        error,
+    };
+    let sink = DryRunSink::create(out_dir, &streams).map_err(out_err)?;
+    let limit = setup.config.batch.max_body_bytes;
+    let mut run = DryRun {
+        setup,
+        sink,
+        builders: schemas
+            .tables
+            .iter()
+            .map(|_| BodyBuilder::new(limit))
+            .collect(),
+        stats: Stats {
+            tables: schemas
+                .tables
+                .iter()
+                .map(|t| TableStats {
+                    table: t.output_table.clone(),
+                    stream: t.stream.clone(),
+                    ..TableStats::default()
+                })
+                .collect(),
+            body_limit: limit as u64,
+            ..Stats::default()
+        },
+        error: None,
+    };
+    let mapper = setup.mapper();
+    let totals = read_inputs(
+        inputs,
+        &setup.config.file_options(),
+        &mut |framed| match framed {
+            Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| match out {
+                Output::Row { pos, row, text } => run.row(pos, row, text),
+                Output::Rejected(r) => run.reject(r),
+            }),
+            Framed::Rejected(r) => run.reject(r),
+        },
+    )?;
+    for table in 0..run.builders.len() {
+        if let Some(body) = run.builders[table].take() {
+            run.body(table, body);
+        }
+    }
+    run.stats.files = totals.files;
+    run.stats.bytes_read = totals.bytes;
+    if let Some(e) = run.error.take() {
+        return Err(out_err(e));
+    }
+    let summary = run.stats.render();
+    run.sink.finish(&summary).map_err(out_err)?;
+    Ok(run.stats)
+}

@@ -1,0 +1,409 @@
+//! Redaction: masks secrets that leak into audit payloads (passwords in cmdlet parameters, bearer
+//! tokens, SAS signatures, connection-string keys) before a row leaves the mapper, so nothing
+//! downstream (spool, dead letters, dry-run files, the workspace) ever holds them.
+
+use std::borrow::Cow;
+
+use regex::{Regex, RegexSet};
+use serde::Deserialize;
+
+use crate::schema::{REDACTION_FILE, SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
+
+/// One rule as written in `redaction.yaml` or in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub pattern: String,
+    pub replacement: String,
+    /// Columns the rule is limited to; absent means every string value.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    regex: Regex,
+    replacement: String,
+    columns: Option<Vec<String>>,
+}
+
+impl Rule {
+    fn applies_to(&self, column: &str) -> bool {
+        self.columns
+            .as_ref()
+            .is_none_or(|cols| cols.iter().any(|c| c == column))
+    }
+}
+
+/// The compiled rule set. Cloning is cheap enough to do once per worker.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    rules: Vec<Rule>,
+    /// All patterns at once: the common case (nothing to mask) costs one scan.
+    any: RegexSet,
+}
+
+/// Rules that changed a value, by index into the rule set.
+pub type RuleHits = Vec<usize>;
+
+impl Redactor {
+    /// Compiles rules; `origin` names where each came from for error messages.
+    pub fn new(specs: Vec<(String, RuleSpec)>) -> Result<Self, SchemaErrors> {
+        let mut errors = Vec::new();
+        let mut rules = Vec::with_capacity(specs.len());
+        for (origin, spec) in specs {
+            match Regex::new(&spec.pattern) {
+                Ok(regex) => rules.push(Rule {
+                    name: spec.name,
+                    regex,
+                    replacement: spec.replacement,
+                    columns: spec.columns,
+                }),
+                Err(e) => errors.push(SchemaError {
+                    file: origin,
+                    line: None,
+                    message: format!("redaction rule {:?}: invalid pattern: {e}", spec.name),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(SchemaErrors(errors));
+        }
+        let any = RegexSet::new(rules.iter().map(|r| r.regex.as_str())).map_err(|e| {
+            SchemaErrors(vec![SchemaError {
+                file: "redaction rules".into(),
+                line: None,
+                message: format!("cannot compile the rule set: {e}"),
+            }])
+        })?;
+        Ok(Self { rules, any })
+    }
+
+    /// Rules from `redaction.yaml` of the schema files followed by `extra` (from the config file).
+    pub fn from_files(
+        files: &SchemaFiles,
+        extra: &[RuleSpec],
+        extra_origin: &str,
+    ) -> Result<Self, SchemaErrors> {
+        let mut specs = Vec::new();
+        if let Some((path, text)) = files.get(REDACTION_FILE) {
+            let file: RuleFile = yaml_serde::from_str(text).map_err(|e| {
+                SchemaErrors(vec![SchemaError {
+                    file: path.to_string(),
+                    line: e.location().map(|l| l.line()),
+                    message: e.to_string(),
+                }])
+            })?;
+            specs.extend(file.rules.into_iter().map(|r| (path.to_string(), r)));
+        }
+        specs.extend(extra.iter().cloned().map(|r| (extra_origin.to_string(), r)));
+        Self::new(specs)
+    }
+
+    pub fn none() -> Self {
+        Self {
+            rules: Vec::new(),
+            any: RegexSet::empty(),
+        }
+    }
+
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    pub fn rule_name(&self, index: usize) -> &str {
+        self.rules.get(index).map_or("?", |r| r.name.as_str())
+    }
+
+    /// Problems with rules that name columns no table has (a typo would silently mask nothing).
+    pub fn unknown_columns(&self, schemas: &SchemaSet) -> Vec<String> {
+        let mut problems = Vec::new();
+        for rule in &self.rules {
+            for col in rule.columns.iter().flatten() {
+                let known = schemas
+                    .tables
+                    .iter()
+                    .any(|t| t.columns.iter().any(|c| &c.name == col));
+                if !known {
+                    problems.push(format!(
+                        "redaction rule {:?} names column {col:?}, which no table has",
+                        rule.name
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Masks `text` (a value of `column`); `None` when nothing matched.
+    pub fn redact_text(&self, column: &str, text: &str, hits: &mut RuleHits) -> Option<String> {
+        if self.rules.is_empty() || !self.any.is_match(text) {
+            return None;
+        }
+        let mut current: Cow<'_, str> = Cow::Borrowed(text);
+        for index in self.any.matches(text).iter() {
+            let rule = &self.rules[index];
+            if !rule.applies_to(column) {
+                continue;
+            }
+            let replaced = rule.regex.replace_all(&current, rule.replacement.as_str());
+            if let Cow::Owned(new) = replaced {
+                if new != current {
+                    hits.push(index);
+                    current = Cow::Owned(new);
+                }
+            }
+        }
+        match current {
+            Cow::Owned(s) => Some(s),
+            Cow::Borrowed(_) => None,
+        }
+    }
+
+    /// Masks a JSON text (a dynamic value, or an object bound for a string column). Rules first
+    /// see the whole compact text, so structure-aware rules (Name/Value pairs) work; then every
+    /// string inside is checked on its own. The result is always valid JSON.
+    pub fn redact_json(&self, column: &str, json: &str, hits: &mut RuleHits) -> Option<String> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let mut whole_hits = Vec::new();
+        let whole = self
+            .redact_text(column, json, &mut whole_hits)
+            .filter(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok());
+        if whole.is_some() {
+            hits.extend(whole_hits);
+        }
+        let base = whole.as_deref().unwrap_or(json);
+        match self.redact_json_strings(column, base, hits) {
+            Some(s) => Some(s),
+            None => whole,
+        }
+    }
+
+    /// Applies the rules to each string value (not object keys) inside a JSON text.
+    fn redact_json_strings(&self, column: &str, json: &str, hits: &mut RuleHits) -> Option<String> {
+        let bytes = json.as_bytes();
+        let mut out: Option<String> = None;
+        let mut copied = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] != b'"' {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let mut escaped = false;
+            i += 1;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' => {
+                        escaped = true;
+                        i += 2;
+                        continue;
+                    }
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
+            let end = (i + 1).min(bytes.len());
+            i = end;
+            let is_key = bytes[end..]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| *b == b':');
+            if is_key {
+                continue;
+            }
+            let token = &json[start..end];
+            let decoded: Cow<'_, str> = if escaped {
+                match serde_json::from_str::<String>(token) {
+                    Ok(s) => Cow::Owned(s),
+                    Err(_) => continue,
+                }
+            } else if token.len() >= 2 {
+                Cow::Borrowed(&token[1..token.len() - 1])
+            } else {
+                continue;
+            };
+            if let Some(masked) = self.redact_text(column, &decoded, hits) {
+                let buf = out.get_or_insert_with(|| String::with_capacity(json.len()));
+                buf.push_str(&json[copied..start]);
+                crate::map::json::push_json_string(buf, &masked);
+                copied = end;
+            }
+        }
+        let mut buf = out?;
+        buf.push_str(&json[copied..]);
+        Some(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Redactor {
+        Redactor::from_files(&SchemaFiles::embedded(), &[], "config").unwrap()
+    }
+
+    fn masked(column: &str, text: &str) -> Option<(String, Vec<String>)> {
+        let r = shipped();
+        let mut hits = Vec::new();
+        r.redact_text(column, text, &mut hits).map(|s| {
+            (
+                s,
+                hits.iter().map(|h| r.rule_name(*h).to_string()).collect(),
+            )
+        })
+    }
+
+    #[test]
+    fn cmdlet_password_parameter_is_masked_and_its_neighbours_are_not() {
+        let params = r#"[{"Name":"Identity","Value":"alice@contoso.com"},{"Name":"NewPassword","Value":"Hunter2!\"x"},{"Name":"ForceChangePasswordNextLogin","Value":"True"},{"Name":"Password","Value":"S3cr3t"}]"#;
+        let r = shipped();
+        let mut hits = Vec::new();
+        let out = r.redact_json("Parameters", params, &mut hits).unwrap();
+        assert_eq!(
+            out,
+            r#"[{"Name":"Identity","Value":"alice@contoso.com"},{"Name":"NewPassword","Value":"***REDACTED***"},{"Name":"ForceChangePasswordNextLogin","Value":"True"},{"Name":"Password","Value":"***REDACTED***"}]"#
+        );
+        serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        assert!(
+            hits.iter()
+                .all(|h| r.rule_name(*h) == "cmdlet-secret-parameter")
+        );
+    }
+
+    #[test]
+    fn command_line_passwords() {
+        let (s, _) = masked("X", "Set-Thing -Identity bob -Password Pa55w0rd -Force").unwrap();
+        assert_eq!(s, "Set-Thing -Identity bob -Password ***REDACTED*** -Force");
+        let (s, _) = masked("X", "tool.exe /password:abc123 /user:bob").unwrap();
+        assert_eq!(s, "tool.exe /password:***REDACTED*** /user:bob");
+        let (s, _) = masked("X", "https://x/y?user=bob&password=abc&x=1").unwrap();
+        assert_eq!(s, "https://x/y?user=bob&password=***REDACTED***&x=1");
+        // Not over-masking: prose and operation names that mention passwords.
+        assert_eq!(masked("X", "PasswordLogonInitialAuthUsingPassword"), None);
+        assert_eq!(masked("X", "Reset password for user bob"), None);
+        assert_eq!(masked("X", "Set-Mailbox -PasswordNeverExpires $true"), None);
+        assert_eq!(masked("X", "-Password -Force"), None);
+    }
+
+    #[test]
+    fn bearer_tokens_and_jwts() {
+        let (s, rules) = masked("X", "Authorization: Bearer abcdefghijklmnop.qrs-tuv_wx=").unwrap();
+        assert_eq!(s, "Authorization: Bearer ***REDACTED***");
+        assert_eq!(rules, ["bearer-token"]);
+        let jwt = "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end";
+        let (s, _) = masked("X", jwt).unwrap();
+        assert_eq!(s, "token ***REDACTED-JWT*** end");
+        assert_eq!(masked("X", "the bearer of bad news"), None);
+        assert_eq!(masked("X", "eyJhbGciOiJIUzI1NiJ9 alone"), None);
+    }
+
+    #[test]
+    fn sas_signatures_and_connection_strings() {
+        let (s, _) = masked(
+            "X",
+            "https://acct.blob.core.windows.net/c/b?sv=2022-11-02&se=2026-01-01&sp=r&sig=AbC%2Bdef%3D&x=1",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            "https://acct.blob.core.windows.net/c/b?sv=2022-11-02&se=2026-01-01&sp=r&sig=***REDACTED***&x=1"
+        );
+        let (s, _) = masked(
+            "X",
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=bXlrZXk=;EndpointSuffix=core.windows.net",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***REDACTED***;EndpointSuffix=core.windows.net"
+        );
+        let (s, _) = masked(
+            "X",
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=abc/def+g=",
+        )
+        .unwrap();
+        assert!(s.ends_with(
+            "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=***REDACTED***"
+        ));
+        // Not over-masking: a URL without a signature, a key name without a value.
+        assert_eq!(masked("X", "https://x/y?sv=1&signature=false"), None);
+        assert_eq!(
+            masked("X", "SharedAccessKeyName=RootManageSharedAccessKey"),
+            None
+        );
+    }
+
+    #[test]
+    fn column_scoped_rules_apply_only_to_their_columns() {
+        let r = Redactor::new(vec![(
+            "test".into(),
+            RuleSpec {
+                name: "upn".into(),
+                description: None,
+                pattern: "[a-z]+@contoso.com".into(),
+                replacement: "user@masked".into(),
+                columns: Some(vec!["UserId".into()]),
+            },
+        )])
+        .unwrap();
+        let mut hits = Vec::new();
+        assert_eq!(
+            r.redact_text("UserId", "bob@contoso.com", &mut hits)
+                .as_deref(),
+            Some("user@masked")
+        );
+        assert_eq!(
+            r.redact_text("Operation", "bob@contoso.com", &mut hits),
+            None
+        );
+    }
+
+    #[test]
+    fn nested_strings_in_dynamic_values_are_masked_keys_are_kept() {
+        let r = shipped();
+        let mut hits = Vec::new();
+        let json = r#"{"Url":"https://a/b?sig=secret","sig=x":"keep","n":1,"esc":"say \"Bearer abcdefghijkl\""}"#;
+        let out = r.redact_json("AdditionalFields", json, &mut hits).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["Url"], "https://a/b?sig=***REDACTED***");
+        assert_eq!(v["sig=x"], "keep");
+        assert_eq!(v["esc"], "say \"Bearer ***REDACTED***\"");
+        assert_eq!(v["n"], 1);
+    }
+
+    #[test]
+    fn bad_pattern_is_reported_with_rule_name() {
+        let err = Redactor::new(vec![(
+            "config.yaml".into(),
+            RuleSpec {
+                name: "broken".into(),
+                description: None,
+                pattern: "(unclosed".into(),
+                replacement: "x".into(),
+                columns: None,
+            },
+        )])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("config.yaml") && text.contains("broken"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Table schemas: which columns each Sentinel-shaped table has, their Log Analytics types and the
+//! raw fields they come from. Loaded from `schemas/` at start-up so users change mappings without a
+//! rebuild; a copy of the shipped files is embedded as the default.
+
+mod load;
+mod types;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use load::{ENUMS_FILE, REDACTION_FILE, SchemaError, SchemaErrors, SchemaFiles};
+pub use types::{ColumnType, RESERVED_COLUMN_NAMES, column_name_problem};
+
+/// Where a table's rows come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputKind {
+    /// Office 365 Management Activity API audit records (OfficeActivity).
+    Audit,
+    /// Defender XDR Streaming API rows of one `category`; columns read keys of the `root` object.
+    Defender { category: String, root: String },
+}
+
+/// Integer → name table for enum columns (RecordType, UserType, Logon_Type).
+#[derive(Debug, Clone, Default)]
+pub struct EnumTable {
+    pub name: String,
+    pub values: HashMap<i64, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    /// Source fields in order of preference; the first one present wins.
+    pub from: Vec<String>,
+    pub enum_table: Option<Arc<EnumTable>>,
+    /// A row whose required column is missing or unconvertible is rejected rather than sent.
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableSchema {
+    /// The Sentinel table this reproduces, e.g. `OfficeActivity`.
+    pub table: String,
+    /// The custom table that receives the rows, e.g. `OfficeActivity_CL`.
+    pub output_table: String,
+    /// The DCR stream declaration the sink posts to, e.g. `Custom-OfficeActivity_CL`.
+    pub stream: String,
+    pub input: InputKind,
+    /// Index into `columns` of the dynamic column that keeps unmapped fields.
+    pub unmapped: usize,
+    pub columns: Vec<Column>,
+    /// Source fields deliberately discarded (an explicit, documented choice of the user).
+    pub drop: Vec<String>,
+    /// Source field name → (column index, preference rank) for every column it feeds.
+    field_index: HashMap<String, Vec<(usize, u8)>>,
+}
+
+impl TableSchema {
+    /// The columns (with preference rank) a source field feeds; empty when it has no column.
+    pub fn columns_for(&self, field: &str) -> &[(usize, u8)] {
+        self.field_index.get(field).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn is_dropped(&self, field: &str) -> bool {
+        self.drop.iter().any(|d| d == field)
+    }
+
+    pub fn unmapped_column(&self) -> &Column {
+        &self.columns[self.unmapped]
+    }
+
+    fn build_index(&mut self) {
+        let mut index: HashMap<String, Vec<(usize, u8)>> = HashMap::new();
+        for (col, column) in self.columns.iter().enumerate() {
+            for (rank, field) in column.from.iter().enumerate() {
+                let rank = u8::try_from(rank).unwrap_or(u8::MAX);
+                index.entry(field.clone()).or_default().push((col, rank));
+            }
+        }
+        self.field_index = index;
+    }
+}
+
+/// All tables plus the routing facts derived from them.
+#[derive(Debug, Clone)]
+pub struct SchemaSet {
+    pub tables: Vec<TableSchema>,
+    pub enums: Vec<Arc<EnumTable>>,
+    audit_table: Option<usize>,
+    by_category: HashMap<String, usize>,
+}
+
+impl SchemaSet {
+    fn new(tables: Vec<TableSchema>, enums: Vec<Arc<EnumTable>>) -> Self {
+        let mut audit_table = None;
+        let mut by_category = HashMap::new();
+        for (i, t) in tables.iter().enumerate() {
+            match &t.input {
+                InputKind::Audit => audit_table = Some(i),
+                InputKind::Defender { category, .. } => {
+                    by_category.insert(category.clone(), i);
+                }
+            }
+        }
+        Self {
+            tables,
+            enums,
+            audit_table,
+            by_category,
+        }
+    }
+
+    /// The table audit records go to, if one is configured.
+    pub fn audit_table(&self) -> Option<usize> {
+        self.audit_table
+    }
+
+    /// The table rows of a Defender `category` go to, if one is configured.
+    pub fn table_for_category(&self, category: &str) -> Option<usize> {
+        self.by_category.get(category).copied()
+    }
+
+    pub fn table_by_name(&self, name: &str) -> Option<usize> {
+        self.tables
+            .iter()
+            .position(|t| t.table == name || t.output_table == name)
+    }
+}

@@ -1,0 +1,4 @@
+//! Sinks: where request bodies go. Dry-run writes them to disk; the workspace sinks come next.
+
+pub mod batch;
+pub mod dry_run;

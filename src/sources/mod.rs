@@ -1,0 +1,3 @@
+//! Sources: where raw records come from. Each yields units of text with their positions.
+
+pub mod file;
