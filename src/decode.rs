@@ -192,8 +192,8 @@ fn walk_array<'a>(
         let rest = &text[offset..];
         let trimmed = rest.trim_start();
         offset += rest.len() - trimmed.len();
-        if trimmed.starts_with(']') {
-            let tail = trimmed[1..].trim();
+        if let Some(after) = trimmed.strip_prefix(']') {
+            let tail = after.trim();
             if !tail.is_empty() {
                 line += count_lines(&text[counted_to..offset]);
                 fail(
@@ -271,7 +271,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn decode(text: &str) -> Vec<Result<(u64, u32, String), (u64, String)>> {
+    type Got = Result<(u64, u32, String), (u64, String)>;
+
+    fn decode(text: &str) -> Vec<Got> {
         let pos = Position::new(Arc::from("t"), 1);
         let mut out = Vec::new();
         decode_unit(text, &pos, &mut |d| match d {

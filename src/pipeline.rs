@@ -146,8 +146,14 @@ impl DryRun<'_> {
         }
     }
 
-    fn reject(&mut self, r: Rejected) {
+    fn reject(&mut self, mut r: Rejected) {
         *self.stats.rejected.entry(r.reason.code()).or_default() += 1;
+        if let Some(masked) = std::str::from_utf8(&r.raw)
+            .ok()
+            .and_then(|text| self.setup.redactor.redact_raw(text))
+        {
+            r.raw = masked.into_bytes();
+        }
         if let Err(e) = self.sink.write_rejected(&r) {
             self.fail(e);
         }
@@ -189,12 +195,12 @@ impl DryRun<'_> {
             Err(e) => return self.fail(e),
         };
         let limit = self.builders[table].limit();
-        if gz.len() > limit {
-            if let Some((a, b)) = body.split() {
-                self.body(table, a);
-                self.body(table, b);
-                return;
-            }
+        if gz.len() > limit
+            && let Some((a, b)) = body.split()
+        {
+            self.body(table, a);
+            self.body(table, b);
+            return;
         }
         let stream = &self.setup.schemas.tables[table].stream;
         if let Err(e) = self.sink.write_body(table, stream, &body) {

@@ -158,11 +158,11 @@ impl Redactor {
                 continue;
             }
             let replaced = rule.regex.replace_all(&current, rule.replacement.as_str());
-            if let Cow::Owned(new) = replaced {
-                if new != current {
-                    hits.push(index);
-                    current = Cow::Owned(new);
-                }
+            if let Cow::Owned(new) = replaced
+                && new != current
+            {
+                hits.push(index);
+                current = Cow::Owned(new);
             }
         }
         match current {
@@ -189,6 +189,17 @@ impl Redactor {
         match self.redact_json_strings(column, base, hits) {
             Some(s) => Some(s),
             None => whole,
+        }
+    }
+
+    /// Masks the raw text of a refused record before it is written out: the rules that are not
+    /// limited to columns apply, to the JSON structure when it parses, to plain text otherwise.
+    pub fn redact_raw(&self, raw: &str) -> Option<String> {
+        let mut hits = Vec::new();
+        if serde_json::from_str::<serde::de::IgnoredAny>(raw).is_ok() {
+            self.redact_json("", raw, &mut hits)
+        } else {
+            self.redact_text("", raw, &mut hits)
         }
     }
 
@@ -271,13 +282,13 @@ mod tests {
 
     #[test]
     fn cmdlet_password_parameter_is_masked_and_its_neighbours_are_not() {
-        let params = r#"[{"Name":"Identity","Value":"alice@contoso.com"},{"Name":"NewPassword","Value":"Hunter2!\"x"},{"Name":"ForceChangePasswordNextLogin","Value":"True"},{"Name":"Password","Value":"S3cr3t"}]"#;
+        let params = r#"[{"Name":"Identity","Value":"alice@contoso.com"},{"Name":"NewPassword","Value":"Hunter2!\"x"},{"Name":"ForceChangePasswordNextLogin","Value":"True"},{"Name":"ForceChangePassword","Value":"True"},{"Name":"Password","Value":"S3cr3t"}]"#;
         let r = shipped();
         let mut hits = Vec::new();
         let out = r.redact_json("Parameters", params, &mut hits).unwrap();
         assert_eq!(
             out,
-            r#"[{"Name":"Identity","Value":"alice@contoso.com"},{"Name":"NewPassword","Value":"***REDACTED***"},{"Name":"ForceChangePasswordNextLogin","Value":"True"},{"Name":"Password","Value":"***REDACTED***"}]"#
+            r#"[{"Name":"Identity","Value":"alice@contoso.com"},{"Name":"NewPassword","Value":"***REDACTED***"},{"Name":"ForceChangePasswordNextLogin","Value":"True"},{"Name":"ForceChangePassword","Value":"True"},{"Name":"Password","Value":"***REDACTED***"}]"#
         );
         serde_json::from_str::<serde_json::Value>(&out).unwrap();
         assert!(

@@ -132,11 +132,9 @@ pub fn write_value(
         ColumnType::String => match first {
             b'"' => {
                 let text = decode_string(raw).ok_or_else(found)?;
-                if column.enum_table.is_some() {
-                    if let Some(mapped) = enum_name(column, &text) {
-                        push_json_string(out, &mapped);
-                        return Ok(());
-                    }
+                if let Some(mapped) = enum_name(column, &text) {
+                    push_json_string(out, &mapped);
+                    return Ok(());
                 }
                 let plain = matches!(text, Cow::Borrowed(_));
                 if plain

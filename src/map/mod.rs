@@ -106,7 +106,7 @@ impl BagKeys {
     fn unique(&mut self, key: &str) -> String {
         let mut candidate = key.to_string();
         let mut n = 2;
-        while self.0.iter().any(|k| *k == candidate) {
+        while self.0.contains(&candidate) {
             candidate = format!("{key}_{n}");
             n += 1;
         }
