@@ -121,6 +121,15 @@ pub fn decode_unit<'a>(text: &'a str, pos: &Position, emit: &mut dyn FnMut(Decod
     }
 }
 
+/// One line of a text that turned out to be JSON Lines.
+fn decode_line<'a>(line: &'a str, pos: &Position, emit: &mut dyn FnMut(Decoded<'a>)) {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.trim().is_empty() {
+        return;
+    }
+    decode_unit(line, pos, emit);
+}
+
 /// Byte offset just past `{"records":[` when `text` opens an Event Hubs body.
 fn records_array_start(text: &str) -> Option<usize> {
     let rest = text.strip_prefix('{')?.trim_start();
@@ -153,6 +162,13 @@ fn decode_object<'a>(
         Err(e) => match records_array_start(text).filter(|_| expand) {
             // A truncated Event Hubs body: keep the records that are whole.
             Some(start) => walk_array(&text[start - 1..], 1, pos, false, emit),
+            // A multi-line text that is not one object after all (JSON Lines whose first line
+            // was cut short): each line stands on its own.
+            None if expand && text.trim_end().contains('\n') => {
+                for (i, line) in text.lines().enumerate() {
+                    decode_line(line, &pos.at(pos.line + i as u64, 0), emit);
+                }
+            }
             None => emit(Decoded::Rejected(
                 pos.clone(),
                 RejectReason::UnparsableJson(e.to_string()),

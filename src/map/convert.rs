@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use super::datetime;
-use super::json::{decode_string, push_compact, push_json_string};
+use super::json::{MAX_DEPTH, decode_string, push_compact, push_json_string};
 use super::{Note, NoteKind};
 use crate::decode::json_kind;
 use crate::redact::Redactor;
@@ -236,7 +236,11 @@ pub fn write_value(
         }
         ColumnType::Dynamic => {
             let mut compact = String::with_capacity(raw.len());
-            push_compact(&mut compact, raw);
+            if push_compact(&mut compact, raw) > MAX_DEPTH {
+                return Err(Unconvertible {
+                    found: "JSON nested too deeply",
+                });
+            }
             ctx.push_dynamic(out, name, &compact);
         }
     }

@@ -33,19 +33,19 @@ pub fn push_json_string(out: &mut String, s: &str) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `raw` (valid JSON) without the whitespace outside strings.
-pub fn push_compact(out: &mut String, raw: &str) {
+/// Deepest nesting of arrays and objects kept as JSON. Deeper values are kept as JSON text: a
+/// hostile payload must not reach readers (ours, Log Analytics, KQL) with recursion limits.
+pub const MAX_DEPTH: usize = 64;
+
+/// Appends `raw` (valid JSON) without the whitespace outside strings; returns its deepest
+/// nesting of arrays and objects.
+pub fn push_compact(out: &mut String, raw: &str) -> usize {
     let bytes = raw.as_bytes();
-    if !bytes
-        .iter()
-        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-    {
-        out.push_str(raw);
-        return;
-    }
     let mut in_string = false;
     let mut escaped = false;
     let mut start = 0;
+    let mut depth = 0usize;
+    let mut max_depth = 0usize;
     for (i, &b) in bytes.iter().enumerate() {
         if in_string {
             if escaped {
@@ -59,6 +59,11 @@ pub fn push_compact(out: &mut String, raw: &str) {
         }
         match b {
             b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
             b' ' | b'\n' | b'\r' | b'\t' => {
                 out.push_str(&raw[start..i]);
                 start = i + 1;
@@ -67,6 +72,7 @@ pub fn push_compact(out: &mut String, raw: &str) {
         }
     }
     out.push_str(&raw[start..]);
+    max_depth
 }
 
 /// The decoded content of a JSON string literal: borrowed when it holds no escapes.
@@ -106,7 +112,10 @@ mod tests {
     #[test]
     fn compact_keeps_string_whitespace() {
         let mut out = String::new();
-        push_compact(&mut out, "{ \"a b\" : [ 1 , \"x \\\" y\" ],\n\t\"c\": {} }");
+        let depth = push_compact(&mut out, "{ \"a b\" : [ 1 , \"x \\\" y\" ],\n\t\"c\": {} }");
         assert_eq!(out, r#"{"a b":[1,"x \" y"],"c":{}}"#);
+        assert_eq!(depth, 2);
+        let mut out = String::new();
+        assert_eq!(push_compact(&mut out, r#"["[[[", {"a":[{}]}]"#), 4);
     }
 }

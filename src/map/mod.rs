@@ -13,7 +13,7 @@ use crate::redact::Redactor;
 use crate::route::Routed;
 use crate::schema::{ColumnType, SchemaSet, TableSchema};
 use convert::{Ctx, write_value};
-use json::{decode_string, push_compact, push_json_string};
+use json::{MAX_DEPTH, decode_string, push_compact, push_json_string};
 
 /// Something the mapper did to a value that the user should be able to see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,11 +115,19 @@ impl BagKeys {
     }
 }
 
-fn push_bag_entry(bag: &mut String, keys: &mut BagKeys, key: &str, raw: &str) {
+/// Adds `key: raw` to the unmapped object; a value nested deeper than [`MAX_DEPTH`] is kept as
+/// its JSON text. Returns false in that case so the caller can note it.
+fn push_bag_entry(bag: &mut String, keys: &mut BagKeys, key: &str, raw: &str) -> bool {
     bag.push(if bag.len() > 1 { ',' } else { '{' });
     push_json_string(bag, &keys.unique(key));
     bag.push(':');
-    push_compact(bag, raw);
+    let mark = bag.len();
+    if push_compact(bag, raw) <= MAX_DEPTH {
+        return true;
+    }
+    let text = bag.split_off(mark);
+    push_json_string(bag, &text);
+    false
 }
 
 impl Mapper {
@@ -248,38 +256,49 @@ impl Mapper {
         let column = schema.unmapped_column();
         let mut bag = String::new();
         let mut keys = BagKeys(Vec::new());
+        let mut add = |key: &str, raw: &str| {
+            if !push_bag_entry(&mut bag, &mut keys, key, raw) {
+                ctx.notes.push(Note {
+                    column: column.name.clone(),
+                    kind: NoteKind::Unconverted {
+                        field: key.to_string(),
+                        expected: ColumnType::Dynamic,
+                        found: "JSON nested too deeply",
+                    },
+                });
+            }
+        };
         if let Some((_, fi)) = slots[schema.unmapped] {
             let raw = root[fi].1.get();
+            // A JSON-in-a-string object (EmailEvents AdditionalFields) is opened up; anything
+            // else that is not an object is kept under its own name.
             let parsed_string = (raw.starts_with('"'))
                 .then(|| decode_string(raw))
                 .flatten()
-                .filter(|s| s.trim_start().starts_with('{'))
-                .filter(|s| crate::decode::Fields::parse(s).is_ok());
-            let object: Option<&str> = match &parsed_string {
-                Some(s) => Some(s.as_ref()),
-                None if raw.starts_with('{') => Some(raw),
+                .filter(|s| s.trim_start().starts_with('{'));
+            let object = match &parsed_string {
+                Some(s) => crate::decode::Fields::parse(s).ok(),
+                None if raw.starts_with('{') => crate::decode::Fields::parse(raw).ok(),
                 None => None,
             };
             match object {
-                Some(obj) => {
-                    if let Ok(fields) = crate::decode::Fields::parse(obj) {
-                        for (k, v) in &fields.0 {
-                            push_bag_entry(&mut bag, &mut keys, k, v.get());
-                        }
+                Some(fields) => {
+                    for (k, v) in &fields.0 {
+                        add(k, v.get());
                     }
                 }
-                None if raw != "null" => push_bag_entry(&mut bag, &mut keys, &root[fi].0, raw),
+                None if raw != "null" => add(&root[fi].0, raw),
                 None => {}
             }
         }
         for (k, v) in &routed.envelope.0 {
             if v.get() != "null" {
-                push_bag_entry(&mut bag, &mut keys, k, v.get());
+                add(k, v.get());
             }
         }
         for (fi, (k, v)) in root.iter().enumerate() {
             if !used[fi] && v.get() != "null" {
-                push_bag_entry(&mut bag, &mut keys, k, v.get());
+                add(k, v.get());
             }
         }
         let mut done: Vec<usize> = Vec::new();
@@ -298,7 +317,7 @@ impl Mapper {
                     push_json_string(&mut text, &compact);
                 }
             }
-            push_bag_entry(&mut bag, &mut keys, &root[fi].0, &text);
+            add(&root[fi].0, &text);
         }
         if bag.is_empty() {
             return;

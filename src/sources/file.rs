@@ -266,9 +266,13 @@ pub fn read_stream(
             }
         };
         if !line_mode {
-            // The first line decides: a complete JSON value means JSON Lines; anything else is
-            // the start of a multi-line document.
-            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            // The first line decides: a JSON value cut short by the end of the line opens a
+            // multi-line document; anything else (a whole value, or garbage) means JSON Lines.
+            let opens_document = matches!(
+                serde_json::from_str::<serde::de::IgnoredAny>(text),
+                Err(e) if e.is_eof()
+            );
+            if !opens_document {
                 line_mode = true;
             } else {
                 let mut doc = std::mem::take(&mut buf);
