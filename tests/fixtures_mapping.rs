@@ -1,0 +1,168 @@
+//! The repository's own fixtures (tests/fixtures/input), so a clone tests itself without
+//! ../shared: ExchangeAdmin parameters, enums, gzip + CRLF, Event Hubs and Storage forms, and the
+//! README's first command.
+
+mod common;
+
+use std::process::Command;
+
+use common::{find, fixtures, run};
+use serde_json::Value;
+
+fn input(name: &str) -> std::path::PathBuf {
+    fixtures().join("input").join(name)
+}
+
+#[test]
+fn exchange_admin_parameters_are_a_json_string_parse_json_reads_back() {
+    let r = run(&[input("exchange-admin.ndjson")]);
+    assert!(r.rejected.is_empty());
+    let rows = r.table("OfficeActivity_CL");
+    let set_mailbox = find(rows, "Operation", "Set-Mailbox");
+    assert_eq!(set_mailbox["RecordType"], "ExchangeAdmin");
+    assert_eq!(set_mailbox["UserType"], "Admin");
+    assert_eq!(set_mailbox["ResultStatus"], "True");
+    assert_eq!(set_mailbox["ExternalAccess"], "False");
+    assert_eq!(set_mailbox["ClientIP"], "203.0.113.25:51034");
+    let params = set_mailbox["Parameters"].as_str().expect("Parameters is a string column");
+    // What KQL's parse_json / todynamic does: read the text back as JSON.
+    let parsed: Value = serde_json::from_str(params).unwrap();
+    assert_eq!(parsed[1]["Name"], "ForwardingSmtpAddress");
+    assert_eq!(parsed[1]["Value"], "smtp:exfil@example.net");
+    assert!(params.contains("ForwardingSmtpAddress"), "Parameters has \"ForwardingSmtpAddress\" works");
+
+    let rule = find(rows, "Operation", "New-InboxRule");
+    assert_eq!(rule["UserType"], "DcAdmin");
+    assert_eq!(rule["ClientIP"], "[2001:db8::17]:443");
+    assert_eq!(rule["OriginatingServer"], "AM0PR01MB1234 (15.20.7316.039)\r\n");
+    assert_eq!(rule["OfficeObjectId"], "ceo\\Move to RSS");
+
+    let password = find(rows, "Operation", "Set-MsolUserPassword");
+    assert_eq!(password["TimeGenerated"], "2026-03-02T09:20:11.527Z");
+    let params: Value = serde_json::from_str(password["Parameters"].as_str().unwrap()).unwrap();
+    assert_eq!(params[1]["Value"], "***REDACTED***");
+    assert_eq!(params[2]["Value"], "True", "ForceChangePassword is a switch, not a secret");
+    let modified: Value =
+        serde_json::from_str(password["ModifiedProperties"].as_str().unwrap()).unwrap();
+    assert_eq!(modified[0]["Name"], "PasswordNeverExpires");
+    assert_eq!(modified[0]["NewValue"], "False");
+    for body in r.bodies.values().flatten() {
+        assert!(!String::from_utf8_lossy(body).contains("Winter2026!"));
+    }
+}
+
+#[test]
+fn gzip_crlf_file_with_enums_and_unknown_values() {
+    let r = run(&[input("sharepoint-teams-exchange.ndjson.gz")]);
+    assert!(r.rejected.is_empty());
+    let rows = r.table("OfficeActivity_CL");
+    assert_eq!(rows.len(), 4);
+    let file = find(rows, "Operation", "FileDownloaded");
+    assert_eq!(file["RecordType"], "SharePointFileOperation");
+    assert_eq!(file["Site_Url"], "https://contoso-my.sharepoint.com/personal/j_doe_contoso_com/");
+    let login = find(rows, "Operation", "MailboxLogin");
+    assert_eq!(login["Logon_Type"], "Delegated");
+    assert_eq!(login["ClientIP"], "::ffff:198.51.100.9");
+    assert_eq!(login["Client_IPAddress"], "198.51.100.9");
+    let unknown = find(rows, "Operation", "UAMOperation");
+    assert_eq!(unknown["RecordType"], "117");
+    assert_eq!(unknown["UserType"], "Guest");
+    assert_eq!(unknown["ClientIP"], "192.0.2.200%12");
+    assert_eq!(unknown["AdditionalFields"]["NewUndocumentedField"]["Count"], 3);
+    let teams = find(rows, "Operation", "MemberAdded");
+    assert_eq!(teams["Members"][0]["Role"], 2);
+    assert_eq!(teams["AADGroupId"], "c4d5e6f7-a8b9-4c0d-9e1f-2a3b4c5d6e7f");
+}
+
+#[test]
+fn event_hubs_body_merges_additional_fields_and_storage_lines_route() {
+    let r = run(&[input("defender-eventhubs-body.json"), input("defender-storage-PT1H.json")]);
+    assert!(r.rejected.is_empty());
+    let ee = &r.table("EmailEvents_CL")[0];
+    assert_eq!(ee["TimeGenerated"], "2026-03-04T08:01:02Z");
+    assert_eq!(ee["To"].as_array().unwrap().len(), 2);
+    assert_eq!(ee["EmailClusterId"], 1234567890123_i64);
+    // EmailEvents has an AdditionalFields column of its own (JSON in a string): it is opened up
+    // and the envelope and unknown keys join it.
+    assert_eq!(ee["AdditionalFields"]["SubmissionId"], "s-1");
+    assert_eq!(ee["AdditionalFields"]["Tenant"], "DefaultTenant");
+    assert_eq!(ee["AdditionalFields"]["__UDI_RequiredFields_RecipientEmailAddress"], "ceo@contoso.com");
+    assert_eq!(r.table("EmailAttachmentInfo_CL").len(), 1);
+    assert_eq!(r.table("EmailUrlInfo_CL").len(), 2, "one from the body, one from the blob");
+    assert_eq!(r.table("EmailPostDeliveryEvents_CL").len(), 2);
+    let zap = &r.table("EmailPostDeliveryEvents_CL")[0];
+    assert_eq!(zap["ActionType"], "Phish ZAP");
+    assert_eq!(zap["TimeGenerated"], zap["Timestamp"]);
+}
+
+#[test]
+fn readme_first_command_runs_dry_run_on_the_shipped_samples() {
+    let out = tempfile::tempdir().unwrap();
+    let result = Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
+        .args(["dry-run", "--input"])
+        .arg(fixtures().join("input"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(result.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&result.stderr));
+    assert!(stdout.contains("16 record(s) in, 16 row(s) mapped, 0 rejected"), "{stdout}");
+    for table in [
+        "OfficeActivity_CL",
+        "EmailEvents_CL",
+        "EmailAttachmentInfo_CL",
+        "EmailUrlInfo_CL",
+        "EmailPostDeliveryEvents_CL",
+    ] {
+        assert!(stdout.contains(table), "{table} in summary");
+    }
+    assert!(out.path().join("summary.txt").exists());
+    assert!(out.path().join("Custom-OfficeActivity_CL/body-000001.json").exists());
+}
+
+#[test]
+fn stdin_is_an_input_too() {
+    use std::io::Write;
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
+        .args(["dry-run", "--input", "-", "--out"])
+        .arg(out.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let records = std::fs::read(input("exchange-admin.ndjson")).unwrap();
+    child.stdin.take().unwrap().write_all(&records).unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert_eq!(result.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&result.stdout).contains("3 row(s) mapped"));
+}
+
+#[test]
+fn small_body_limit_fills_bodies_without_crossing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2,000 copies of the sample records, cut into 20 KB bodies.
+    let one = std::fs::read_to_string(input("exchange-admin.ndjson")).unwrap();
+    let path = dir.path().join("many.ndjson");
+    std::fs::write(&path, one.repeat(700)).unwrap();
+    let setup = m365_sentinel::pipeline::Setup::load(
+        None,
+        None,
+        [("M365_SENTINEL__BATCH__MAX_BODY_BYTES".to_string(), "20000".to_string())],
+    )
+    .unwrap();
+    let r = common::run_with(&setup, &[path]);
+    let bodies = &r.bodies["OfficeActivity_CL"];
+    assert!(bodies.len() > 50);
+    let mut rows = 0;
+    for (i, b) in bodies.iter().enumerate() {
+        assert!(b.len() <= 20_000, "body {i} is {} bytes", b.len());
+        if i + 1 < bodies.len() {
+            assert!(b.len() > 19_000, "body {i} is only {} bytes", b.len());
+        }
+        rows += serde_json::from_slice::<Vec<Value>>(b).unwrap().len();
+    }
+    assert_eq!(rows, 2_100, "no row lost or split");
+    assert!(r.stats.fill_ratio().unwrap() > 0.95);
+}
