@@ -36,10 +36,10 @@ fn bench(c: &mut Criterion) {
             let mut bodies = 0usize;
             for line in &lines {
                 process_unit(&mapper, line, &pos, &mut |out| {
-                    if let Output::Row { row, .. } = out {
-                        if let Ok(Some(body)) = builder.push(row.json.as_bytes()) {
-                            bodies += black_box(body).rows();
-                        }
+                    if let Output::Row { row, .. } = out
+                        && let Ok(Some(body)) = builder.push(row.json.as_bytes())
+                    {
+                        bodies += black_box(body).rows();
                     }
                 });
             }

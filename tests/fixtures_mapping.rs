@@ -24,24 +24,35 @@ fn exchange_admin_parameters_are_a_json_string_parse_json_reads_back() {
     assert_eq!(set_mailbox["ResultStatus"], "True");
     assert_eq!(set_mailbox["ExternalAccess"], "False");
     assert_eq!(set_mailbox["ClientIP"], "203.0.113.25:51034");
-    let params = set_mailbox["Parameters"].as_str().expect("Parameters is a string column");
+    let params = set_mailbox["Parameters"]
+        .as_str()
+        .expect("Parameters is a string column");
     // What KQL's parse_json / todynamic does: read the text back as JSON.
     let parsed: Value = serde_json::from_str(params).unwrap();
     assert_eq!(parsed[1]["Name"], "ForwardingSmtpAddress");
     assert_eq!(parsed[1]["Value"], "smtp:exfil@example.net");
-    assert!(params.contains("ForwardingSmtpAddress"), "Parameters has \"ForwardingSmtpAddress\" works");
+    assert!(
+        params.contains("ForwardingSmtpAddress"),
+        "Parameters has \"ForwardingSmtpAddress\" works"
+    );
 
     let rule = find(rows, "Operation", "New-InboxRule");
     assert_eq!(rule["UserType"], "DcAdmin");
     assert_eq!(rule["ClientIP"], "[2001:db8::17]:443");
-    assert_eq!(rule["OriginatingServer"], "AM0PR01MB1234 (15.20.7316.039)\r\n");
+    assert_eq!(
+        rule["OriginatingServer"],
+        "AM0PR01MB1234 (15.20.7316.039)\r\n"
+    );
     assert_eq!(rule["OfficeObjectId"], "ceo\\Move to RSS");
 
     let password = find(rows, "Operation", "Set-MsolUserPassword");
     assert_eq!(password["TimeGenerated"], "2026-03-02T09:20:11.527Z");
     let params: Value = serde_json::from_str(password["Parameters"].as_str().unwrap()).unwrap();
     assert_eq!(params[1]["Value"], "***REDACTED***");
-    assert_eq!(params[2]["Value"], "True", "ForceChangePassword is a switch, not a secret");
+    assert_eq!(
+        params[2]["Value"], "True",
+        "ForceChangePassword is a switch, not a secret"
+    );
     let modified: Value =
         serde_json::from_str(password["ModifiedProperties"].as_str().unwrap()).unwrap();
     assert_eq!(modified[0]["Name"], "PasswordNeverExpires");
@@ -59,7 +70,10 @@ fn gzip_crlf_file_with_enums_and_unknown_values() {
     assert_eq!(rows.len(), 4);
     let file = find(rows, "Operation", "FileDownloaded");
     assert_eq!(file["RecordType"], "SharePointFileOperation");
-    assert_eq!(file["Site_Url"], "https://contoso-my.sharepoint.com/personal/j_doe_contoso_com/");
+    assert_eq!(
+        file["Site_Url"],
+        "https://contoso-my.sharepoint.com/personal/j_doe_contoso_com/"
+    );
     let login = find(rows, "Operation", "MailboxLogin");
     assert_eq!(login["Logon_Type"], "Delegated");
     assert_eq!(login["ClientIP"], "::ffff:198.51.100.9");
@@ -68,7 +82,10 @@ fn gzip_crlf_file_with_enums_and_unknown_values() {
     assert_eq!(unknown["RecordType"], "117");
     assert_eq!(unknown["UserType"], "Guest");
     assert_eq!(unknown["ClientIP"], "192.0.2.200%12");
-    assert_eq!(unknown["AdditionalFields"]["NewUndocumentedField"]["Count"], 3);
+    assert_eq!(
+        unknown["AdditionalFields"]["NewUndocumentedField"]["Count"],
+        3
+    );
     let teams = find(rows, "Operation", "MemberAdded");
     assert_eq!(teams["Members"][0]["Role"], 2);
     assert_eq!(teams["AADGroupId"], "c4d5e6f7-a8b9-4c0d-9e1f-2a3b4c5d6e7f");
@@ -76,7 +93,10 @@ fn gzip_crlf_file_with_enums_and_unknown_values() {
 
 #[test]
 fn event_hubs_body_merges_additional_fields_and_storage_lines_route() {
-    let r = run(&[input("defender-eventhubs-body.json"), input("defender-storage-PT1H.json")]);
+    let r = run(&[
+        input("defender-eventhubs-body.json"),
+        input("defender-storage-PT1H.json"),
+    ]);
     assert!(r.rejected.is_empty());
     let ee = &r.table("EmailEvents_CL")[0];
     assert_eq!(ee["TimeGenerated"], "2026-03-04T08:01:02Z");
@@ -86,9 +106,16 @@ fn event_hubs_body_merges_additional_fields_and_storage_lines_route() {
     // and the envelope and unknown keys join it.
     assert_eq!(ee["AdditionalFields"]["SubmissionId"], "s-1");
     assert_eq!(ee["AdditionalFields"]["Tenant"], "DefaultTenant");
-    assert_eq!(ee["AdditionalFields"]["__UDI_RequiredFields_RecipientEmailAddress"], "ceo@contoso.com");
+    assert_eq!(
+        ee["AdditionalFields"]["__UDI_RequiredFields_RecipientEmailAddress"],
+        "ceo@contoso.com"
+    );
     assert_eq!(r.table("EmailAttachmentInfo_CL").len(), 1);
-    assert_eq!(r.table("EmailUrlInfo_CL").len(), 2, "one from the body, one from the blob");
+    assert_eq!(
+        r.table("EmailUrlInfo_CL").len(),
+        2,
+        "one from the body, one from the blob"
+    );
     assert_eq!(r.table("EmailPostDeliveryEvents_CL").len(), 2);
     let zap = &r.table("EmailPostDeliveryEvents_CL")[0];
     assert_eq!(zap["ActionType"], "Phish ZAP");
@@ -106,8 +133,16 @@ fn readme_first_command_runs_dry_run_on_the_shipped_samples() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&result.stdout);
-    assert_eq!(result.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&result.stderr));
-    assert!(stdout.contains("16 record(s) in, 16 row(s) mapped, 0 rejected"), "{stdout}");
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        stdout.contains("16 record(s) in, 16 row(s) mapped, 0 rejected"),
+        "{stdout}"
+    );
     for table in [
         "OfficeActivity_CL",
         "EmailEvents_CL",
@@ -118,7 +153,11 @@ fn readme_first_command_runs_dry_run_on_the_shipped_samples() {
         assert!(stdout.contains(table), "{table} in summary");
     }
     assert!(out.path().join("summary.txt").exists());
-    assert!(out.path().join("Custom-OfficeActivity_CL/body-000001.json").exists());
+    assert!(
+        out.path()
+            .join("Custom-OfficeActivity_CL/body-000001.json")
+            .exists()
+    );
 }
 
 #[test]
@@ -149,7 +188,10 @@ fn small_body_limit_fills_bodies_without_crossing_it() {
     let setup = m365_sentinel::pipeline::Setup::load(
         None,
         None,
-        [("M365_SENTINEL__BATCH__MAX_BODY_BYTES".to_string(), "20000".to_string())],
+        [(
+            "M365_SENTINEL__BATCH__MAX_BODY_BYTES".to_string(),
+            "20000".to_string(),
+        )],
     )
     .unwrap();
     let r = common::run_with(&setup, &[path]);
