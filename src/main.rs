@@ -116,6 +116,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             let out = out.unwrap_or_else(|| setup.config.dry_run.out_dir.clone());
             let stats = dry_run(&setup, &inputs, &out).context("dry-run failed")?;
+            tracing::info!(
+                files = stats.files,
+                rows = stats.rows(),
+                rejected = stats.rejected_total(),
+                bodies = stats.bodies(),
+                out = %out.display(),
+                "dry-run complete"
+            );
             print!("{}", stats.render());
             println!("\nbodies and reports written to {}", out.display());
             if stats.rejected_total() > 0 {

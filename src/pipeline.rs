@@ -148,6 +148,7 @@ impl DryRun<'_> {
 
     fn reject(&mut self, mut r: Rejected) {
         *self.stats.rejected.entry(r.reason.code()).or_default() += 1;
+        tracing::debug!(position = %r.pos, reason = r.reason.code(), "record rejected");
         if let Some(masked) = std::str::from_utf8(&r.raw)
             .ok()
             .and_then(|text| self.setup.redactor.redact_raw(text))

@@ -205,6 +205,25 @@ pub fn read_stream(
     } else {
         Box::new(plain)
     };
+    tracing::debug!(input = %base.source, gzip = is_gzip, "reading");
+    // Byte-order marks: UTF-8's is dropped (PowerShell and Notepad write it); UTF-16 (Windows
+    // PowerShell 5's `>` redirection) is refused with the fix, since JSON here must be UTF-8.
+    match r.fill_buf() {
+        Ok(head) if head.starts_with(&[0xef, 0xbb, 0xbf]) => r.consume(3),
+        Ok(head) if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) => {
+            emit(reject(
+                1,
+                RejectReason::Unreadable(
+                    "the file is UTF-16 (a byte-order mark says so); re-encode it as UTF-8, \
+                     e.g. Out-File -Encoding utf8 or iconv -f UTF-16 -t UTF-8"
+                        .into(),
+                ),
+                Vec::new(),
+            ));
+            return 0;
+        }
+        _ => {}
+    }
 
     let mut bytes = 0u64;
     let mut line_no = 0u64;
@@ -392,6 +411,12 @@ mod tests {
             got.last().unwrap().ends_with("!unreadable_input"),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn byte_order_marks() {
+        assert_eq!(frame(b"\xef\xbb\xbf{\"a\":1}\r\n"), ["1:{\"a\":1}"]);
+        assert_eq!(frame(b"\xff\xfe{\x00}\x00"), ["1!unreadable_input"]);
     }
 
     #[test]
