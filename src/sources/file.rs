@@ -209,7 +209,7 @@ pub fn read_stream(
     // Byte-order marks: UTF-8's is dropped (PowerShell and Notepad write it); UTF-16 (Windows
     // PowerShell 5's `>` redirection) is refused with the fix, since JSON here must be UTF-8.
     match r.fill_buf() {
-        Ok(head) if head.starts_with(&[0xef, 0xbb, 0xbf]) => r.consume(3),
+        Ok([0xef, 0xbb, 0xbf, ..]) => r.consume(3),
         Ok(head) if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) => {
             emit(reject(
                 1,
