@@ -143,7 +143,7 @@ fn read_line_bounded(r: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::
             });
         }
         read_any = true;
-        let (chunk, consumed, done) = match avail.iter().position(|b| *b == b'\n') {
+        let (chunk, consumed, done) = match memchr::memchr(b'\n', avail) {
             Some(i) => (&avail[..i], i + 1, true),
             None => (avail, avail.len(), false),
         };
