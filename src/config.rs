@@ -130,7 +130,10 @@ pub enum ConfigError {
 
 /// Replaces quoted values in deserializer messages ("invalid type: string \"...\"").
 fn hide_values(message: &str) -> String {
-    let re = regex::Regex::new(r#"(string|value) "(?:[^"\\]|\\.)*""#);
+    // serde's wording: invalid type: integer `5`, invalid value: string "x", unknown variant `y`.
+    let re = regex::Regex::new(
+        r#"(integer|floating point|boolean|string|char|variant|value) (?:`[^`]*`|"(?:[^"\\]|\\.)*")"#,
+    );
     match re {
         Ok(re) => re.replace_all(message, "$1 (value not shown)").into_owned(),
         Err(_) => message.to_string(),
@@ -196,29 +199,50 @@ impl Config {
                     "environment variable {name}: empty key segment"
                 )));
             }
+            // Values are read as YAML (numbers, booleans, [lists]); one that then fails to fit a
+            // text setting (out_dir: 12345) is retried as the text it was.
             let parsed: yaml_serde::Value =
                 yaml_serde::from_str(&raw).unwrap_or(yaml_serde::Value::String(raw.clone()));
             set_path(&mut value, &keys, parsed)
                 .map_err(|m| invalid(format!("environment variable {name}: {m}")))?;
-            overrides.push(name);
+            overrides.push((name, keys, raw, false));
         }
-        // serde_path_to_error names the offending key (batch.max_body_bytes), which yaml_serde
-        // cannot do for a value tree built from file and environment together.
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let config: Config = loop {
+            // serde_path_to_error names the offending key (batch.max_body_bytes), which
+            // yaml_serde cannot do for a value tree built from file and environment together.
+            let e = match serde_path_to_error::deserialize(value.clone()) {
+                Ok(config) => break config,
+                Err(e) => e,
+            };
             let path = e.path().to_string();
+            let retry = overrides.iter_mut().find(|(_, keys, raw, retried)| {
+                !*retried
+                    && keys.join(".") == path
+                    && !matches!(
+                        yaml_serde::from_str::<yaml_serde::Value>(raw),
+                        Ok(yaml_serde::Value::String(_)) | Err(_)
+                    )
+            });
+            if let Some((_, keys, raw, retried)) = retry {
+                *retried = true;
+                set_path(&mut value, keys, yaml_serde::Value::String(raw.clone()))
+                    .map_err(&invalid)?;
+                continue;
+            }
             let mut message = if path == "." {
                 e.inner().to_string()
             } else {
                 format!("{path}: {}", e.inner())
             };
             if !overrides.is_empty() {
+                let names: Vec<&str> = overrides.iter().map(|(n, ..)| n.as_str()).collect();
                 message.push_str(&format!(
                     " (environment overrides applied: {})",
-                    overrides.join(", ")
+                    names.join(", ")
                 ));
             }
-            invalid(message)
-        })?;
+            return Err(invalid(message));
+        };
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -243,10 +267,9 @@ impl Config {
             );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(format!(
-                "log.level {:?} is not a valid filter; use error, warn, info, debug or trace",
-                self.log.level
-            ));
+            return Err(
+                "log.level is not a valid filter; use error, warn, info, debug, trace or tracing directives such as m365_sentinel=debug".into(),
+            );
         }
         Ok(())
     }
@@ -295,6 +318,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.batch.max_body_bytes, 400_000);
         assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn env_values_that_look_like_numbers_still_fill_text_settings() {
+        let c = load("", &[("M365_SENTINEL__DRY_RUN__OUT_DIR", "12345")]).unwrap();
+        assert_eq!(c.dry_run.out_dir, PathBuf::from("12345"));
+        let c = load("", &[("M365_SENTINEL__INPUT__MAX_RECORD_BYTES", "2048")]).unwrap();
+        assert_eq!(c.input.max_record_bytes, 2048);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::route::route;
 use crate::schema::{SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
 use crate::sinks::batch::{Body, BodyBuilder};
 use crate::sinks::dry_run::DryRunSink;
-use crate::sources::file::{Framed, SourceError, read_inputs};
+use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
 use crate::stats::{Stats, TableStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +149,11 @@ impl DryRun<'_> {
     fn reject(&mut self, mut r: Rejected) {
         *self.stats.rejected.entry(r.reason.code()).or_default() += 1;
         tracing::debug!(position = %r.pos, reason = r.reason.code(), "record rejected");
-        if let Some(masked) = std::str::from_utf8(&r.raw)
-            .ok()
-            .and_then(|text| self.setup.redactor.redact_raw(text))
-        {
+        // Bytes that are not UTF-8 are masked on a lossy copy: if a rule masks anything, the
+        // masked copy (invalid bytes shown as U+FFFD) replaces them; otherwise they stay as they
+        // were, written out as base64.
+        let text = String::from_utf8_lossy(&r.raw);
+        if let Some(masked) = self.setup.redactor.redact_raw(&text) {
             r.raw = masked.into_bytes();
         }
         if let Err(e) = self.sink.write_rejected(&r) {
@@ -245,9 +246,11 @@ pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stat
         error: None,
     };
     let mapper = setup.mapper();
+    let exclude = Exclude::new(&[out_dir]);
     let totals = read_inputs(
         inputs,
         &setup.config.file_options(),
+        &exclude,
         &mut |framed| match framed {
             Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| match out {
                 Output::Row { pos, row, text } => run.row(pos, row, text),

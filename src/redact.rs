@@ -1,11 +1,12 @@
 //! Redaction: masks secrets that leak into audit payloads (passwords in cmdlet parameters, bearer
-//! tokens, SAS signatures, connection-string keys) before a row leaves the mapper, so nothing
-//! downstream (spool, dead letters, dry-run files, the workspace) ever holds them.
+//! tokens, SAS signatures, connection-string keys, DLP detected values) before a row leaves the
+//! mapper, so nothing downstream (spool, dead letters, dry-run files, the workspace) holds them.
 
 use std::borrow::Cow;
 
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::schema::{REDACTION_FILE, SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
 
@@ -16,11 +17,33 @@ pub struct RuleSpec {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
-    pub pattern: String,
-    pub replacement: String,
+    #[serde(default)]
+    pub kind: RuleKind,
+    /// `regex` rules: what to find, and what to put in its place.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub replacement: Option<String>,
+    /// `name_value` rules: the names whose values are secrets.
+    #[serde(default)]
+    pub name_pattern: Option<String>,
     /// Columns the rule is limited to; absent means every string value.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
+}
+
+/// How a rule finds what to mask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// A regular expression over text; `replacement` may use its capture groups.
+    #[default]
+    Regex,
+    /// Objects shaped `{"Name": ..., "Value": ...}` (cmdlet Parameters, ModifiedProperties,
+    /// ExtendedProperties): when the name matches `name_pattern`, `Value`, `NewValue` and
+    /// `OldValue` are masked, whatever the key order, spacing or value type. Switch values
+    /// (true/false) stay, so `ForceChangePassword: True` remains readable.
+    NameValue,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,10 +54,15 @@ struct RuleFile {
 }
 
 #[derive(Debug, Clone)]
+enum Matcher {
+    Regex { regex: Regex, replacement: String },
+    NameValue { names: Regex },
+}
+
+#[derive(Debug, Clone)]
 struct Rule {
     name: String,
-    regex: Regex,
-    replacement: String,
+    matcher: Matcher,
     columns: Option<Vec<String>>,
 }
 
@@ -46,48 +74,117 @@ impl Rule {
     }
 }
 
+/// What masked Name/Value values become.
+pub const MASK: &str = "***REDACTED***";
+
+const NAME_KEYS: [&str; 2] = ["Name", "name"];
+const VALUE_KEYS: [&str; 6] = [
+    "Value", "NewValue", "OldValue", "value", "newValue", "oldValue",
+];
+
+/// A value a switch parameter holds: nothing secret in it.
+fn is_switch(v: &Value) -> bool {
+    match v {
+        Value::Bool(_) | Value::Null => true,
+        Value::String(s) => {
+            let s = s.trim().trim_start_matches('$');
+            s.is_empty() || s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false")
+        }
+        _ => false,
+    }
+}
+
+fn compile(origin: &str, spec: RuleSpec) -> Result<Rule, SchemaError> {
+    let fail = |message: String| SchemaError {
+        file: origin.to_string(),
+        line: None,
+        message: format!("redaction rule {:?}: {message}", spec.name),
+    };
+    let matcher = match spec.kind {
+        RuleKind::Regex => {
+            let (Some(pattern), Some(replacement)) = (&spec.pattern, &spec.replacement) else {
+                return Err(fail("a regex rule needs pattern and replacement".into()));
+            };
+            if spec.name_pattern.is_some() {
+                return Err(fail("name_pattern belongs to kind name_value".into()));
+            }
+            Matcher::Regex {
+                regex: Regex::new(pattern).map_err(|e| fail(format!("invalid pattern: {e}")))?,
+                replacement: replacement.clone(),
+            }
+        }
+        RuleKind::NameValue => {
+            let Some(pattern) = &spec.name_pattern else {
+                return Err(fail("a name_value rule needs name_pattern".into()));
+            };
+            if spec.pattern.is_some() || spec.replacement.is_some() {
+                return Err(fail("pattern and replacement belong to kind regex".into()));
+            }
+            Matcher::NameValue {
+                names: Regex::new(pattern)
+                    .map_err(|e| fail(format!("invalid name_pattern: {e}")))?,
+            }
+        }
+    };
+    Ok(Rule {
+        name: spec.name,
+        matcher,
+        columns: spec.columns,
+    })
+}
+
 /// The compiled rule set. Cloning is cheap enough to do once per worker.
 #[derive(Debug, Clone)]
 pub struct Redactor {
     rules: Vec<Rule>,
-    /// All patterns at once: the common case (nothing to mask) costs one scan.
+    /// The regex rules at once: the common case (nothing to mask) costs one scan.
     any: RegexSet,
+    /// Index into `rules` of each pattern of `any`.
+    any_rules: Vec<usize>,
+    has_name_value: bool,
 }
 
 /// Rules that changed a value, by index into the rule set.
 pub type RuleHits = Vec<usize>;
 
 impl Redactor {
-    /// Compiles rules; `origin` names where each came from for error messages.
+    /// Compiles rules; the first string of each pair names where it came from, for errors.
     pub fn new(specs: Vec<(String, RuleSpec)>) -> Result<Self, SchemaErrors> {
         let mut errors = Vec::new();
         let mut rules = Vec::with_capacity(specs.len());
         for (origin, spec) in specs {
-            match Regex::new(&spec.pattern) {
-                Ok(regex) => rules.push(Rule {
-                    name: spec.name,
-                    regex,
-                    replacement: spec.replacement,
-                    columns: spec.columns,
-                }),
-                Err(e) => errors.push(SchemaError {
-                    file: origin,
-                    line: None,
-                    message: format!("redaction rule {:?}: invalid pattern: {e}", spec.name),
-                }),
+            match compile(&origin, spec) {
+                Ok(rule) => rules.push(rule),
+                Err(e) => errors.push(e),
             }
         }
         if !errors.is_empty() {
             return Err(SchemaErrors(errors));
         }
-        let any = RegexSet::new(rules.iter().map(|r| r.regex.as_str())).map_err(|e| {
+        let mut patterns = Vec::new();
+        let mut any_rules = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            if let Matcher::Regex { regex, .. } = &rule.matcher {
+                patterns.push(regex.as_str().to_string());
+                any_rules.push(i);
+            }
+        }
+        let any = RegexSet::new(&patterns).map_err(|e| {
             SchemaErrors(vec![SchemaError {
                 file: "redaction rules".into(),
                 line: None,
                 message: format!("cannot compile the rule set: {e}"),
             }])
         })?;
-        Ok(Self { rules, any })
+        let has_name_value = rules
+            .iter()
+            .any(|r| matches!(r.matcher, Matcher::NameValue { .. }));
+        Ok(Self {
+            rules,
+            any,
+            any_rules,
+            has_name_value,
+        })
     }
 
     /// Rules from `redaction.yaml` of the schema files followed by `extra` (from the config file).
@@ -115,6 +212,8 @@ impl Redactor {
         Self {
             rules: Vec::new(),
             any: RegexSet::empty(),
+            any_rules: Vec::new(),
+            has_name_value: false,
         }
     }
 
@@ -146,18 +245,35 @@ impl Redactor {
         problems
     }
 
-    /// Masks `text` (a value of `column`); `None` when nothing matched.
+    /// Masks `text` (a value of `column`); `None` when nothing matched. A text that is itself
+    /// JSON (Parameters sent as a string) gets the `name_value` rules too.
     pub fn redact_text(&self, column: &str, text: &str, hits: &mut RuleHits) -> Option<String> {
-        if self.rules.is_empty() || !self.any.is_match(text) {
+        let structured = if self.has_name_value
+            && matches!(text.trim_start().as_bytes().first(), Some(b'[' | b'{'))
+        {
+            self.mask_name_values(column, text, hits)
+        } else {
+            None
+        };
+        let base = structured.as_deref().unwrap_or(text);
+        self.apply_regex_rules(column, base, hits).or(structured)
+    }
+
+    fn apply_regex_rules(&self, column: &str, text: &str, hits: &mut RuleHits) -> Option<String> {
+        if self.any_rules.is_empty() || !self.any.is_match(text) {
             return None;
         }
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
-        for index in self.any.matches(text).iter() {
+        for set_index in self.any.matches(text).iter() {
+            let index = self.any_rules[set_index];
             let rule = &self.rules[index];
+            let Matcher::Regex { regex, replacement } = &rule.matcher else {
+                continue;
+            };
             if !rule.applies_to(column) {
                 continue;
             }
-            let replaced = rule.regex.replace_all(&current, rule.replacement.as_str());
+            let replaced = regex.replace_all(&current, replacement.as_str());
             if let Cow::Owned(new) = replaced
                 && new != current
             {
@@ -171,28 +287,86 @@ impl Redactor {
         }
     }
 
-    /// Masks a JSON text (a dynamic value, or an object bound for a string column). Rules first
-    /// see the whole compact text, so structure-aware rules (Name/Value pairs) work; then every
-    /// string inside is checked on its own. The result is always valid JSON.
+    /// Applies the `name_value` rules to a JSON text; a changed result is compact JSON.
+    fn mask_name_values(&self, column: &str, json: &str, hits: &mut RuleHits) -> Option<String> {
+        if !NAME_KEYS.iter().any(|k| json.contains(&format!("\"{k}\""))) {
+            return None;
+        }
+        let rules: Vec<(usize, &Regex)> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.applies_to(column))
+            .filter_map(|(i, r)| match &r.matcher {
+                Matcher::NameValue { names } => Some((i, names)),
+                Matcher::Regex { .. } => None,
+            })
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        // serde_json's recursion limit bounds the depth of what this walks.
+        let mut value: Value = serde_json::from_str(json).ok()?;
+        let before = hits.len();
+        let mut stack = vec![&mut value];
+        while let Some(node) = stack.pop() {
+            match node {
+                Value::Object(map) => {
+                    let matched = NAME_KEYS
+                        .iter()
+                        .find_map(|k| map.get(*k).and_then(Value::as_str))
+                        .and_then(|name| rules.iter().find(|(_, re)| re.is_match(name)))
+                        .map(|(rule, _)| *rule);
+                    if let Some(rule) = matched {
+                        for key in VALUE_KEYS {
+                            if let Some(v) = map.get_mut(key)
+                                && !is_switch(v)
+                                && v.as_str() != Some(MASK)
+                            {
+                                *v = Value::String(MASK.into());
+                                hits.push(rule);
+                            }
+                        }
+                    }
+                    stack.extend(map.values_mut());
+                }
+                Value::Array(items) => stack.extend(items.iter_mut()),
+                _ => {}
+            }
+        }
+        if hits.len() == before {
+            return None;
+        }
+        serde_json::to_string(&value).ok()
+    }
+
+    /// Masks a JSON text (a dynamic value, or an object bound for a string column). Name/Value
+    /// rules see the structure; regex rules then see the whole compact text (so they can match
+    /// across keys), then every string inside on its own. The result is always valid JSON.
     pub fn redact_json(&self, column: &str, json: &str, hits: &mut RuleHits) -> Option<String> {
         if self.rules.is_empty() {
             return None;
         }
+        let structured = if self.has_name_value {
+            self.mask_name_values(column, json, hits)
+        } else {
+            None
+        };
+        let json_in = structured.as_deref().unwrap_or(json);
         let mut whole_hits = Vec::new();
         let whole = self
-            .redact_text(column, json, &mut whole_hits)
+            .apply_regex_rules(column, json_in, &mut whole_hits)
             .filter(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok());
         if whole.is_some() {
             hits.extend(whole_hits);
         }
-        let base = whole.as_deref().unwrap_or(json);
-        match self.redact_json_strings(column, base, hits) {
-            Some(s) => Some(s),
-            None => whole,
-        }
+        let base = whole.as_deref().unwrap_or(json_in);
+        self.redact_json_strings(column, base, hits)
+            .or(whole)
+            .or(structured)
     }
 
-    /// Masks the raw text of a refused record before it is written out: the rules that are not
+    /// Masks the text of a refused record before it is written out: the rules that are not
     /// limited to columns apply, to the JSON structure when it parses, to plain text otherwise.
     pub fn redact_raw(&self, raw: &str) -> Option<String> {
         let mut hits = Vec::new();
@@ -293,8 +467,41 @@ mod tests {
         serde_json::from_str::<serde_json::Value>(&out).unwrap();
         assert!(
             hits.iter()
-                .all(|h| r.rule_name(*h) == "cmdlet-secret-parameter")
+                .all(|h| r.rule_name(*h) == "secret-named-parameter")
         );
+    }
+
+    #[test]
+    fn name_value_pairs_are_masked_in_any_order_spacing_and_type() {
+        let r = shipped();
+        let mut hits = Vec::new();
+        let pretty = r#"[ { "Value" : "Hunter2", "Name" : "CertificatePassword" },
+            {"Name": "Pin", "Value": 1234}, {"Name":"ApiKey","Value":98765},
+            {"Name":"Identity","Value":"bob"}, {"Name":"ResetPassword","Value":"$true"} ]"#;
+        let out = r.redact_json("Parameters", pretty, &mut hits).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[0]["Value"], MASK);
+        assert_eq!(
+            v[0]["Name"], "CertificatePassword",
+            "key order and names are kept"
+        );
+        assert_eq!(v[1]["Value"], 1234, "a PIN is not named like a secret");
+        assert_eq!(v[2]["Value"], MASK, "numbers are masked too");
+        assert_eq!(v[3]["Value"], "bob");
+        assert_eq!(v[4]["Value"], "$true", "a switch is not a secret");
+
+        // ModifiedProperties carry NewValue/OldValue.
+        let modified =
+            r#"[{"Name":"ClientSecret","NewValue":"new-s3cret","OldValue":"old-s3cret"}]"#;
+        let out = r
+            .redact_json("ModifiedProperties", modified, &mut Vec::new())
+            .unwrap();
+        assert!(!out.contains("s3cret"), "{out}");
+
+        // Parameters sent as a JSON string (with spaces) get the same treatment.
+        let text = r#"[{"Name": "Password", "Value": "Sup3r S3cret"}]"#;
+        let out = r.redact_text("Parameters", text, &mut Vec::new()).unwrap();
+        assert_eq!(out, r#"[{"Name":"Password","Value":"***REDACTED***"}]"#);
     }
 
     #[test]
@@ -367,8 +574,10 @@ mod tests {
             RuleSpec {
                 name: "upn".into(),
                 description: None,
-                pattern: "[a-z]+@contoso.com".into(),
-                replacement: "user@masked".into(),
+                kind: RuleKind::Regex,
+                pattern: Some("[a-z]+@contoso.com".into()),
+                replacement: Some("user@masked".into()),
+                name_pattern: None,
                 columns: Some(vec!["UserId".into()]),
             },
         )])
@@ -405,8 +614,10 @@ mod tests {
             RuleSpec {
                 name: "broken".into(),
                 description: None,
-                pattern: "(unclosed".into(),
-                replacement: "x".into(),
+                kind: RuleKind::Regex,
+                pattern: Some("(unclosed".into()),
+                replacement: Some("x".into()),
+                name_pattern: None,
                 columns: None,
             },
         )])

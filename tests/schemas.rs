@@ -174,6 +174,20 @@ fn yaml_syntax_and_unknown_keys_name_file_and_line() {
     let dir = schema_dir_with("EmailUrlInfo.yaml", "table: [unclosed\n");
     let text = errors_of(dir.path());
     assert!(text.contains("EmailUrlInfo.yaml:"), "{text}");
+
+    // Stream names become directory names in dry-run output: nothing but Custom-[A-Za-z0-9_]+.
+    let dir = schema_dir_with(
+        "EmailUrlInfo.yaml",
+        &BROKEN.replace(
+            "stream: Custom-EmailUrlInfo_CL",
+            "stream: Custom-x/../../escaped",
+        ),
+    );
+    let text = errors_of(dir.path());
+    assert!(
+        text.contains("EmailUrlInfo.yaml:3:") && text.contains("Custom- followed by"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -250,7 +264,7 @@ fn check_command_accepts_the_shipped_setup_and_rejects_bad_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("OfficeActivity_CL") && stdout.contains("cmdlet-secret-parameter"));
+    assert!(stdout.contains("OfficeActivity_CL") && stdout.contains("secret-named-parameter"));
 
     std::fs::write(&cfg, "batch:\n  max_body_bytez: 900000\n").unwrap();
     let out = bin()

@@ -107,9 +107,14 @@ fn parse_integer(text: &str) -> Option<i64> {
     (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
 }
 
+/// The enum name for an integer written canonically (`6`, `"6"`, `-1`); other text ("007",
+/// "1e0", names) is left as it is.
 fn enum_name<'v>(column: &'v Column, number: &str) -> Option<Cow<'v, str>> {
     let table = column.enum_table.as_ref()?;
-    let value = parse_integer(number)?;
+    let value = number.parse::<i64>().ok()?;
+    if value.to_string() != number {
+        return None;
+    }
     Some(match table.values.get(&value) {
         Some(name) => Cow::Borrowed(name.as_str()),
         None => Cow::Owned(value.to_string()),
@@ -333,6 +338,8 @@ mod tests {
         assert_eq!(convert(&col, r#""3""#, 100).0.unwrap(), r#""DcAdmin""#);
         assert_eq!(convert(&col, "117", 100).0.unwrap(), r#""117""#);
         assert_eq!(convert(&col, r#""Admin""#, 100).0.unwrap(), r#""Admin""#);
+        assert_eq!(convert(&col, r#""003""#, 100).0.unwrap(), r#""003""#);
+        assert_eq!(convert(&col, r#""3e0""#, 100).0.unwrap(), r#""3e0""#);
     }
 
     #[test]

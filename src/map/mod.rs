@@ -6,6 +6,7 @@ pub mod convert;
 pub mod datetime;
 pub mod json;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::record::RejectReason;
@@ -99,19 +100,28 @@ pub struct Mapper {
     options: MapOptions,
 }
 
-/// Keys already written into the unmapped object, so a collision gets a suffix, not a duplicate.
-struct BagKeys(Vec<String>);
+/// Keys already written into the unmapped object, so a collision gets a suffix (`key_2`), not a
+/// duplicate key. Hashed, with the next suffix per key remembered: a record with thousands of
+/// repeated keys must stay linear.
+#[derive(Default)]
+struct BagKeys {
+    written: HashSet<String>,
+    next_suffix: HashMap<String, usize>,
+}
 
 impl BagKeys {
     fn unique(&mut self, key: &str) -> String {
-        let mut candidate = key.to_string();
-        let mut n = 2;
-        while self.0.contains(&candidate) {
-            candidate = format!("{key}_{n}");
-            n += 1;
+        if self.written.insert(key.to_string()) {
+            return key.to_string();
         }
-        self.0.push(candidate.clone());
-        candidate
+        let n = self.next_suffix.entry(key.to_string()).or_insert(2);
+        loop {
+            let candidate = format!("{key}_{n}");
+            *n += 1;
+            if self.written.insert(candidate.clone()) {
+                return candidate;
+            }
+        }
     }
 }
 
@@ -150,8 +160,13 @@ impl Mapper {
         // Which field feeds each column: the most preferred source present wins.
         let mut slots: Vec<Option<(u8, usize)>> = vec![None; schema.columns.len()];
         let mut used = vec![false; root.len()];
-        for (fi, (name, _)) in root.iter().enumerate() {
+        for (fi, (name, value)) in root.iter().enumerate() {
             if !schema.drop.is_empty() && schema.is_dropped(name) {
+                used[fi] = true;
+                continue;
+            }
+            // A null never takes a column from a present value of a less preferred source.
+            if value.get() == "null" {
                 used[fi] = true;
                 continue;
             }
@@ -255,7 +270,7 @@ impl Mapper {
         let root = &routed.root.0;
         let column = schema.unmapped_column();
         let mut bag = String::new();
-        let mut keys = BagKeys(Vec::new());
+        let mut keys = BagKeys::default();
         let mut add = |key: &str, raw: &str| {
             if !push_bag_entry(&mut bag, &mut keys, key, raw) {
                 ctx.notes.push(Note {

@@ -326,11 +326,16 @@ fn build_table(
             ),
         );
     }
-    if !file.stream.starts_with("Custom-") {
+    let stream_name = file.stream.strip_prefix("Custom-").unwrap_or("");
+    if stream_name.is_empty()
+        || !stream_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         err(
             key_line(text, "stream"),
             format!(
-                "stream {:?} must start with Custom- (DCR stream declarations do)",
+                "stream {:?} must be Custom- followed by letters, digits and '_' (as DCR stream declarations are)",
                 file.stream
             ),
         );

@@ -52,8 +52,28 @@ pub struct ReadTotals {
 /// The name used for standard input in positions and messages.
 pub const STDIN: &str = "<stdin>";
 
+/// Directories whose files are never read: the run's own output (a dry-run writing into a
+/// directory it also reads would read its growing rejected.ndjson forever).
+#[derive(Debug, Default, Clone)]
+pub struct Exclude(Vec<PathBuf>);
+
+impl Exclude {
+    pub fn new(dirs: &[&Path]) -> Self {
+        Self(
+            dirs.iter()
+                .filter_map(|d| std::fs::canonicalize(d).ok())
+                .collect(),
+        )
+    }
+
+    fn covers(&self, path: &Path) -> bool {
+        !self.0.is_empty()
+            && std::fs::canonicalize(path).is_ok_and(|p| self.0.iter().any(|d| p.starts_with(d)))
+    }
+}
+
 /// Expands the input list: `-` is stdin, a directory is every file under it in name order.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, SourceError> {
+pub fn expand_inputs(inputs: &[PathBuf], exclude: &Exclude) -> Result<Vec<PathBuf>, SourceError> {
     let mut files = Vec::new();
     for input in inputs {
         if input.as_os_str() == "-" {
@@ -65,7 +85,9 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, SourceError> {
             error,
         })?;
         if meta.is_dir() {
-            walk_dir(input, &mut files)?;
+            walk_dir(input, exclude, &mut files)?;
+        } else if exclude.covers(input) {
+            tracing::warn!(input = %input.display(), "skipped: it is in the output directory");
         } else {
             files.push(input.clone());
         }
@@ -73,7 +95,11 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, SourceError> {
     Ok(files)
 }
 
-fn walk_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+fn walk_dir(dir: &Path, exclude: &Exclude, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+    if exclude.covers(dir) {
+        tracing::warn!(input = %dir.display(), "skipped: it is the output directory");
+        return Ok(());
+    }
     let open_err = |error| SourceError::Open {
         path: dir.to_path_buf(),
         error,
@@ -91,7 +117,7 @@ fn walk_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
             error,
         })?;
         if meta.is_dir() {
-            walk_dir(&path, files)?;
+            walk_dir(&path, exclude, files)?;
         } else {
             files.push(path);
         }
@@ -103,10 +129,11 @@ fn walk_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
 pub fn read_inputs(
     inputs: &[PathBuf],
     options: &FileOptions,
+    exclude: &Exclude,
     emit: &mut dyn FnMut(Framed<'_>),
 ) -> Result<ReadTotals, SourceError> {
     let mut totals = ReadTotals::default();
-    for path in expand_inputs(inputs)? {
+    for path in expand_inputs(inputs, exclude)? {
         let (name, reader): (Arc<str>, Box<dyn Read>) = if path.as_os_str() == "-" {
             (Arc::from(STDIN), Box::new(io::stdin().lock()))
         } else {
