@@ -1,0 +1,120 @@
+//! Edge cases found in review: each one once lost data, leaked a secret or could hang a run.
+
+mod common;
+
+use common::{run, temp_input};
+use serde_json::Value;
+
+const BASE: &str = r#""CreationTime":"2026-01-02T03:04:05","Id":"11111111-2222-4333-8444-555555555555","Operation":"Set-User","OrganizationId":"7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d","RecordType":1,"UserType":2,"Workload":"Exchange","UserId":"a@contoso.com""#;
+
+#[test]
+fn an_output_directory_inside_the_input_directory_is_not_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("junk.txt"), "not json\n".repeat(50)).unwrap();
+    std::fs::write(input.join("ok.ndjson"), format!("{{{BASE}}}\n")).unwrap();
+    let out = input.join("out");
+    let setup = common::setup();
+    let stats =
+        m365_sentinel::pipeline::dry_run(&setup, std::slice::from_ref(&input), &out).unwrap();
+    assert_eq!(stats.files, 2, "the output's own files are not inputs");
+    assert_eq!(stats.rows(), 1);
+    assert_eq!(stats.rejected_total(), 50);
+}
+
+#[test]
+fn thousands_of_repeated_keys_are_all_kept() {
+    let mut record = format!("{{{BASE}");
+    for i in 0..20_000 {
+        record.push_str(&format!(",\"a\":{i}"));
+    }
+    record.push('}');
+    let (_d, path) = temp_input("dup.ndjson", record.as_bytes());
+    let r = run(&[path]);
+    let extra = &r.table("OfficeActivity_CL")[0]["AdditionalFields"];
+    let extra = match extra {
+        Value::String(text) => text.clone(), // cut at the field limit, visibly
+        other => other.to_string(),
+    };
+    assert!(
+        extra.contains("\"a\":0") && extra.contains("\"a_2\":1") && extra.contains("\"a_3\":2")
+    );
+}
+
+#[test]
+fn secrets_in_records_that_are_not_utf8_are_masked_before_they_are_written() {
+    let mut line = format!(
+        "{{{BASE},\"Parameters\":[{{\"Name\":\"Password\",\"Value\":\"Hunter2secret\"}}],\"Bad\":\""
+    )
+    .into_bytes();
+    line.extend_from_slice(b"\xff\xfe\"}\n");
+    let (_d, path) = temp_input("bad.ndjson", &line);
+    let r = run(&[path]);
+    assert_eq!(r.rejected_codes(), ["invalid_utf8"]);
+    let written = r.rejected[0].to_string();
+    assert!(!written.contains("Hunter2secret"), "{written}");
+    assert!(!written.contains(&base64_of(b"Hunter2secret")[..12]));
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn parameters_sent_as_a_json_string_with_spaces_are_masked() {
+    let record = format!(
+        "{{{BASE},\"Parameters\":\"[{{\\\"Name\\\": \\\"Password\\\", \\\"Value\\\": \\\"Pa55 word\\\"}}, {{\\\"Name\\\": \\\"Identity\\\", \\\"Value\\\": \\\"bob\\\"}}]\"}}"
+    );
+    let (_d, path) = temp_input("str-params.ndjson", record.as_bytes());
+    let r = run(&[path]);
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let params = r.table("OfficeActivity_CL")[0]["Parameters"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parsed: Value = serde_json::from_str(&params).unwrap();
+    assert_eq!(parsed[0]["Value"], "***REDACTED***");
+    assert_eq!(parsed[1]["Value"], "bob");
+}
+
+#[test]
+fn a_null_preferred_source_falls_back_to_the_next() {
+    let record = format!(
+        "{{{BASE},\"IntraSystemId\":null,\"IntraSystemsId\":\"d1497f7e-15b4-49aa-83ad-11a17ca4a2f4\"}}"
+    );
+    let (_d, path) = temp_input("intra.ndjson", record.as_bytes());
+    let r = run(&[path]);
+    let row = &r.table("OfficeActivity_CL")[0];
+    assert_eq!(row["IntraSystemId"], "d1497f7e-15b4-49aa-83ad-11a17ca4a2f4");
+    assert!(
+        row.get("AdditionalFields")
+            .is_none_or(|a| a.get("IntraSystemsId").is_none())
+    );
+}
+
+#[test]
+fn an_audit_record_with_a_category_field_stays_an_audit_record() {
+    let record = format!("{{{BASE},\"category\":\"Mailbox\"}}");
+    let (_d, path) = temp_input("cat.ndjson", record.as_bytes());
+    let r = run(&[path]);
+    assert!(r.rejected.is_empty());
+    assert_eq!(
+        r.table("OfficeActivity_CL")[0]["AdditionalFields"]["category"],
+        "Mailbox"
+    );
+}
+
+#[test]
+fn a_repeated_properties_key_is_kept_not_dropped() {
+    let row = r#"{"time":"2026-01-01T00:00:00Z","category":"AdvancedHunting-EmailUrlInfo","properties":{"Timestamp":"2026-01-01T00:00:00Z","Url":"https://a.example"},"properties":{"Url":"https://b.example"}}"#;
+    let (_d, path) = temp_input("dup-props.ndjson", row.as_bytes());
+    let r = run(&[path]);
+    let mapped = &r.table("EmailUrlInfo_CL")[0];
+    assert_eq!(mapped["Url"], "https://a.example");
+    assert_eq!(
+        mapped["AdditionalFields"]["properties"]["Url"],
+        "https://b.example"
+    );
+}
