@@ -39,6 +39,30 @@ fn bench(c: &mut Criterion) {
             bodies
         })
     });
+    // Worst case: every record holds something a rule masks, so every value is examined.
+    let secret_lines: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            l.replacen(
+                "{",
+                r#"{"Comment":"reset via https://x/y?password=abc123","#,
+                1,
+            )
+        })
+        .collect();
+    group.bench_function("every_record_holds_a_secret", |b| {
+        b.iter(|| {
+            let mut rows = 0usize;
+            for line in &secret_lines {
+                process_unit(&mapper, line, &pos, &mut |out| {
+                    if let Output::Row { row, .. } = out {
+                        rows += black_box(row.json.len());
+                    }
+                });
+            }
+            rows
+        })
+    });
     let unredacted = m365_sentinel::map::Mapper::new(
         setup.schemas.clone(),
         m365_sentinel::redact::Redactor::none(),

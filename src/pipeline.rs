@@ -105,7 +105,8 @@ pub fn process_unit<'a>(
 ) {
     decode_unit(text, pos, &mut |decoded| match decoded {
         Decoded::Record(pos, fields, text) => {
-            let mapped = route(mapper.schemas(), fields).and_then(|routed| mapper.map(&routed));
+            let mapped =
+                route(mapper.schemas(), fields).and_then(|routed| mapper.map(&routed, text));
             match mapped {
                 Ok(row) => emit(Output::Row { pos, row, text }),
                 Err(reason) => emit(Output::Rejected(Rejected {

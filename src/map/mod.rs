@@ -97,6 +97,8 @@ impl Default for MapOptions {
 pub struct Mapper {
     schemas: Arc<SchemaSet>,
     redactor: Redactor,
+    /// Used for records the redactor's prefilter clears.
+    no_redaction: Redactor,
     options: MapOptions,
 }
 
@@ -145,6 +147,7 @@ impl Mapper {
         Self {
             schemas,
             redactor,
+            no_redaction: Redactor::none(),
             options,
         }
     }
@@ -153,7 +156,9 @@ impl Mapper {
         &self.schemas
     }
 
-    pub fn map(&self, routed: &Routed<'_>) -> Result<MappedRow, RejectReason> {
+    /// Maps one record; `raw` is its JSON text, which decides whether redaction has anything to
+    /// look at (most records: no).
+    pub fn map(&self, routed: &Routed<'_>, raw: &str) -> Result<MappedRow, RejectReason> {
         let schema: &TableSchema = &self.schemas.tables[routed.table];
         let root = &routed.root.0;
 
@@ -182,8 +187,13 @@ impl Mapper {
 
         let mut notes = Vec::new();
         let mut hits = Vec::new();
+        let redactor = if self.redactor.record_may_match(raw) {
+            &self.redactor
+        } else {
+            &self.no_redaction
+        };
         let mut ctx = Ctx {
-            redactor: &self.redactor,
+            redactor,
             max_field_bytes: self.options.max_field_bytes,
             notes: &mut notes,
             hits: &mut hits,

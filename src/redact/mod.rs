@@ -2,6 +2,8 @@
 //! tokens, SAS signatures, connection-string keys, DLP detected values) before a row leaves the
 //! mapper, so nothing downstream (spool, dead letters, dry-run files, the workspace) holds them.
 
+mod prefilter;
+
 use std::borrow::Cow;
 
 use regex::{Regex, RegexSet};
@@ -82,6 +84,32 @@ const VALUE_KEYS: [&str; 6] = [
     "Value", "NewValue", "OldValue", "value", "newValue", "oldValue",
 ];
 
+/// The string values of "Name"/"name" keys in a JSON text, found by a scan rather than a parse
+/// (one SIMD search for `ame"`, then a look around each hit).
+fn name_values(json: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    let bytes = json.as_bytes();
+    memchr::memmem::find_iter(bytes, b"ame\"").filter_map(move |at| {
+        let key_start = at.checked_sub(2)?;
+        if bytes[key_start] != b'"' || !matches!(bytes[key_start + 1], b'N' | b'n') {
+            return None;
+        }
+        let rest = json
+            .get(at + 4..)?
+            .trim_start()
+            .strip_prefix(':')?
+            .trim_start();
+        if !rest.starts_with('"') {
+            return None;
+        }
+        let token = rest.as_bytes();
+        let mut i = 1;
+        while i < token.len() && token[i] != b'"' {
+            i += if token[i] == b'\\' { 2 } else { 1 };
+        }
+        crate::map::json::decode_string(rest.get(..(i + 1).min(rest.len()))?)
+    })
+}
+
 /// A value a switch parameter holds: nothing secret in it.
 fn is_switch(v: &Value) -> bool {
     match v {
@@ -141,6 +169,8 @@ pub struct Redactor {
     any: RegexSet,
     /// Index into `rules` of each pattern of `any`.
     any_rules: Vec<usize>,
+    /// Literals one of which any regex rule's match contains; None when a rule has none.
+    prefilter: Option<prefilter::Prefilter>,
     has_name_value: bool,
 }
 
@@ -179,10 +209,13 @@ impl Redactor {
         let has_name_value = rules
             .iter()
             .any(|r| matches!(r.matcher, Matcher::NameValue { .. }));
+        let pattern_refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let prefilter = prefilter::Prefilter::build(&pattern_refs);
         Ok(Self {
             rules,
             any,
             any_rules,
+            prefilter,
             has_name_value,
         })
     }
@@ -213,6 +246,7 @@ impl Redactor {
             rules: Vec::new(),
             any: RegexSet::empty(),
             any_rules: Vec::new(),
+            prefilter: None,
             has_name_value: false,
         }
     }
@@ -243,6 +277,28 @@ impl Redactor {
             }
         }
         problems
+    }
+
+    /// Whether any rule could mask anything in a record whose raw JSON text is `raw`. When false
+    /// the record is mapped without looking at its values one by one.
+    pub fn record_may_match(&self, raw: &str) -> bool {
+        if self.rules.is_empty() {
+            return false;
+        }
+        let regex_rules = !self.any_rules.is_empty()
+            && self.prefilter.as_ref().is_none_or(|pre| pre.may_match(raw));
+        // Every "Name" key of the values is in the raw text as it is, unless spelled with \u
+        // escapes or inside a JSON-in-a-string value (escaped quotes).
+        let name_rules = self.has_name_value
+            && (raw.contains("\\u")
+                || raw.contains("\\\"")
+                || name_values(raw).any(|name| {
+                    self.rules.iter().any(|r| match &r.matcher {
+                        Matcher::NameValue { names } => names.is_match(&name),
+                        Matcher::Regex { .. } => false,
+                    })
+                }));
+        regex_rules || name_rules
     }
 
     /// Masks `text` (a value of `column`); `None` when nothing matched. A text that is itself
@@ -289,9 +345,6 @@ impl Redactor {
 
     /// Applies the `name_value` rules to a JSON text; a changed result is compact JSON.
     fn mask_name_values(&self, column: &str, json: &str, hits: &mut RuleHits) -> Option<String> {
-        if !NAME_KEYS.iter().any(|k| json.contains(&format!("\"{k}\""))) {
-            return None;
-        }
         let rules: Vec<(usize, &Regex)> = self
             .rules
             .iter()
@@ -302,7 +355,11 @@ impl Redactor {
                 Matcher::Regex { .. } => None,
             })
             .collect();
-        if rules.is_empty() {
+        // Parse only when some "Name" in the text matches: most Parameters hold no secret. With
+        // \u escapes in the text a key may be spelled in them, so then the scan isn't trusted.
+        let worth_parsing = json.contains("\\u")
+            || name_values(json).any(|name| rules.iter().any(|(_, re)| re.is_match(&name)));
+        if rules.is_empty() || !worth_parsing {
             return None;
         }
         // serde_json's recursion limit bounds the depth of what this walks.
@@ -605,6 +662,28 @@ mod tests {
         assert_eq!(v["sig=x"], "keep");
         assert_eq!(v["esc"], "say \"Bearer ***REDACTED***\"");
         assert_eq!(v["n"], 1);
+    }
+
+    #[test]
+    fn shipped_rules_all_have_a_literal_prefilter() {
+        assert!(shipped().prefilter.is_some());
+    }
+
+    #[test]
+    fn records_with_nothing_to_mask_are_cleared_by_the_prefilter() {
+        let r = shipped();
+        let plain = r#"{"Operation":"FileAccessed","Path":"\\Inbox","Parameters":[{"Name":"Identity","Value":"bob"}]}"#;
+        assert!(!r.record_may_match(plain));
+        for needs_a_look in [
+            r#"{"Parameters":[{"Name":"NewPassword","Value":"x"}]}"#,
+            r#"{"Url":"https://a/b?SIG=abc"}"#,
+            r#"{"Auth":"BEARER abcdefghijkl"}"#,
+            r#"{"Parameters":"[{\"Name\":\"Password\"}]"}"#,
+            r#"{"X":"p\u0077d=1"}"#,
+            r#"{"X":"pässword"}"#,
+        ] {
+            assert!(r.record_may_match(needs_a_look), "{needs_a_look}");
+        }
     }
 
     #[test]
