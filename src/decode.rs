@@ -100,34 +100,56 @@ pub fn json_kind(raw: &str) -> &'static str {
 }
 
 fn count_lines(s: &str) -> u64 {
-    s.bytes().filter(|b| *b == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', s.as_bytes()).count() as u64
+}
+
+/// Line numbers of offsets in a unit's text, counted incrementally as the walk moves forward.
+struct Lines<'a> {
+    text: &'a str,
+    counted_to: usize,
+    line: u64,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str, first_line: u64) -> Self {
+        Self {
+            text,
+            counted_to: 0,
+            line: first_line,
+        }
+    }
+
+    fn at(&mut self, offset: usize) -> u64 {
+        if offset > self.counted_to {
+            let end = offset.min(self.text.len());
+            self.line += count_lines(&self.text[self.counted_to..end]);
+            self.counted_to = end;
+        }
+        self.line
+    }
+}
+
+/// Why a piece of text didn't parse. The file source writes U+0001 for bytes that are not UTF-8
+/// (a control character is never valid unescaped JSON), so such a piece is named for that.
+fn reason_for(chunk: &str, error: &serde_json::Error) -> RejectReason {
+    match chunk.find('\u{1}') {
+        Some(offset) => RejectReason::InvalidUtf8 { offset },
+        None => RejectReason::UnparsableJson(error.to_string()),
+    }
 }
 
 /// Splits `text` (one unit starting at `pos`) into records, calling `emit` for each.
 pub fn decode_unit<'a>(text: &'a str, pos: &Position, emit: &mut dyn FnMut(Decoded<'a>)) {
-    let trimmed = text.trim_start();
-    let line = pos.line + count_lines(&text[..text.len() - trimmed.len()]);
-    match trimmed.as_bytes().first() {
-        Some(b'[') => walk_array(trimmed, 1, &pos.at(line, 0), true, emit),
-        Some(b'{') => decode_object(trimmed, &pos.at(line, pos.index), true, emit),
-        Some(_) => {
-            let reason = match serde_json::from_str::<serde::de::IgnoredAny>(trimmed) {
-                Ok(_) => RejectReason::NotAnObject(json_kind(trimmed)),
-                Err(e) => RejectReason::UnparsableJson(e.to_string()),
-            };
-            emit(Decoded::Rejected(pos.at(line, 0), reason, text))
-        }
-        None => {}
-    }
-}
-
-/// One line of a text that turned out to be JSON Lines.
-fn decode_line<'a>(line: &'a str, pos: &Position, emit: &mut dyn FnMut(Decoded<'a>)) {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    if line.trim().is_empty() {
+    // The common case, a JSON line holding one object: a single parse.
+    let trimmed = text.trim();
+    if trimmed.starts_with('{')
+        && let Ok(fields) = Fields::parse(trimmed)
+    {
+        let line = pos.line + count_lines(&text[..text.len() - text.trim_start().len()]);
+        handle_object(fields, trimmed, &pos.at(line, pos.index), true, emit);
         return;
     }
-    decode_unit(line, pos, emit);
+    decode_values(text, pos, emit);
 }
 
 /// Byte offset just past `{"records":[` when `text` opens an Event Hubs body.
@@ -145,138 +167,267 @@ fn is_wrapper<'a>(fields: &Fields<'a>) -> Option<&'a RawValue> {
     (!looks_like_record && records.get().starts_with('[')).then_some(records)
 }
 
-fn decode_object<'a>(
+fn handle_object<'a>(
+    fields: Fields<'a>,
     text: &'a str,
     pos: &Position,
     expand: bool,
     emit: &mut dyn FnMut(Decoded<'a>),
 ) {
-    match Fields::parse(text) {
-        Ok(fields) => match is_wrapper(&fields).filter(|_| expand) {
-            Some(records) => {
-                let inner = records.get();
-                walk_array(inner, 1, pos, false, emit);
-            }
-            None => emit(Decoded::Record(pos.clone(), fields, text)),
-        },
-        Err(e) => match records_array_start(text).filter(|_| expand) {
-            // A truncated Event Hubs body: keep the records that are whole.
-            Some(start) => walk_array(&text[start - 1..], 1, pos, false, emit),
-            // A multi-line text that is not one object after all (JSON Lines whose first line
-            // was cut short): each line stands on its own.
-            None if expand && text.trim_end().contains('\n') => {
-                for (i, line) in text.lines().enumerate() {
-                    decode_line(line, &pos.at(pos.line + i as u64, 0), emit);
-                }
-            }
-            None => emit(Decoded::Rejected(
-                pos.clone(),
-                RejectReason::UnparsableJson(e.to_string()),
-                text,
-            )),
-        },
+    match is_wrapper(&fields).filter(|_| expand) {
+        // The array parsed already, so walking it cannot fail.
+        Some(records) => {
+            let _ = walk_array(records.get(), 1, pos, false, emit);
+        }
+        None => emit(Decoded::Record(pos.clone(), fields, text)),
     }
 }
 
-/// Walks a JSON array element by element so that a truncated or malformed tail costs only the
-/// tail: the complete elements before it are kept.
+fn handle_value<'a>(raw: &'a str, pos: &Position, emit: &mut dyn FnMut(Decoded<'a>)) {
+    match raw.as_bytes().first() {
+        Some(b'[') => {
+            let _ = walk_array(raw, 1, pos, true, emit);
+        }
+        Some(b'{') => match Fields::parse(raw) {
+            Ok(fields) => handle_object(fields, raw, pos, true, emit),
+            Err(e) => emit(Decoded::Rejected(pos.clone(), reason_for(raw, &e), raw)),
+        },
+        _ => emit(Decoded::Rejected(
+            pos.clone(),
+            RejectReason::NotAnObject(json_kind(raw)),
+            raw,
+        )),
+    }
+}
+
+/// A unit holding any number of whitespace-separated JSON values (a pretty content blob, `jq .`
+/// output, concatenated bodies), recovering after a broken one.
+fn decode_values<'a>(text: &'a str, pos: &Position, emit: &mut dyn FnMut(Decoded<'a>)) {
+    let mut lines = Lines::new(text, pos.line);
+    let mut offset = 0;
+    let mut ordinal = 0u32;
+    loop {
+        let rest = &text[offset..];
+        let trimmed = rest.trim_start();
+        offset += rest.len() - trimmed.len();
+        if trimmed.is_empty() {
+            return;
+        }
+        let line = lines.at(offset);
+        ordinal += 1;
+        let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<&RawValue>();
+        match stream.next() {
+            Some(Ok(value)) => {
+                let end = offset + stream.byte_offset();
+                let single = ordinal == 1 && text[end..].trim().is_empty();
+                let index = if single { pos.index } else { ordinal };
+                handle_value(value.get(), &pos.at(line, index), emit);
+                offset = end;
+            }
+            Some(Err(e)) => match recover(text, offset, &mut lines, pos, &e, emit) {
+                Some(resume) => offset = resume,
+                None => return,
+            },
+            None => return,
+        }
+    }
+}
+
+/// Most of the (first 200) non-empty lines of `text` are whole JSON values on their own.
+fn looks_like_json_lines(text: &str) -> bool {
+    let mut total = 0;
+    let mut whole = 0;
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(200)
+    {
+        total += 1;
+        if serde_json::from_str::<serde::de::IgnoredAny>(line).is_ok() {
+            whole += 1;
+        }
+    }
+    total >= 2 && whole * 2 > total
+}
+
+/// After a value failed to parse at `offset`: salvage what can be kept and say where to go on.
+fn recover<'a>(
+    text: &'a str,
+    offset: usize,
+    lines: &mut Lines<'_>,
+    pos: &Position,
+    error: &serde_json::Error,
+    emit: &mut dyn FnMut(Decoded<'a>),
+) -> Option<usize> {
+    let rest = &text[offset..];
+    let line = lines.at(offset);
+    // JSON Lines after all, whose first line was cut short: each line stands on its own.
+    if looks_like_json_lines(rest) {
+        for (i, l) in rest.lines().enumerate() {
+            let l = l.strip_suffix('\r').unwrap_or(l);
+            if !l.trim().is_empty() {
+                decode_unit(l, &pos.at(line + i as u64, 0), emit);
+            }
+        }
+        return None;
+    }
+    // An array: keep its whole elements, skip the broken ones.
+    if rest.starts_with('[') {
+        return walk_array(rest, 1, &pos.at(line, 0), true, emit)
+            .ok()
+            .map(|end| offset + end);
+    }
+    // An Event Hubs body cut short or broken: keep its whole records.
+    if let Some(start) = records_array_start(rest) {
+        let array = start - 1;
+        let end = walk_array(&rest[array..], 1, &pos.at(line, 0), false, emit).ok()?;
+        let after = &text[offset + array + end..];
+        let closing = after.len() - after.trim_start().len();
+        return after
+            .trim_start()
+            .starts_with('}')
+            .then_some(offset + array + end + closing + 1);
+    }
+    match resync(text, offset) {
+        Some(next) => {
+            let chunk = text[offset..next].trim_end();
+            emit(Decoded::Rejected(
+                pos.at(line, 0),
+                reason_for(chunk, error),
+                chunk,
+            ));
+            Some(next)
+        }
+        None => {
+            emit(Decoded::Rejected(
+                pos.at(line, 0),
+                reason_for(rest, error),
+                rest,
+            ));
+            None
+        }
+    }
+}
+
+/// The next place after `from` where a record seems to begin: an object that follows `,`, `[`,
+/// `}` or `]` (an element or value boundary, not a nested value after `:`), parses, and has a
+/// key records have. Bounded, so a long broken tail costs little.
+fn resync(text: &str, from: usize) -> Option<usize> {
+    const ATTEMPTS: usize = 10_000;
+    let bytes = text.as_bytes();
+    for p in memchr::memchr_iter(b'{', bytes.get(from + 1..)?)
+        .map(|p| p + from + 1)
+        .take(ATTEMPTS)
+    {
+        let before = bytes[..p].iter().rev().find(|b| !b.is_ascii_whitespace());
+        if !matches!(before, Some(b',' | b'[' | b'}' | b']')) {
+            continue;
+        }
+        let mut stream = serde_json::Deserializer::from_str(&text[p..]).into_iter::<&RawValue>();
+        if let Some(Ok(value)) = stream.next()
+            && let Ok(fields) = Fields::parse(value.get())
+            && ["RecordType", "CreationTime", "category", "records"]
+                .iter()
+                .any(|k| fields.get(k).is_some())
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Walks a JSON array (`text` starts with `[`) element by element: a broken element costs only
+/// itself when a later element can be found, and a truncated tail costs only the tail. Returns
+/// the offset just past the closing `]`, or Err once the rest was refused.
 fn walk_array<'a>(
     text: &'a str,
     first_index: u32,
     pos: &Position,
     expand_elements: bool,
     emit: &mut dyn FnMut(Decoded<'a>),
-) {
-    // text starts with '['.
+) -> Result<usize, ()> {
+    let mut lines = Lines::new(text, pos.line);
     let mut offset = 1;
-    let mut line = pos.line;
-    let mut counted_to = 0;
     let mut index = first_index;
     let mut kept = 0usize;
-    let fail = |offset: usize,
-                kept: usize,
-                error: String,
-                line: u64,
-                emit: &mut dyn FnMut(Decoded<'a>)| {
-        emit(Decoded::Rejected(
-            pos.at(line, 0),
-            RejectReason::TruncatedArray { kept, error },
-            &text[offset..],
-        ))
-    };
     loop {
         let rest = &text[offset..];
         let trimmed = rest.trim_start();
         offset += rest.len() - trimmed.len();
-        if let Some(after) = trimmed.strip_prefix(']') {
-            let tail = after.trim();
-            if !tail.is_empty() {
-                line += count_lines(&text[counted_to..offset]);
-                fail(
-                    offset + 1,
-                    kept,
-                    "trailing characters after the closing ]".into(),
-                    line,
-                    emit,
-                );
-            }
-            return;
+        if trimmed.starts_with(']') {
+            return Ok(offset + 1);
         }
-        if trimmed.is_empty() {
-            line += count_lines(&text[counted_to..offset]);
-            fail(offset, kept, "the array ends without ]".into(), line, emit);
-            return;
-        }
-        let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<&RawValue>();
-        let value = match stream.next() {
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                line += count_lines(&text[counted_to..offset]);
-                fail(offset, kept, e.to_string(), line, emit);
-                return;
-            }
-            None => {
-                fail(offset, kept, "the array ends without ]".into(), line, emit);
-                return;
+        let line = lines.at(offset);
+        let failure = if trimmed.is_empty() {
+            "the array ends without ]".to_string()
+        } else {
+            let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<&RawValue>();
+            match stream.next() {
+                Some(Ok(value)) => {
+                    let raw = value.get();
+                    let element_pos = pos.at(line, index);
+                    if raw.starts_with('{') {
+                        match Fields::parse(raw) {
+                            Ok(fields) => {
+                                handle_object(fields, raw, &element_pos, expand_elements, emit)
+                            }
+                            Err(e) => {
+                                emit(Decoded::Rejected(element_pos, reason_for(raw, &e), raw))
+                            }
+                        }
+                    } else {
+                        emit(Decoded::Rejected(
+                            element_pos,
+                            RejectReason::NotAnObject(json_kind(raw)),
+                            raw,
+                        ));
+                    }
+                    kept += 1;
+                    index += 1;
+                    offset += stream.byte_offset();
+                    let rest = &text[offset..];
+                    let after = rest.trim_start();
+                    offset += rest.len() - after.len();
+                    match after.as_bytes().first() {
+                        Some(b',') => {
+                            offset += 1;
+                            continue;
+                        }
+                        Some(b']') => continue,
+                        Some(_) => "expected , or ] between array elements".to_string(),
+                        None => "the array ends without ]".to_string(),
+                    }
+                }
+                Some(Err(e)) => e.to_string(),
+                None => "the array ends without ]".to_string(),
             }
         };
-        line += count_lines(&text[counted_to..offset]);
-        counted_to = offset;
-        let element_pos = pos.at(line, index);
-        let raw = value.get();
-        if raw.starts_with('{') {
-            decode_object(raw, &element_pos, expand_elements, emit);
-        } else {
-            emit(Decoded::Rejected(
-                element_pos,
-                RejectReason::NotAnObject(json_kind(raw)),
-                raw,
-            ));
-        }
-        kept += 1;
-        index += 1;
-        offset += stream.byte_offset();
-        let rest = &text[offset..];
-        let trimmed = rest.trim_start();
-        offset += rest.len() - trimmed.len();
-        match trimmed.as_bytes().first() {
-            Some(b',') => offset += 1,
-            Some(b']') => {}
-            Some(_) => {
-                line += count_lines(&text[counted_to..offset]);
-                fail(
-                    offset,
-                    kept,
-                    "expected , or ] between array elements".into(),
-                    line,
-                    emit,
-                );
-                return;
+        match resync(text, offset) {
+            Some(next) => {
+                let chunk = text[offset..next].trim_end();
+                let chunk = chunk.strip_suffix(',').unwrap_or(chunk).trim_end();
+                let reason = match chunk.find('\u{1}') {
+                    Some(at) => RejectReason::InvalidUtf8 { offset: at },
+                    None => RejectReason::UnparsableJson(format!(
+                        "array element after {kept} whole records: {failure}"
+                    )),
+                };
+                emit(Decoded::Rejected(pos.at(line, index), reason, chunk));
+                index += 1;
+                offset = next;
             }
             None => {
-                line += count_lines(&text[counted_to..offset]);
-                fail(offset, kept, "the array ends without ]".into(), line, emit);
-                return;
+                let tail = &text[offset..];
+                let reason = match tail.find('\u{1}') {
+                    Some(at) => RejectReason::InvalidUtf8 { offset: at },
+                    None => RejectReason::TruncatedArray {
+                        kept,
+                        error: failure,
+                    },
+                };
+                emit(Decoded::Rejected(pos.at(line, 0), reason, tail));
+                return Err(());
             }
         }
     }

@@ -118,3 +118,76 @@ fn a_repeated_properties_key_is_kept_not_dropped() {
         "https://b.example"
     );
 }
+
+fn record(n: usize) -> String {
+    format!(
+        "{{\"CreationTime\":\"2026-01-02T03:04:05\",\"Id\":\"r{n}\",\"RecordType\":6,\"Operation\":\"FileAccessed\"}}"
+    )
+}
+
+#[test]
+fn a_broken_record_inside_a_content_blob_costs_only_itself() {
+    let mut items: Vec<String> = (0..10).map(record).collect();
+    items[3] = r#"{"CreationTime":"2026-01-02T03:04:05","Id":"r3" "RecordType":6}"#.into();
+    let blob = format!("[\n  {}\n]\n", items.join(",\n  "));
+    let (_d, path) = temp_input("blob.json", blob.as_bytes());
+    let r = run(&[path]);
+    assert_eq!(r.stats.rows(), 9);
+    assert_eq!(r.rejected_codes(), ["unparsable_json"]);
+    assert_eq!(r.rejected[0]["line"], 5);
+    assert!(r.rejected[0]["raw"].as_str().unwrap().contains("\"r3\""));
+    let ids: Vec<&str> = r
+        .table("OfficeActivity_CL")
+        .iter()
+        .map(|row| row["OfficeId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r0", "r1", "r2", "r4", "r5", "r6", "r7", "r8", "r9"]);
+}
+
+#[test]
+fn json_lines_whose_first_line_is_a_cut_short_array_keep_the_rest() {
+    let text = format!(
+        "[{},{}\n{}\n{}\n",
+        record(0),
+        &record(1)[..20],
+        record(2),
+        record(3)
+    );
+    let (_d, path) = temp_input("lines.ndjson", text.as_bytes());
+    let r = run(&[path]);
+    // The first line is one broken array: its whole first record is kept, its cut tail refused.
+    assert_eq!(r.stats.rows(), 3);
+    assert_eq!(r.rejected_codes(), ["truncated_json"]);
+}
+
+#[test]
+fn pretty_objects_back_to_back_as_jq_writes_them() {
+    let pretty = |n| {
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&record(n)).unwrap()).unwrap()
+    };
+    let text = format!(
+        "{}\n{}\n{{\n  \"CreationTime\": oops\n}}\n{}\n",
+        pretty(0),
+        pretty(1),
+        pretty(2)
+    );
+    let (_d, path) = temp_input("jq.json", text.as_bytes());
+    let r = run(&[path]);
+    assert_eq!(r.stats.rows(), 3);
+    assert_eq!(r.rejected_codes(), ["unparsable_json"]);
+    assert_eq!(r.rejected[0]["line"], 13);
+}
+
+#[test]
+fn a_byte_that_is_not_utf8_in_a_document_costs_only_its_record() {
+    let mut blob = format!("[\n{},\n", record(0)).into_bytes();
+    blob.extend_from_slice(
+        b"{\"CreationTime\":\"2026-01-02T03:04:05\",\"Id\":\"bad\xff\",\"RecordType\":6},\n",
+    );
+    blob.extend_from_slice(format!("{}\n]\n", record(2)).as_bytes());
+    let (_d, path) = temp_input("blob.json", &blob);
+    let r = run(&[path]);
+    assert_eq!(r.stats.rows(), 2);
+    assert_eq!(r.rejected_codes(), ["invalid_utf8"]);
+    assert_eq!(r.rejected[0]["line"], 3);
+}

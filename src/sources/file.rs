@@ -343,6 +343,29 @@ pub fn read_stream(
     bytes
 }
 
+/// Replaces each byte sequence that is not UTF-8 with U+0001. A control character is never
+/// valid unescaped JSON, so the record holding one fails to parse and is refused alone (decode
+/// names the reason invalid_utf8), while the rest of the document is kept.
+fn mark_invalid_utf8(mut bytes: Vec<u8>) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes.as_mut_slice();
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                out.push_str(valid);
+                return out;
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at_mut(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                out.push('\u{1}');
+                let skip = e.error_len().unwrap_or(after.len()).max(1).min(after.len());
+                rest = &mut after[skip..];
+            }
+        }
+    }
+}
+
 fn emit_document(
     pos: &Position,
     doc: Vec<u8>,
@@ -369,17 +392,14 @@ fn emit_document(
         ));
         return;
     }
-    match std::str::from_utf8(&doc) {
-        Ok(text) => emit(Framed::Unit {
-            pos: pos.clone(),
-            text,
-        }),
-        Err(e) => {
-            let offset = e.valid_up_to();
-            emit(reject(RejectReason::InvalidUtf8 { offset }, doc));
-            return;
-        }
-    }
+    let text = match String::from_utf8(doc) {
+        Ok(text) => text,
+        Err(e) => mark_invalid_utf8(e.into_bytes()),
+    };
+    emit(Framed::Unit {
+        pos: pos.clone(),
+        text: &text,
+    });
     if let Err(e) = read {
         emit(reject(
             RejectReason::Unreadable(format!("input unreadable part-way: {e}")),
