@@ -172,7 +172,20 @@ impl DryRun<'_> {
                     .entry((table.table.clone(), n.column.clone(), n.kind.code()))
                     .or_default() += 1;
             }
-            if let Err(e) = self.sink.write_notes(&pos, &table.table, &row.notes) {
+            let truncated = row
+                .notes
+                .iter()
+                .any(|n| matches!(n.kind, crate::map::NoteKind::Truncated { .. }));
+            let raw = truncated.then(|| {
+                self.setup
+                    .redactor
+                    .redact_raw(text)
+                    .unwrap_or_else(|| text.to_string())
+            });
+            if let Err(e) = self
+                .sink
+                .write_notes(&pos, &table.table, &row.notes, raw.as_deref())
+            {
                 self.fail(e);
             }
         }

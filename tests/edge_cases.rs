@@ -191,3 +191,30 @@ fn a_byte_that_is_not_utf8_in_a_document_costs_only_its_record() {
     assert_eq!(r.rejected_codes(), ["invalid_utf8"]);
     assert_eq!(r.rejected[0]["line"], 3);
 }
+
+#[test]
+fn booleans_in_string_columns_follow_the_table_spelling() {
+    let audit = format!("{{{BASE},\"ExternalAccess\":true}}");
+    let defender = r#"{"category":"AdvancedHunting-EmailUrlInfo","properties":{"Timestamp":"2026-01-01T00:00:00Z","UrlLocation":false}}"#;
+    let (_d, path) = temp_input("bools.ndjson", format!("{audit}\n{defender}\n").as_bytes());
+    let r = run(&[path]);
+    assert_eq!(
+        r.table("OfficeActivity_CL")[0]["ExternalAccess"],
+        "True",
+        ".NET casing for OfficeActivity"
+    );
+    assert_eq!(
+        r.table("EmailUrlInfo_CL")[0]["UrlLocation"],
+        "false",
+        "JSON casing elsewhere"
+    );
+}
+
+#[test]
+fn what_the_field_limit_cut_is_kept_in_the_notices() {
+    let record = format!("{{{BASE},\"UserAgent\":\"{}\"}}", "u".repeat(70_000));
+    let (_d, path) = temp_input("long.ndjson", record.as_bytes());
+    let r = run(&[path]);
+    assert_eq!(r.notices[0]["notes"][0]["kind"], "truncated");
+    assert_eq!(r.notices[0]["raw"].as_str().unwrap(), record);
+}

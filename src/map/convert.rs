@@ -9,7 +9,7 @@ use super::json::{MAX_DEPTH, decode_string, push_compact, push_json_string};
 use super::{Note, NoteKind};
 use crate::decode::json_kind;
 use crate::redact::Redactor;
-use crate::schema::{Column, ColumnType};
+use crate::schema::{BoolText, Column, ColumnType};
 
 /// Shared state for converting the values of one row.
 pub struct Ctx<'m> {
@@ -17,6 +17,7 @@ pub struct Ctx<'m> {
     pub max_field_bytes: usize,
     pub notes: &'m mut Vec<Note>,
     pub hits: &'m mut Vec<usize>,
+    pub bool_text: BoolText,
 }
 
 /// The value did not fit the column type; it is kept in the unmapped column instead.
@@ -158,8 +159,8 @@ pub fn write_value(
                 let json = ctx.redact_json(name, &compact);
                 ctx.push_string_limited(out, name, &json);
             }
-            b't' => push_json_string(out, "True"),
-            b'f' => push_json_string(out, "False"),
+            b't' => push_json_string(out, ctx.bool_text.spell(true)),
+            b'f' => push_json_string(out, ctx.bool_text.spell(false)),
             b'n' => return Err(found()),
             _ => match enum_name(column, raw) {
                 Some(mapped) => push_json_string(out, &mapped),
@@ -297,6 +298,7 @@ mod tests {
             max_field_bytes: limit,
             notes: &mut notes,
             hits: &mut hits,
+            bool_text: BoolText::Dotnet,
         };
         let mut out = String::new();
         let r = write_value(&mut out, col, raw, &mut ctx).map(|()| out);

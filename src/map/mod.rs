@@ -197,6 +197,7 @@ impl Mapper {
             max_field_bytes: self.options.max_field_bytes,
             notes: &mut notes,
             hits: &mut hits,
+            bool_text: schema.bool_text,
         };
         let mut out =
             String::with_capacity(root.iter().map(|(_, v)| v.get().len() + 24).sum::<usize>() + 64);

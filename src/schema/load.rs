@@ -175,6 +175,8 @@ struct SchemaFile {
     columns: Vec<ColumnFile>,
     #[serde(default)]
     drop: Vec<String>,
+    #[serde(default)]
+    bool_text: super::BoolText,
 }
 
 #[derive(Deserialize)]
@@ -477,6 +479,7 @@ fn build_table(
         unmapped,
         columns,
         drop: file.drop,
+        bool_text: file.bool_text,
         field_index: HashMap::new(),
     };
     schema.build_index();

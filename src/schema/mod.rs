@@ -20,6 +20,27 @@ pub enum InputKind {
     Defender { category: String, root: String },
 }
 
+/// Spelling of a JSON boolean in a string column: `True`/`False` as .NET writes them (Exchange's
+/// `ResultStatus`, so OfficeActivity), or `true`/`false` as JSON and KQL's `tostring` do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoolText {
+    Dotnet,
+    #[default]
+    Json,
+}
+
+impl BoolText {
+    pub fn spell(self, value: bool) -> &'static str {
+        match (self, value) {
+            (Self::Dotnet, true) => "True",
+            (Self::Dotnet, false) => "False",
+            (Self::Json, true) => "true",
+            (Self::Json, false) => "false",
+        }
+    }
+}
+
 /// Integer → name table for enum columns (RecordType, UserType, Logon_Type).
 #[derive(Debug, Clone, Default)]
 pub struct EnumTable {
@@ -52,6 +73,8 @@ pub struct TableSchema {
     pub columns: Vec<Column>,
     /// Source fields deliberately discarded (an explicit, documented choice of the user).
     pub drop: Vec<String>,
+    /// How a JSON boolean is written into a string column.
+    pub bool_text: BoolText,
     /// Source field name → (column index, preference rank) for every column it feeds.
     field_index: HashMap<String, Vec<(usize, u8)>>,
 }

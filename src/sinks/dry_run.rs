@@ -124,7 +124,15 @@ impl DryRunSink {
         self.rejected.write_all(line.as_bytes())
     }
 
-    pub fn write_notes(&mut self, pos: &Position, table: &str, notes: &[Note]) -> io::Result<()> {
+    /// One line per adjusted row; `raw` (the redacted original record) is kept when a value was
+    /// cut, so what the field limit removed is still on disk.
+    pub fn write_notes(
+        &mut self,
+        pos: &Position,
+        table: &str,
+        notes: &[Note],
+        raw: Option<&str>,
+    ) -> io::Result<()> {
         let mut line = String::with_capacity(128 * notes.len() + 64);
         line.push('{');
         push_position(&mut line, pos);
@@ -143,7 +151,12 @@ impl DryRunSink {
             crate::map::json::push_json_string(&mut line, &n.to_string());
             line.push('}');
         }
-        line.push_str("]}\n");
+        line.push(']');
+        if let Some(raw) = raw {
+            line.push_str(",\"raw\":");
+            crate::map::json::push_json_string(&mut line, raw);
+        }
+        line.push_str("}\n");
         self.notices.write_all(line.as_bytes())
     }
 
