@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod dlq;
 pub mod map;
 pub mod pipeline;
 pub mod record;

@@ -17,6 +17,21 @@ pub fn push_utc(out: &mut String, text: &str) -> bool {
     }
 }
 
+/// Seconds since the Unix epoch as ISO 8601 UTC with milliseconds, e.g. for timestamps the
+/// process writes itself (dead letters).
+pub fn format_unix_millis(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        millis.rem_euclid(1000)
+    )
+}
+
 #[derive(Debug, PartialEq, Eq)]
 struct DateTime<'a> {
     year: i64,
@@ -252,6 +267,15 @@ mod tests {
         ] {
             assert_eq!(utc(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn unix_millis() {
+        assert_eq!(format_unix_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_unix_millis(1_795_000_000_123),
+            "2026-11-18T11:06:40.123Z"
+        );
     }
 
     #[test]
