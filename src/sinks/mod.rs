@@ -3,3 +3,4 @@
 pub mod batch;
 pub mod data_collector;
 pub mod dry_run;
+pub mod retry;
