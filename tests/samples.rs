@@ -183,8 +183,12 @@ fn dlp_detected_values_never_leave_the_process() {
         "Amazon S3 Client Secret Access Key"
     );
     assert_eq!(
-        info["SensitiveInformationDetections"]["DetectedValues"][0],
+        info["SensitiveInformationDetections"]["DetectedValues"],
         "***REDACTED***"
+    );
+    assert_eq!(
+        info["SensitiveInformationDetections"]["ResultsTruncated"],
+        false
     );
     assert!(r.notices.iter().any(|n| {
         n["notes"][0]["detail"]

@@ -29,6 +29,9 @@ pub struct RuleSpec {
     /// `name_value` rules: the names whose values are secrets.
     #[serde(default)]
     pub name_pattern: Option<String>,
+    /// `json_key` rules: the object keys whose values are secrets.
+    #[serde(default)]
+    pub key_pattern: Option<String>,
     /// Columns the rule is limited to; absent means every string value.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
@@ -46,6 +49,9 @@ pub enum RuleKind {
     /// `OldValue` are masked, whatever the key order, spacing or value type. Switch values
     /// (true/false) stay, so `ForceChangePassword: True` remains readable.
     NameValue,
+    /// Any object key matching `key_pattern` (DLP's `DetectedValues`): its value, whatever it is,
+    /// becomes `***REDACTED***`.
+    JsonKey,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,8 +63,17 @@ struct RuleFile {
 
 #[derive(Debug, Clone)]
 enum Matcher {
-    Regex { regex: Regex, replacement: String },
-    NameValue { names: Regex },
+    Regex {
+        regex: Regex,
+        replacement: String,
+    },
+    NameValue {
+        names: Regex,
+    },
+    JsonKey {
+        keys: Regex,
+        literals: Option<Vec<String>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +125,49 @@ fn name_values(json: &str) -> impl Iterator<Item = Cow<'_, str>> {
     })
 }
 
+/// The shape of a JSON text: its structure outside strings, and its object keys. None when it
+/// is not valid JSON.
+#[derive(Debug, PartialEq, Eq)]
+struct Shape {
+    structure: Vec<u8>,
+    keys: Vec<String>,
+}
+
+fn json_shape(json: &str) -> Option<Shape> {
+    serde_json::from_str::<serde::de::IgnoredAny>(json).ok()?;
+    let bytes = json.as_bytes();
+    let mut structure = Vec::new();
+    let mut keys = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                let end = (i + 1).min(bytes.len());
+                let is_key = bytes[end..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| *b == b':');
+                structure.push(b'"');
+                if is_key {
+                    keys.push(json.get(start..end)?.to_string());
+                }
+                i = end;
+            }
+            b @ (b'{' | b'}' | b'[' | b']' | b':' | b',') => {
+                structure.push(b);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    Some(Shape { structure, keys })
+}
+
 /// A value a switch parameter holds: nothing secret in it.
 fn is_switch(v: &Value) -> bool {
     match v {
@@ -128,16 +186,29 @@ fn compile(origin: &str, spec: RuleSpec) -> Result<Rule, SchemaError> {
         line: None,
         message: format!("redaction rule {:?}: {message}", spec.name),
     };
+    let only = |kind: &str, fields: &[(&str, bool)]| -> Result<(), SchemaError> {
+        match fields.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(fail(format!("{field} does not belong to kind {kind}"))),
+            None => Ok(()),
+        }
+    };
+    let compile_regex = |what: &str, pattern: &str| {
+        Regex::new(pattern).map_err(|e| fail(format!("invalid {what}: {e}")))
+    };
     let matcher = match spec.kind {
         RuleKind::Regex => {
             let (Some(pattern), Some(replacement)) = (&spec.pattern, &spec.replacement) else {
                 return Err(fail("a regex rule needs pattern and replacement".into()));
             };
-            if spec.name_pattern.is_some() {
-                return Err(fail("name_pattern belongs to kind name_value".into()));
-            }
+            only(
+                "regex",
+                &[
+                    ("name_pattern", spec.name_pattern.is_some()),
+                    ("key_pattern", spec.key_pattern.is_some()),
+                ],
+            )?;
             Matcher::Regex {
-                regex: Regex::new(pattern).map_err(|e| fail(format!("invalid pattern: {e}")))?,
+                regex: compile_regex("pattern", pattern)?,
                 replacement: replacement.clone(),
             }
         }
@@ -145,12 +216,36 @@ fn compile(origin: &str, spec: RuleSpec) -> Result<Rule, SchemaError> {
             let Some(pattern) = &spec.name_pattern else {
                 return Err(fail("a name_value rule needs name_pattern".into()));
             };
-            if spec.pattern.is_some() || spec.replacement.is_some() {
-                return Err(fail("pattern and replacement belong to kind regex".into()));
-            }
+            only(
+                "name_value",
+                &[
+                    ("pattern", spec.pattern.is_some()),
+                    ("replacement", spec.replacement.is_some()),
+                    ("key_pattern", spec.key_pattern.is_some()),
+                ],
+            )?;
             Matcher::NameValue {
-                names: Regex::new(pattern)
-                    .map_err(|e| fail(format!("invalid name_pattern: {e}")))?,
+                names: compile_regex("name_pattern", pattern)?,
+            }
+        }
+        RuleKind::JsonKey => {
+            let Some(pattern) = &spec.key_pattern else {
+                return Err(fail("a json_key rule needs key_pattern".into()));
+            };
+            only(
+                "json_key",
+                &[
+                    ("pattern", spec.pattern.is_some()),
+                    ("replacement", spec.replacement.is_some()),
+                    ("name_pattern", spec.name_pattern.is_some()),
+                ],
+            )?;
+            let literals = regex_syntax::parse(pattern)
+                .ok()
+                .and_then(|hir| prefilter::required(&hir));
+            Matcher::JsonKey {
+                keys: compile_regex("key_pattern", pattern)?,
+                literals,
             }
         }
     };
@@ -171,7 +266,7 @@ pub struct Redactor {
     any_rules: Vec<usize>,
     /// Literals one of which any regex rule's match contains; None when a rule has none.
     prefilter: Option<prefilter::Prefilter>,
-    has_name_value: bool,
+    has_structured: bool,
 }
 
 /// Rules that changed a value, by index into the rule set.
@@ -206,9 +301,9 @@ impl Redactor {
                 message: format!("cannot compile the rule set: {e}"),
             }])
         })?;
-        let has_name_value = rules
+        let has_structured = rules
             .iter()
-            .any(|r| matches!(r.matcher, Matcher::NameValue { .. }));
+            .any(|r| !matches!(r.matcher, Matcher::Regex { .. }));
         let pattern_refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
         let prefilter = prefilter::Prefilter::build(&pattern_refs);
         Ok(Self {
@@ -216,7 +311,7 @@ impl Redactor {
             any,
             any_rules,
             prefilter,
-            has_name_value,
+            has_structured,
         })
     }
 
@@ -247,7 +342,7 @@ impl Redactor {
             any: RegexSet::empty(),
             any_rules: Vec::new(),
             prefilter: None,
-            has_name_value: false,
+            has_structured: false,
         }
     }
 
@@ -287,27 +382,51 @@ impl Redactor {
         }
         let regex_rules = !self.any_rules.is_empty()
             && self.prefilter.as_ref().is_none_or(|pre| pre.may_match(raw));
-        // Every "Name" key of the values is in the raw text as it is, unless spelled with \u
-        // escapes or inside a JSON-in-a-string value (escaped quotes).
-        let name_rules = self.has_name_value
-            && (raw.contains("\\u")
-                || raw.contains("\\\"")
-                || name_values(raw).any(|name| {
-                    self.rules.iter().any(|r| match &r.matcher {
-                        Matcher::NameValue { names } => names.is_match(&name),
-                        Matcher::Regex { .. } => false,
-                    })
-                }));
-        regex_rules || name_rules
+        regex_rules || (self.has_structured && self.structure_may_match(None, raw))
+    }
+
+    /// Whether a structural rule (for `column`, or any column) could fire on `json`. Names and
+    /// keys are in the text as they are, unless spelled with \u escapes or inside a
+    /// JSON-in-a-string value (escaped quotes), which always count as "could".
+    fn structure_may_match(&self, column: Option<&str>, json: &str) -> bool {
+        if json.contains("\\u") || json.contains("\\\"") {
+            return true;
+        }
+        let mut lowered: Option<String> = None;
+        let mut names: Option<Vec<Cow<'_, str>>> = None;
+        for rule in &self.rules {
+            if column.is_some_and(|c| !rule.applies_to(c)) {
+                continue;
+            }
+            match &rule.matcher {
+                Matcher::Regex { .. } => {}
+                Matcher::NameValue { names: re } => {
+                    let found = names.get_or_insert_with(|| name_values(json).collect());
+                    if found.iter().any(|n| re.is_match(n)) {
+                        return true;
+                    }
+                }
+                Matcher::JsonKey { literals, .. } => match literals {
+                    Some(literals) => {
+                        let lower = lowered.get_or_insert_with(|| json.to_ascii_lowercase());
+                        if !json.is_ascii() || literals.iter().any(|l| lower.contains(l.as_str())) {
+                            return true;
+                        }
+                    }
+                    None => return true,
+                },
+            }
+        }
+        false
     }
 
     /// Masks `text` (a value of `column`); `None` when nothing matched. A text that is itself
     /// JSON (Parameters sent as a string) gets the `name_value` rules too.
     pub fn redact_text(&self, column: &str, text: &str, hits: &mut RuleHits) -> Option<String> {
-        let structured = if self.has_name_value
+        let structured = if self.has_structured
             && matches!(text.trim_start().as_bytes().first(), Some(b'[' | b'{'))
         {
-            self.mask_name_values(column, text, hits)
+            self.mask_structured(column, text, hits)
         } else {
             None
         };
@@ -343,46 +462,65 @@ impl Redactor {
         }
     }
 
-    /// Applies the `name_value` rules to a JSON text; a changed result is compact JSON.
-    fn mask_name_values(&self, column: &str, json: &str, hits: &mut RuleHits) -> Option<String> {
-        let rules: Vec<(usize, &Regex)> = self
+    /// Applies the structural rules (`name_value`, `json_key`) to a JSON text; a changed result
+    /// is compact JSON. A text that can't be parsed but names a secret is masked whole: when in
+    /// doubt, mask.
+    fn mask_structured(&self, column: &str, json: &str, hits: &mut RuleHits) -> Option<String> {
+        if !self.structure_may_match(Some(column), json) {
+            return None;
+        }
+        let rules: Vec<(usize, &Matcher)> = self
             .rules
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.applies_to(column))
-            .filter_map(|(i, r)| match &r.matcher {
-                Matcher::NameValue { names } => Some((i, names)),
-                Matcher::Regex { .. } => None,
-            })
+            .filter(|(_, r)| r.applies_to(column) && !matches!(r.matcher, Matcher::Regex { .. }))
+            .map(|(i, r)| (i, &r.matcher))
             .collect();
-        // Parse only when some "Name" in the text matches: most Parameters hold no secret. With
-        // \u escapes in the text a key may be spelled in them, so then the scan isn't trusted.
-        let worth_parsing = json.contains("\\u")
-            || name_values(json).any(|name| rules.iter().any(|(_, re)| re.is_match(&name)));
-        if rules.is_empty() || !worth_parsing {
+        let Some(&(first_rule, _)) = rules.first() else {
             return None;
-        }
+        };
         // serde_json's recursion limit bounds the depth of what this walks.
-        let mut value: Value = serde_json::from_str(json).ok()?;
+        let Ok(mut value) = serde_json::from_str::<Value>(json) else {
+            hits.push(first_rule);
+            return serde_json::to_string(MASK).ok();
+        };
         let before = hits.len();
         let mut stack = vec![&mut value];
         while let Some(node) = stack.pop() {
             match node {
                 Value::Object(map) => {
-                    let matched = NAME_KEYS
-                        .iter()
-                        .find_map(|k| map.get(*k).and_then(Value::as_str))
-                        .and_then(|name| rules.iter().find(|(_, re)| re.is_match(name)))
-                        .map(|(rule, _)| *rule);
-                    if let Some(rule) = matched {
-                        for key in VALUE_KEYS {
-                            if let Some(v) = map.get_mut(key)
-                                && !is_switch(v)
-                                && v.as_str() != Some(MASK)
-                            {
-                                *v = Value::String(MASK.into());
-                                hits.push(rule);
+                    for (rule, matcher) in &rules {
+                        match matcher {
+                            Matcher::NameValue { names } => {
+                                let named = NAME_KEYS
+                                    .iter()
+                                    .find_map(|k| map.get(*k).and_then(Value::as_str))
+                                    .is_some_and(|name| names.is_match(name));
+                                if !named {
+                                    continue;
+                                }
+                                for key in VALUE_KEYS {
+                                    if let Some(v) = map.get_mut(key)
+                                        && !is_switch(v)
+                                        && v.as_str() != Some(MASK)
+                                    {
+                                        *v = Value::String(MASK.into());
+                                        hits.push(*rule);
+                                    }
+                                }
                             }
+                            Matcher::JsonKey { keys, .. } => {
+                                for (key, v) in map.iter_mut() {
+                                    if keys.is_match(key)
+                                        && !v.is_null()
+                                        && v.as_str() != Some(MASK)
+                                    {
+                                        *v = Value::String(MASK.into());
+                                        hits.push(*rule);
+                                    }
+                                }
+                            }
+                            Matcher::Regex { .. } => {}
                         }
                     }
                     stack.extend(map.values_mut());
@@ -397,6 +535,41 @@ impl Redactor {
         serde_json::to_string(&value).ok()
     }
 
+    /// Regex rules over a whole JSON text, one rule at a time: a rule's result is kept only if it
+    /// is still JSON of the same shape (structure and keys unchanged), so a pattern that reaches
+    /// across a string's quotes can neither break the JSON nor merge or rename fields.
+    fn apply_regex_rules_json(
+        &self,
+        column: &str,
+        json: &str,
+        hits: &mut RuleHits,
+    ) -> Option<String> {
+        if self.any_rules.is_empty() || !self.any.is_match(json) {
+            return None;
+        }
+        let shape = json_shape(json)?;
+        let mut current: Option<String> = None;
+        for set_index in self.any.matches(json).iter() {
+            let index = self.any_rules[set_index];
+            let rule = &self.rules[index];
+            let Matcher::Regex { regex, replacement } = &rule.matcher else {
+                continue;
+            };
+            if !rule.applies_to(column) {
+                continue;
+            }
+            let base = current.as_deref().unwrap_or(json);
+            if let Cow::Owned(candidate) = regex.replace_all(base, replacement.as_str())
+                && candidate != base
+                && json_shape(&candidate).as_ref() == Some(&shape)
+            {
+                hits.push(index);
+                current = Some(candidate);
+            }
+        }
+        current
+    }
+
     /// Masks a JSON text (a dynamic value, or an object bound for a string column). Name/Value
     /// rules see the structure; regex rules then see the whole compact text (so they can match
     /// across keys), then every string inside on its own. The result is always valid JSON.
@@ -404,19 +577,13 @@ impl Redactor {
         if self.rules.is_empty() {
             return None;
         }
-        let structured = if self.has_name_value {
-            self.mask_name_values(column, json, hits)
+        let structured = if self.has_structured {
+            self.mask_structured(column, json, hits)
         } else {
             None
         };
         let json_in = structured.as_deref().unwrap_or(json);
-        let mut whole_hits = Vec::new();
-        let whole = self
-            .apply_regex_rules(column, json_in, &mut whole_hits)
-            .filter(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok());
-        if whole.is_some() {
-            hits.extend(whole_hits);
-        }
+        let whole = self.apply_regex_rules_json(column, json_in, hits);
         let base = whole.as_deref().unwrap_or(json_in);
         self.redact_json_strings(column, base, hits)
             .or(whole)
@@ -635,6 +802,7 @@ mod tests {
                 pattern: Some("[a-z]+@contoso.com".into()),
                 replacement: Some("user@masked".into()),
                 name_pattern: None,
+                key_pattern: None,
                 columns: Some(vec!["UserId".into()]),
             },
         )])
@@ -662,6 +830,55 @@ mod tests {
         assert_eq!(v["sig=x"], "keep");
         assert_eq!(v["esc"], "say \"Bearer ***REDACTED***\"");
         assert_eq!(v["n"], 1);
+    }
+
+    #[test]
+    fn a_structure_that_cannot_be_parsed_but_names_a_secret_is_masked_whole() {
+        let r = shipped();
+        let json = r#"[{"Name":"Password","Value":"hunter2"},{"Name":"X","Value":1e400}]"#;
+        let out = r.redact_json("Parameters", json, &mut Vec::new()).unwrap();
+        assert!(!out.contains("hunter2"), "{out}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    }
+
+    #[test]
+    fn one_rule_that_would_break_the_json_does_not_undo_the_others() {
+        let r = shipped();
+        let json = r#"{"PolicyDetails":[{"Rules":[{"DetectedValues":["4111111111111111"]}]}],"Note":"password=","X":"y"}"#;
+        let out = r
+            .redact_json("AdditionalFields", json, &mut Vec::new())
+            .unwrap();
+        assert!(!out.contains("4111111111111111"), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["X"], "y");
+    }
+
+    #[test]
+    fn whole_text_rules_cannot_merge_elements_or_rename_keys() {
+        let r = shipped();
+        let out = r
+            .redact_json("X", r#"["/password:","hunter2","z"]"#, &mut Vec::new())
+            .map(|s| serde_json::from_str::<serde_json::Value>(&s).unwrap());
+        if let Some(v) = out {
+            assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+        }
+        let out = r.redact_json("X", r#"{"?sig=a":1,"?sig=b":2}"#, &mut Vec::new());
+        if let Some(s) = out {
+            assert!(s.contains("\"?sig=a\"") && s.contains("\"?sig=b\""), "{s}");
+        }
+    }
+
+    #[test]
+    fn json_key_rules_mask_whatever_the_value_is() {
+        let r = shipped();
+        let json = r#"{"a":{"DetectedValues":[{"Name":"n","Value":"SECRET-1"}],"Count":2}}"#;
+        let out = r
+            .redact_json("AdditionalFields", json, &mut Vec::new())
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"{"a":{"DetectedValues":"***REDACTED***","Count":2}}"#
+        );
     }
 
     #[test]
@@ -697,6 +914,7 @@ mod tests {
                 pattern: Some("(unclosed".into()),
                 replacement: Some("x".into()),
                 name_pattern: None,
+                key_pattern: None,
                 columns: None,
             },
         )])
