@@ -476,9 +476,7 @@ impl Redactor {
             .filter(|(_, r)| r.applies_to(column) && !matches!(r.matcher, Matcher::Regex { .. }))
             .map(|(i, r)| (i, &r.matcher))
             .collect();
-        let Some(&(first_rule, _)) = rules.first() else {
-            return None;
-        };
+        let &(first_rule, _) = rules.first()?;
         // serde_json's recursion limit bounds the depth of what this walks.
         let Ok(mut value) = serde_json::from_str::<Value>(json) else {
             hits.push(first_rule);
