@@ -208,7 +208,12 @@ fn decode_values<'a>(text: &'a str, pos: &Position, emit: &mut dyn FnMut(Decoded
     let mut ordinal = 0u32;
     loop {
         let rest = &text[offset..];
+        // Values may be separated by commas as well as whitespace (records pasted from an array).
         let trimmed = rest.trim_start();
+        let trimmed = match trimmed.strip_prefix(',') {
+            Some(after) if ordinal > 0 => after.trim_start(),
+            _ => trimmed,
+        };
         offset += rest.len() - trimmed.len();
         if trimmed.is_empty() {
             return;
@@ -224,7 +229,7 @@ fn decode_values<'a>(text: &'a str, pos: &Position, emit: &mut dyn FnMut(Decoded
                 handle_value(value.get(), &pos.at(line, index), emit);
                 offset = end;
             }
-            Some(Err(e)) => match recover(text, offset, &mut lines, pos, &e, emit) {
+            Some(Err(e)) => match recover(text, offset, ordinal == 1, &mut lines, pos, &e, emit) {
                 Some(resume) => offset = resume,
                 None => return,
             },
@@ -255,6 +260,7 @@ fn looks_like_json_lines(text: &str) -> bool {
 fn recover<'a>(
     text: &'a str,
     offset: usize,
+    first_value: bool,
     lines: &mut Lines<'_>,
     pos: &Position,
     error: &serde_json::Error,
@@ -262,8 +268,9 @@ fn recover<'a>(
 ) -> Option<usize> {
     let rest = &text[offset..];
     let line = lines.at(offset);
-    // JSON Lines after all, whose first line was cut short: each line stands on its own.
-    if looks_like_json_lines(rest) {
+    // JSON Lines after all, whose first line was cut short: each line stands on its own. Asked
+    // once per unit (at its first value), so a long broken text is not rescanned per record.
+    if first_value && looks_like_json_lines(rest) {
         for (i, l) in rest.lines().enumerate() {
             let l = l.strip_suffix('\r').unwrap_or(l);
             if !l.trim().is_empty() {
@@ -282,14 +289,17 @@ fn recover<'a>(
     if let Some(start) = records_array_start(rest) {
         let array = start - 1;
         let end = walk_array(&rest[array..], 1, &pos.at(line, 0), false, emit).ok()?;
-        let after = &text[offset + array + end..];
+        // Go on after the array, and after the body's closing brace when it is there.
+        let resume = offset + array + end;
+        let after = &text[resume..];
         let closing = after.len() - after.trim_start().len();
-        return after
-            .trim_start()
-            .starts_with('}')
-            .then_some(offset + array + end + closing + 1);
+        return Some(if after.trim_start().starts_with('}') {
+            resume + closing + 1
+        } else {
+            resume
+        });
     }
-    match resync(text, offset) {
+    match resync(text, offset, false) {
         Some(next) => {
             let chunk = text[offset..next].trim_end();
             emit(Decoded::Rejected(
@@ -310,28 +320,51 @@ fn recover<'a>(
     }
 }
 
-/// The next place after `from` where a record seems to begin: an object that follows `,`, `[`,
-/// `}` or `]` (an element or value boundary, not a nested value after `:`), parses, and has a
-/// key records have. Bounded, so a long broken tail costs little.
-fn resync(text: &str, from: usize) -> Option<usize> {
+/// The next place from `from` (itself included when `inclusive`) where a record seems to begin:
+/// an object at the start of a line or after `,`, `[`, `}` or `]` (an element or value boundary,
+/// not a nested value after `:`), that parses and has a key records have. Bounded in candidates
+/// and in bytes parsed, so a long broken tail costs little.
+fn resync(text: &str, from: usize, inclusive: bool) -> Option<usize> {
     const ATTEMPTS: usize = 10_000;
+    const BYTES: usize = 64 << 20;
     let bytes = text.as_bytes();
-    for p in memchr::memchr_iter(b'{', bytes.get(from + 1..)?)
-        .map(|p| p + from + 1)
+    let start = if inclusive { from } else { from + 1 };
+    let mut budget = BYTES;
+    for p in memchr::memchr_iter(b'{', bytes.get(start..)?)
+        .map(|p| p + start)
         .take(ATTEMPTS)
     {
+        let line_start = p == 0 || bytes[p - 1] == b'\n';
         let before = bytes[..p].iter().rev().find(|b| !b.is_ascii_whitespace());
-        if !matches!(before, Some(b',' | b'[' | b'}' | b']')) {
+        if !line_start && !matches!(before, Some(b',' | b'[' | b'}' | b']')) {
             continue;
         }
         let mut stream = serde_json::Deserializer::from_str(&text[p..]).into_iter::<&RawValue>();
-        if let Some(Ok(value)) = stream.next()
-            && let Ok(fields) = Fields::parse(value.get())
-            && ["RecordType", "CreationTime", "category", "records"]
-                .iter()
-                .any(|k| fields.get(k).is_some())
-        {
-            return Some(p);
+        match stream.next() {
+            Some(Ok(value)) => {
+                budget = budget.saturating_sub(value.get().len());
+                if let Ok(fields) = Fields::parse(value.get())
+                    && ["RecordType", "CreationTime", "category", "records"]
+                        .iter()
+                        .any(|k| fields.get(k).is_some())
+                {
+                    return Some(p);
+                }
+            }
+            Some(Err(e)) => {
+                // What the failed parse read: up to the error's line and column.
+                let consumed = match e.line() {
+                    0 | 1 => e.column(),
+                    line => memchr::memchr_iter(b'\n', &bytes[p..])
+                        .nth(line - 2)
+                        .map_or(text.len() - p, |nl| nl + 1 + e.column()),
+                };
+                budget = budget.saturating_sub(consumed.max(1));
+            }
+            None => return None,
+        }
+        if budget == 0 {
+            return None;
         }
     }
     None
@@ -359,6 +392,7 @@ fn walk_array<'a>(
             return Ok(offset + 1);
         }
         let line = lines.at(offset);
+        let mut missing_separator = false;
         let failure = if trimmed.is_empty() {
             "the array ends without ]".to_string()
         } else {
@@ -395,7 +429,10 @@ fn walk_array<'a>(
                             continue;
                         }
                         Some(b']') => continue,
-                        Some(_) => "expected , or ] between array elements".to_string(),
+                        Some(_) => {
+                            missing_separator = true;
+                            "expected , or ] between array elements".to_string()
+                        }
                         None => "the array ends without ]".to_string(),
                     }
                 }
@@ -403,7 +440,12 @@ fn walk_array<'a>(
                 None => "the array ends without ]".to_string(),
             }
         };
-        match resync(text, offset) {
+        // After a whole element with no comma, the next element may start right here.
+        match resync(text, offset, missing_separator) {
+            Some(next) if next == offset => {
+                offset = next;
+                continue;
+            }
             Some(next) => {
                 let chunk = text[offset..next].trim_end();
                 let chunk = chunk.strip_suffix(',').unwrap_or(chunk).trim_end();

@@ -48,7 +48,7 @@ pub enum RejectReason {
     #[error("the input holds no records (empty file)")]
     EmptyInput,
     #[error(
-        "invalid UTF-8 at byte {offset} of the record; JSON must be UTF-8 (check the exporter's encoding)"
+        "invalid UTF-8 at byte {offset} of the record (shown as U+0001 in the raw text); JSON must be UTF-8 (check the exporter's encoding)"
     )]
     InvalidUtf8 { offset: usize },
     #[error("not valid JSON: {0}")]

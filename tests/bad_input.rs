@@ -96,9 +96,11 @@ fn invalid_utf8_is_refused_per_line() {
     assert_eq!(r.rejected_codes(), ["invalid_utf8"]);
     let reason = r.rejected[0]["reason"].as_str().unwrap();
     assert!(reason.contains(&format!("byte {bad_at}")), "{reason}");
-    assert!(
-        r.rejected[0]["raw_base64"].is_string(),
-        "the bytes are kept, base64"
+    let raw = r.rejected[0]["raw"].as_str().unwrap();
+    assert_eq!(
+        raw.find('\u{1}'),
+        Some(bad_at),
+        "the bad byte shows as U+0001: {raw:?}"
     );
 }
 

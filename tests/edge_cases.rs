@@ -218,3 +218,62 @@ fn what_the_field_limit_cut_is_kept_in_the_notices() {
     assert_eq!(r.notices[0]["notes"][0]["kind"], "truncated");
     assert_eq!(r.notices[0]["raw"].as_str().unwrap(), record);
 }
+
+#[test]
+fn records_joined_by_commas_on_one_line_are_each_kept() {
+    let line: Vec<String> = (0..20_000).map(record).collect();
+    let (_d, path) = temp_input("commas.json", line.join(",").as_bytes());
+    let r = run(&[path]);
+    assert_eq!(r.stats.rows(), 20_000);
+    assert!(r.rejected.is_empty(), "{} rejected", r.rejected.len());
+}
+
+#[test]
+fn an_event_hubs_body_missing_its_closing_brace_does_not_hide_the_next_one() {
+    let body = |a: usize, b: usize| {
+        format!(
+            "{{\"records\":[{{\"category\":\"AdvancedHunting-EmailUrlInfo\",\"properties\":{{\"Timestamp\":\"2026-01-01T00:00:0{a}Z\"}}}},{{\"category\":\"AdvancedHunting-EmailUrlInfo\",\"properties\":{{\"Timestamp\":\"2026-01-01T00:00:0{b}Z\"}}}}]"
+        )
+    };
+    let text = format!("{}\n{}}}\n", body(1, 2), body(3, 4));
+    let (_d, path) = temp_input("bodies.json", text.as_bytes());
+    let r = run(&[path]);
+    assert_eq!(r.table("EmailUrlInfo_CL").len(), 4, "{:?}", r.rejected);
+}
+
+#[test]
+fn a_missing_comma_between_elements_costs_nothing() {
+    let text = format!("[{} {},{}]", record(0), record(1), record(2));
+    let (_d, path) = temp_input("comma.json", text.as_bytes());
+    let r = run(&[path]);
+    assert_eq!(r.stats.rows(), 3, "{:?}", r.rejected);
+}
+
+#[test]
+fn a_record_cut_short_in_jq_output_does_not_swallow_the_next() {
+    let pretty = |n| {
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&record(n)).unwrap()).unwrap()
+    };
+    let text = format!(
+        "{}\n{{\n  \"CreationTime\": \"2026-\n{}\n",
+        pretty(0),
+        pretty(2)
+    );
+    let (_d, path) = temp_input("jq-cut.json", text.as_bytes());
+    let r = run(&[path]);
+    assert_eq!(r.stats.rows(), 2, "{:?}", r.rejected);
+    assert_eq!(r.rejected.len(), 1);
+}
+
+#[test]
+fn a_byte_that_is_not_utf8_in_a_one_line_blob_costs_only_its_record() {
+    let mut line = format!("[{},{},", record(0), record(1)).into_bytes();
+    line.extend_from_slice(
+        b"{\"CreationTime\":\"2026-01-02T03:04:05\",\"Id\":\"\xff\",\"RecordType\":6},",
+    );
+    line.extend_from_slice(format!("{},{}]\n", record(3), record(4)).as_bytes());
+    let (_d, path) = temp_input("blob.ndjson", &line);
+    let r = run(&[path]);
+    assert_eq!(r.stats.rows(), 4);
+    assert_eq!(r.rejected_codes(), ["invalid_utf8"]);
+}

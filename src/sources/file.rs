@@ -296,18 +296,17 @@ pub fn read_stream(
         }
         let text = match std::str::from_utf8(line) {
             Ok(t) => t,
-            Err(e) => {
-                // Documents open with a bracket on their first line; a first line that is not
-                // even UTF-8 is a bad JSON line, so the rest is read as lines too.
+            Err(_) => {
+                // Bytes that are not UTF-8 become U+0001, so only the record holding them is
+                // refused (as invalid_utf8) and the line's other records are kept. A first line
+                // like that is a JSON line, not the start of a document.
                 line_mode = true;
                 emitted = true;
-                emit(reject(
-                    line_no,
-                    RejectReason::InvalidUtf8 {
-                        offset: e.valid_up_to(),
-                    },
-                    line.to_vec(),
-                ));
+                let marked = mark_invalid_utf8(line.to_vec());
+                emit(Framed::Unit {
+                    pos: base.at(line_no, 0),
+                    text: &marked,
+                });
                 continue;
             }
         };
@@ -476,7 +475,7 @@ mod tests {
             frame(&input),
             [
                 "1:{\"a\":1}",
-                "2!invalid_utf8",
+                "2:{\"b\":\"\u{1}\"}",
                 "3!line_too_long",
                 "4:{\"c\":3}"
             ]
