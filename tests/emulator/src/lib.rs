@@ -1,0 +1,152 @@
+//! The Azure side, on 127.0.0.1: an Entra token endpoint (client credentials with a secret) and
+//! the Logs Ingestion API. Strict where Azure is lenient, so tests catch what Azure would drop in
+//! silence: a body that is not a JSON array, undeclared columns and wrong types are 400 here.
+
+mod ingestion;
+mod token;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+
+/// The request limit of the Logs Ingestion API, compressed and uncompressed.
+pub const MAX_BODY_BYTES: usize = 1_000_000;
+/// Longer field values are cut by the service.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// What the emulated tenant, app and DCR look like.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub dcr_immutable_id: String,
+    /// Stream declarations: stream name → columns (name, DCR type).
+    pub streams: HashMap<String, Vec<(String, String)>>,
+    /// Lifetime of issued tokens.
+    pub token_lifetime: Duration,
+    /// Accept streams that are not declared, with any columns (the binary, for benchmarks).
+    pub accept_undeclared_streams: bool,
+}
+
+/// A misbehaviour for the next ingestion request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status; `retry_after` sets the Retry-After header (seconds).
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// Answer only after this long.
+    Slow(Duration),
+}
+
+/// One ingestion request as the emulator saw it.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    pub stream: String,
+    pub status: u16,
+    pub compressed_bytes: usize,
+    pub uncompressed_bytes: usize,
+    pub rows: usize,
+}
+
+#[derive(Default)]
+struct State {
+    issued_tokens: Vec<(String, std::time::Instant)>,
+    faults: VecDeque<Fault>,
+    /// Rows whose JSON text contains this are refused with a 400, as a poison row.
+    poison: Option<String>,
+    accepted: Vec<(String, serde_json::Value)>,
+    requests: Vec<RequestLog>,
+    truncated_fields: usize,
+}
+
+struct Shared {
+    config: Config,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not take the emulator down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running emulator; stops when dropped.
+pub struct Emulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Starts on 127.0.0.1 at a free port.
+    pub async fn start(config: Config) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0", config).await
+    }
+
+    pub async fn start_on(bind: &str, config: Config) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State::default()),
+        });
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token::issue))
+            .route(
+                "/dataCollectionRules/{dcr}/streams/{stream}",
+                post(ingestion::ingest),
+            )
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:<port>`: the authority host and the ingestion endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Queues misbehaviours for the next requests, in order.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.shared.state().faults.extend(faults);
+    }
+
+    /// Refuses (400) any request holding a row whose text contains `marker`; None lifts it.
+    pub fn set_poison(&self, marker: Option<&str>) {
+        self.shared.state().poison = marker.map(str::to_string);
+    }
+
+    /// Every accepted row with its stream, in arrival order.
+    pub fn accepted(&self) -> Vec<(String, serde_json::Value)> {
+        self.shared.state().accepted.clone()
+    }
+
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.shared.state().requests.clone()
+    }
+
+    /// Field values the emulator cut at 64 KB, as the service does.
+    pub fn truncated_fields(&self) -> usize {
+        self.shared.state().truncated_fields
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

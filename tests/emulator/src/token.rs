@@ -1,0 +1,78 @@
+//! Entra ID's v2 token endpoint, client credentials grant with a client secret.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Form;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::Shared;
+
+fn error(status: StatusCode, code: &str, description: &str) -> Response {
+    let body = serde_json::json!({ "error": code, "error_description": description });
+    (status, Json(body)).into_response()
+}
+
+pub(crate) async fn issue(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let config = &shared.config;
+    if tenant != config.tenant_id {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            "AADSTS90002: Tenant not found.",
+        );
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "AADSTS70003",
+        );
+    }
+    if form.get("client_id") != Some(&config.client_id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "AADSTS700016: Application not found.",
+        );
+    }
+    if form.get("client_secret") != Some(&config.client_secret) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        );
+    }
+    if !form.get("scope").is_some_and(|s| s.ends_with("/.default")) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "AADSTS1002012: scope must end in /.default",
+        );
+    }
+    let token = format!(
+        "emulated-{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    );
+    let expires_in = config.token_lifetime.as_secs();
+    shared
+        .state()
+        .issued_tokens
+        .push((token.clone(), Instant::now() + config.token_lifetime));
+    Json(serde_json::json!({
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": token,
+    }))
+    .into_response()
+}
