@@ -4,6 +4,7 @@
 //! Data flows one way: `sources` → `decode` → `route` → `map` → `sinks::batch` → sink.
 //! See ARCHITECTURE.md for the map of modules.
 
+pub mod auth;
 pub mod config;
 pub mod decode;
 pub mod dlq;

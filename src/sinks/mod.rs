@@ -3,4 +3,5 @@
 pub mod batch;
 pub mod data_collector;
 pub mod dry_run;
+pub mod logs_ingestion;
 pub mod retry;

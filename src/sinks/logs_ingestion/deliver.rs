@@ -1,0 +1,204 @@
+//! Delivering one body: send, read the verdict, then retry, split, bisect or dead-letter.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::value::RawValue;
+
+use super::{LogsIngestionSink, SinkError, SinkStats, Target};
+use crate::dlq::DeadLetter;
+use crate::sinks::batch::Body;
+use crate::sinks::retry::{Verdict, classify, parse_retry_after};
+
+/// What the service said about one request.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    error_code: Option<String>,
+    body: String,
+}
+
+/// The service's error body, cut to what a dead letter needs.
+const ERROR_BODY_BYTES: usize = 4096;
+
+impl LogsIngestionSink {
+    fn count(&self, f: impl FnOnce(&mut SinkStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn report(&self, problem: Option<String>) {
+        if let Some(p) = &problem {
+            tracing::warn!(problem = %p, "logs ingestion is not delivering");
+        }
+        if let Ok(mut slot) = self.problem.lock() {
+            *slot = problem;
+        }
+    }
+
+    fn jittered(&self, step: Duration, retry_after: Option<Duration>) -> Duration {
+        match self.rng.lock() {
+            Ok(mut rng) => self.policy.delay(step, retry_after, &mut rng),
+            Err(_) => step,
+        }
+    }
+
+    /// One POST. Err is a failure before any answer (token, connection, timeout).
+    async fn send(&self, target: &Target, body: &Body) -> Result<Answer, String> {
+        let token = self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| format!("token request failed: {e}"))?;
+        let gzip = body.gzip().map_err(|e| format!("gzip failed: {e}"))?;
+        // Only incompressible data grows under gzip; then the plain body (within the limit) goes.
+        let (payload, encoding) = if gzip.len() <= body.bytes.len() {
+            (gzip, Some("gzip"))
+        } else {
+            (body.bytes.clone(), None)
+        };
+        let sent = payload.len();
+        let mut request = self
+            .client
+            .post(target.url.clone())
+            .header("Content-Type", "application/json")
+            .header("Authorization", format!("Bearer {}", token.token.secret()));
+        if let Some(encoding) = encoding {
+            request = request.header("Content-Encoding", encoding);
+        }
+        let response = request
+            .body(payload)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        self.count(|s| {
+            s.requests += 1;
+            s.bytes_sent += sent as u64;
+            s.bytes_uncompressed += body.bytes.len() as u64;
+        });
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let error_code = header("x-ms-error-code");
+        let mut text = response.text().await.unwrap_or_default();
+        if text.len() > ERROR_BODY_BYTES {
+            let mut cut = ERROR_BODY_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            error_code,
+            body: text,
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        target: &Target,
+        body: &Body,
+        reason: String,
+        answer: Option<&Answer>,
+    ) -> Result<(), SinkError> {
+        let mut letters = Vec::with_capacity(body.rows());
+        for i in 0..body.rows() {
+            let text = String::from_utf8_lossy(body.row(i)).into_owned();
+            let Ok(row) = RawValue::from_string(text) else {
+                continue;
+            };
+            let mut letter = DeadLetter::now(&target.table, &target.stream, reason.clone(), row);
+            if let Some(a) = answer {
+                letter.status = Some(a.status);
+                letter.error_code = a.error_code.clone();
+                letter.error_body = Some(a.body.clone());
+            }
+            letters.push(letter);
+        }
+        self.dlq.append(&letters)?;
+        self.count(|s| s.dead_lettered += letters.len() as u64);
+        tracing::warn!(table = %target.table, rows = letters.len(), reason = %reason, "rows dead-lettered");
+        Ok(())
+    }
+
+    /// Delivers every row of `body`, to the workspace or, when refused for good, to the
+    /// dead-letter store. Returns only once that is done; Err only when the store fails.
+    pub async fn deliver(&self, target: &Target, body: Body) -> Result<(), SinkError> {
+        // Bodies still to send, last first: halves of a split keep their order.
+        let mut pending = vec![body];
+        while let Some(body) = pending.pop() {
+            let mut steps = self.policy.exponential();
+            let mut refreshed = false;
+            loop {
+                let step = steps.next().unwrap_or(self.policy.max_delay);
+                let answer = match self.send(target, &body).await {
+                    Ok(a) => a,
+                    Err(problem) => {
+                        tracing::debug!(problem = %problem, "retrying");
+                        self.count(|s| s.retries += 1);
+                        tokio::time::sleep(self.jittered(step, None)).await;
+                        continue;
+                    }
+                };
+                match classify(answer.status) {
+                    Verdict::Delivered => {
+                        self.count(|s| s.delivered_rows += body.rows() as u64);
+                        self.report(None);
+                        break;
+                    }
+                    Verdict::Retry => {
+                        self.count(|s| s.retries += 1);
+                        tokio::time::sleep(self.jittered(step, answer.retry_after)).await;
+                    }
+                    Verdict::Split | Verdict::Bisect => match body.split() {
+                        Some((first, second)) => {
+                            self.count(|s| s.splits += 1);
+                            pending.push(second);
+                            pending.push(first);
+                            break;
+                        }
+                        None => {
+                            let reason = format!(
+                                "the service refused this row: HTTP {} {}",
+                                answer.status,
+                                answer.error_code.as_deref().unwrap_or("")
+                            );
+                            self.dead_letter(target, &body, reason, Some(&answer))?;
+                            break;
+                        }
+                    },
+                    Verdict::Unauthorized => {
+                        if !refreshed {
+                            refreshed = true;
+                            continue;
+                        }
+                        self.report(Some(format!(
+                            "HTTP {} from the Logs Ingestion API for stream {}: grant the collector's identity the Monitoring Metrics Publisher role on the DCR (a new role assignment can take 30 minutes)",
+                            answer.status, target.stream
+                        )));
+                        self.count(|s| s.retries += 1);
+                        tokio::time::sleep(self.jittered(step, answer.retry_after)).await;
+                    }
+                    Verdict::Misconfigured => {
+                        self.report(Some(format!(
+                            "HTTP {} from {}: check the endpoint, DCR immutable id and stream name in the config",
+                            answer.status, target.url
+                        )));
+                        self.count(|s| s.retries += 1);
+                        tokio::time::sleep(self.policy.max_delay).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,354 @@
+//! Delivery to the emulated workspace: tokens from azure_identity (its transport pointed at the
+//! emulator, as the issue asks: no hand-written token client), bodies from the same batcher as
+//! dry-run, faults, poison rows and the dead-letter store.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::http::{AsyncRawResponse, HttpClient, Request, Transport};
+use m365_emulator::{Config, Emulator, Fault};
+use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
+use m365_sentinel::dlq::DeadLetterStore;
+use m365_sentinel::pipeline::{Output, Setup, process_unit};
+use m365_sentinel::record::Position;
+use m365_sentinel::schema::ColumnType;
+use m365_sentinel::sinks::batch::{Body, BodyBuilder};
+use m365_sentinel::sinks::logs_ingestion::{LogsIngestionConfig, LogsIngestionSink, Target};
+use m365_sentinel::sinks::retry::RetryPolicy;
+use serde_json::Value;
+
+const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
+const AUTHORITY: &str = "https://login.emulator.test";
+
+/// azure_identity only talks https; the test hands it a transport that carries its requests to
+/// the emulator on loopback instead.
+#[derive(Debug)]
+struct ToEmulator {
+    base: String,
+    inner: reqwest::Client,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for ToEmulator {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
+        let mut request = request.clone();
+        let rewritten = request.url().as_str().replacen(AUTHORITY, &self.base, 1);
+        *request.url_mut() = rewritten.parse().expect("a valid URL");
+        self.inner.execute_request(&request).await
+    }
+}
+
+struct World {
+    emulator: Emulator,
+    sink: LogsIngestionSink,
+    setup: Setup,
+    config: LogsIngestionConfig,
+    dlq: Arc<DeadLetterStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn dcr_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Bool => "boolean",
+        ColumnType::Guid => "string",
+        other => other.table_type(),
+    }
+}
+
+async fn world(policy: RetryPolicy) -> World {
+    let setup = common::setup();
+    let streams: HashMap<String, Vec<(String, String)>> = setup
+        .schemas
+        .tables
+        .iter()
+        .map(|t| {
+            let columns = t
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), dcr_type(c.ty).to_string()))
+                .collect();
+            (t.stream.clone(), columns)
+        })
+        .collect();
+    let emulator = Emulator::start(Config {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT.into(),
+        client_secret: "s3cret-for-tests".into(),
+        dcr_immutable_id: "dcr-0123456789abcdef".into(),
+        streams,
+        token_lifetime: Duration::from_secs(3600),
+        accept_undeclared_streams: false,
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "s3cret-for-tests\n").unwrap();
+    let transport = Transport::new(Arc::new(ToEmulator {
+        base: emulator.url(),
+        inner: reqwest::Client::new(),
+    }));
+    let cred = credential(
+        &CredentialConfig::ClientSecret {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            secret_file: Some(dir.path().join("secret")),
+            secret_env: None,
+        },
+        Cloud::Public,
+        Some(AUTHORITY),
+        Some(transport),
+    )
+    .unwrap();
+    let dlq = Arc::new(DeadLetterStore::open(&dir.path().join("dlq")).unwrap());
+    let sink = LogsIngestionSink::new(
+        reqwest::Client::new(),
+        cred,
+        Cloud::Public.monitor_scope(),
+        policy,
+        dlq.clone(),
+    );
+    let config = LogsIngestionConfig {
+        endpoint: emulator.url(),
+        dcr_immutable_id: "dcr-0123456789abcdef".into(),
+        tables: Default::default(),
+        allow_plain_http_loopback: true,
+    };
+    World {
+        emulator,
+        sink,
+        setup,
+        config,
+        dlq,
+        _dir: dir,
+    }
+}
+
+/// Maps `lines` and cuts them into bodies per table, as dry-run would.
+fn cut_bodies(setup: &Setup, lines: &[String], limit: usize) -> Vec<(usize, Body)> {
+    let mapper = setup.mapper();
+    let mut builders: Vec<BodyBuilder> = setup
+        .schemas
+        .tables
+        .iter()
+        .map(|_| BodyBuilder::new(limit))
+        .collect();
+    let mut out = Vec::new();
+    let pos = Position::new(Arc::from("test"), 1);
+    for line in lines {
+        process_unit(&mapper, line, &pos, &mut |o| {
+            if let Output::Row { row, .. } = o {
+                if let Some(body) = builders[row.table].push(row.json.as_bytes()).unwrap() {
+                    out.push((row.table, body));
+                }
+            } else {
+                panic!("test records map");
+            }
+        });
+    }
+    for (table, builder) in builders.iter_mut().enumerate() {
+        if let Some(body) = builder.take() {
+            out.push((table, body));
+        }
+    }
+    out
+}
+
+fn target(w: &World, table: usize) -> Target {
+    w.config.target(&w.setup.schemas.tables[table]).unwrap()
+}
+
+fn audit(i: usize, extra: &str) -> String {
+    format!(
+        r#"{{"CreationTime":"2026-03-01T10:00:00","Id":"00000000-0000-4000-8000-{i:012}","Operation":"FileAccessed","OrganizationId":"{TENANT}","RecordType":6,"UserType":0,"Workload":"SharePoint","UserId":"user{i}@contoso.com","ClientIP":"192.0.2.{}"{extra}}}"#,
+        i % 250
+    )
+}
+
+fn defender(i: usize) -> String {
+    let (category, extra) = match i % 4 {
+        0 => (
+            "EmailEvents",
+            r#","Subject":"hello","EmailSize":1234,"IsFirstContact":true,"To":["a@contoso.com"]"#,
+        ),
+        1 => (
+            "EmailAttachmentInfo",
+            r#","FileName":"a.txt","FileSize":54"#,
+        ),
+        2 => (
+            "EmailUrlInfo",
+            r#","Url":"https://example.net/a","UrlChainPosition":0"#,
+        ),
+        _ => (
+            "EmailPostDeliveryEvents",
+            r#","ActionType":"Phish ZAP","Action":"Soft delete""#,
+        ),
+    };
+    format!(
+        r#"{{"time":"2026-03-01T10:00:05.1234567Z","tenantId":"{TENANT}","category":"AdvancedHunting-{category}","properties":{{"Timestamp":"2026-03-01T10:00:00Z","NetworkMessageId":"nm-{i}","ReportId":"r-{i}"{extra}}}}}"#
+    )
+}
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        min_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn every_row_of_the_five_tables_arrives_once_within_the_limits() {
+    let w = world(quick()).await;
+    let lines: Vec<String> = (0..6_000)
+        .map(|i| {
+            if i % 3 == 0 {
+                defender(i)
+            } else {
+                audit(i, "")
+            }
+        })
+        .collect();
+    let bodies = cut_bodies(&w.setup, &lines, 1_000_000);
+    for (table, body) in bodies {
+        w.sink.deliver(&target(&w, table), body).await.unwrap();
+    }
+    let accepted = w.emulator.accepted();
+    assert_eq!(accepted.len(), 6_000);
+    let mut per_stream: HashMap<String, usize> = HashMap::new();
+    for (stream, _) in &accepted {
+        *per_stream.entry(stream.clone()).or_default() += 1;
+    }
+    assert_eq!(per_stream["Custom-OfficeActivity_CL"], 4_000);
+    for s in [
+        "EmailEvents",
+        "EmailAttachmentInfo",
+        "EmailUrlInfo",
+        "EmailPostDeliveryEvents",
+    ] {
+        assert_eq!(per_stream[&format!("Custom-{s}_CL")], 500, "{s}");
+    }
+    let mut ids: Vec<&str> = accepted
+        .iter()
+        .filter_map(|(_, row)| row.get("OfficeId").and_then(Value::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4_000, "each audit record exactly once");
+    for r in w.emulator.requests() {
+        assert_eq!(r.status, 204);
+        assert!(r.compressed_bytes <= 1_000_000 && r.uncompressed_bytes <= 1_000_000);
+    }
+    let stats = w.sink.stats();
+    assert_eq!(stats.delivered_rows, 6_000);
+    assert_eq!(stats.dead_lettered, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_and_outages_are_retried_until_everything_arrives() {
+    let w = world(quick()).await;
+    let lines: Vec<String> = (0..3_000).map(|i| audit(i, "")).collect();
+    let bodies = cut_bodies(&w.setup, &lines, 50_000);
+    assert!(bodies.len() >= 20);
+    w.emulator.push_faults([
+        Fault::Status {
+            status: 429,
+            retry_after: Some(30),
+        },
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+        Fault::Status {
+            status: 429,
+            retry_after: Some(2),
+        },
+        Fault::Status {
+            status: 502,
+            retry_after: None,
+        },
+    ]);
+    let started = tokio::time::Instant::now();
+    for (table, body) in bodies {
+        w.sink.deliver(&target(&w, table), body).await.unwrap();
+    }
+    assert_eq!(w.emulator.accepted().len(), 3_000);
+    let stats = w.sink.stats();
+    assert_eq!(stats.retries, 5);
+    // The paused clock moved at least as far as the two Retry-After answers asked.
+    assert!(tokio::time::Instant::now() - started >= Duration::from_secs(32));
+}
+
+#[tokio::test]
+async fn a_poison_row_alone_goes_to_the_dead_letter_store_and_replays_later() {
+    let w = world(quick()).await;
+    let mut lines: Vec<String> = (0..5_000).map(|i| audit(i, "")).collect();
+    lines[2_345] = audit(2_345, r#","UserAgent":"POISON-ROW""#);
+    let bodies = cut_bodies(&w.setup, &lines, 1_000_000);
+    w.emulator.set_poison(Some("POISON-ROW"));
+    for (table, body) in bodies {
+        w.sink.deliver(&target(&w, table), body).await.unwrap();
+    }
+    assert_eq!(w.emulator.accepted().len(), 4_999);
+    let letters = w.dlq.read("OfficeActivity_CL").unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].status, Some(400));
+    assert_eq!(letters[0].error_code.as_deref(), Some("InvalidRecord"));
+    assert!(letters[0].row.get().contains("POISON-ROW"));
+
+    // The service accepts it again: replay delivers it once and empties the store.
+    w.emulator.set_poison(None);
+    let mut builder = BodyBuilder::new(1_000_000);
+    for l in &letters {
+        assert!(builder.push(l.row.get().as_bytes()).unwrap().is_none());
+    }
+    let table = w.setup.schemas.table_by_name("OfficeActivity").unwrap();
+    w.sink
+        .deliver(&target(&w, table), builder.take().unwrap())
+        .await
+        .unwrap();
+    w.dlq.replace("OfficeActivity_CL", &[]).unwrap();
+    assert_eq!(w.emulator.accepted().len(), 5_000);
+    assert!(w.dlq.list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn long_fields_are_cut_before_sending_and_oversized_requests_split() {
+    let w = world(quick()).await;
+    // An 80 KB field is truncated by the mapper (marker and count), so the service cuts nothing.
+    let lines = vec![audit(
+        1,
+        &format!(r#","UserAgent":"{}""#, "x".repeat(80 * 1024)),
+    )];
+    let bodies = cut_bodies(&w.setup, &lines, 1_000_000);
+    for (table, body) in bodies {
+        w.sink.deliver(&target(&w, table), body).await.unwrap();
+    }
+    let row = &w.emulator.accepted()[0].1;
+    assert!(
+        row["UserAgent"]
+            .as_str()
+            .unwrap()
+            .ends_with("[truncated by m365-sentinel: 81920 bytes]")
+    );
+    assert_eq!(w.emulator.truncated_fields(), 0);
+
+    // A 413 splits the body, and the halves arrive.
+    let lines: Vec<String> = (0..200).map(|i| audit(i, "")).collect();
+    let bodies = cut_bodies(&w.setup, &lines, 1_000_000);
+    w.emulator.push_faults([Fault::Status {
+        status: 413,
+        retry_after: None,
+    }]);
+    for (table, body) in bodies {
+        w.sink.deliver(&target(&w, table), body).await.unwrap();
+    }
+    assert_eq!(w.emulator.accepted().len(), 201);
+    assert_eq!(w.sink.stats().splits, 1);
+}
