@@ -31,6 +31,93 @@ pub struct Config {
     pub dry_run: DryRunConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Where `run` delivers; required by `run` and `dlq replay`.
+    #[serde(default)]
+    pub sink: Option<SinkConfig>,
+    #[serde(default)]
+    pub dlq: DlqConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// The workspace side: the Logs Ingestion API and the identity that may write to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub logs_ingestion: crate::sinks::logs_ingestion::LogsIngestionConfig,
+    pub credential: crate::auth::CredentialConfig,
+    #[serde(default)]
+    pub cloud: crate::auth::Cloud,
+    /// Overrides the cloud's login host (sovereign and private clouds).
+    #[serde(default)]
+    pub authority_host: Option<String>,
+    /// Requests in flight at once, over all streams.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// A partly filled body is sent after this long without new rows.
+    #[serde(default = "default_flush_delay_ms")]
+    pub flush_delay_ms: u64,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_flush_delay_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// Dead letters (rows the service refused for good) and refused input records.
+    pub dir: PathBuf,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("dead-letters"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Extra CA certificates (PEM) trusted for every outbound connection, token requests
+    /// included: TLS-inspecting proxies. HTTPS_PROXY and NO_PROXY are honoured as they are.
+    pub ca_bundle: Option<PathBuf>,
+    /// Per-request timeout.
+    pub timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            ca_bundle: None,
+            timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub min_delay_ms: u64,
+    /// The longest wait between attempts, unless the service's Retry-After asks for more.
+    pub max_delay_secs: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            min_delay_ms: 500,
+            max_delay_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +359,13 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    pub fn retry_policy(&self) -> crate::sinks::retry::RetryPolicy {
+        crate::sinks::retry::RetryPolicy {
+            min_delay: std::time::Duration::from_millis(self.retry.min_delay_ms.max(1)),
+            max_delay: std::time::Duration::from_secs(self.retry.max_delay_secs.max(1)),
+        }
     }
 
     pub fn file_options(&self) -> FileOptions {

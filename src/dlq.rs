@@ -158,6 +158,7 @@ impl DeadLetterStore {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".ndjson"))
+                .filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             else {
                 continue;
             };
@@ -176,7 +177,47 @@ impl DeadLetterStore {
 
     /// Every dead letter of `table`, in the order they were written.
     pub fn read(&self, table: &str) -> Result<Vec<DeadLetter>, DlqError> {
+        self.read_path(&self.file_of(table)?)
+    }
+
+    fn replaying_of(&self, table: &str) -> Result<PathBuf, DlqError> {
+        Ok(self.file_of(table)?.with_extension("ndjson.replaying"))
+    }
+
+    /// Starts a replay: moves `table`'s letters aside (rows refused again during the replay go to
+    /// a fresh file) and returns them. A replay cut short by a crash is picked up again here.
+    pub fn take(&self, table: &str) -> Result<Vec<DeadLetter>, DlqError> {
         let path = self.file_of(table)?;
+        let replaying = self.replaying_of(table)?;
+        if path.exists() {
+            if replaying.exists() {
+                let more = fs::read(&path).map_err(io_err(&path))?;
+                let mut file = OpenOptions::new()
+                    .append(true)
+                    .open(&replaying)
+                    .map_err(io_err(&replaying))?;
+                file.write_all(&more).map_err(io_err(&replaying))?;
+                file.sync_all().map_err(io_err(&replaying))?;
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            } else {
+                fs::rename(&path, &replaying).map_err(io_err(&path))?;
+            }
+        }
+        self.read_path(&replaying)
+    }
+
+    /// Ends a replay whose rows were all delivered or dead-lettered again.
+    pub fn finish_replay(&self, table: &str) -> Result<(), DlqError> {
+        let replaying = self.replaying_of(table)?;
+        match fs::remove_file(&replaying) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&replaying)(e)),
+        }
+    }
+
+    fn read_path(&self, path: &Path) -> Result<Vec<DeadLetter>, DlqError> {
+        let path = path.to_path_buf();
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

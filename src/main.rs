@@ -2,11 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use m365_sentinel::config::LogFormat;
+use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::{Setup, dry_run};
+use m365_sentinel::run::{RunOptions, run as deliver_input};
+use m365_sentinel::sinks::logs_ingestion::{LogsIngestionSink, Target};
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 const EXIT_REJECTED: u8 = 3;
@@ -50,11 +55,79 @@ enum Command {
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
     },
+    /// Read the input, map it and deliver it to the workspace (the `sink` section of the config).
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Files or directories to read (gzip detected); `-` reads stdin. Default: input.paths.
+        #[arg(long, short = 'i', num_args = 1..)]
+        input: Vec<PathBuf>,
+    },
     /// Validate the configuration and schemas; exit non-zero with every problem found.
     Check {
         #[command(flatten)]
         common: Common,
     },
+    /// The dead-letter store: rows the workspace refused for good.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Tables with dead letters, and how many.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Send them again (after fixing the DCR or permissions); rows refused again stay.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// Only this table (e.g. OfficeActivity_CL).
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+/// The workspace sink and each table's target, from the config.
+fn sink_from(
+    setup: &Setup,
+) -> anyhow::Result<(Arc<LogsIngestionSink>, Vec<Target>, Arc<DeadLetterStore>)> {
+    let config = setup.config.sink.as_ref().context(
+        "no sink configured: add a `sink` section (logs_ingestion endpoint and DCR, credential) to the config",
+    )?;
+    let client = m365_sentinel::http_client::build(&setup.config.http)?;
+    let transport = azure_core::http::Transport::new(Arc::new(client.clone()));
+    let credential = m365_sentinel::auth::credential(
+        &config.credential,
+        config.cloud,
+        config.authority_host.as_deref(),
+        Some(transport),
+    )?;
+    let dlq = Arc::new(DeadLetterStore::open(&setup.config.dlq.dir)?);
+    let sink = LogsIngestionSink::new(
+        client,
+        credential,
+        config.cloud.monitor_scope(),
+        setup.config.retry_policy(),
+        dlq.clone(),
+    );
+    let targets = setup
+        .schemas
+        .tables
+        .iter()
+        .map(|t| config.logs_ingestion.target(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Arc::new(sink), targets, dlq))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -100,6 +173,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rules.join(", ")
                 }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { common, input } => {
+            let setup = Arc::new(load(&common)?);
+            init_logging(&setup.config.log.level, setup.config.log.format);
+            let inputs = if input.is_empty() {
+                setup.config.input.paths.clone()
+            } else {
+                input
+            };
+            anyhow::ensure!(
+                !inputs.is_empty(),
+                "no input: pass --input PATH (a file, a directory, or - for stdin) or set input.paths"
+            );
+            let (sink, targets, _) = sink_from(&setup)?;
+            let sink_config = setup.config.sink.clone().context("sink")?;
+            let options = RunOptions {
+                flush_delay: Duration::from_millis(sink_config.flush_delay_ms.max(1)),
+                concurrency: sink_config.concurrency,
+                dlq_dir: setup.config.dlq.dir.clone(),
+            };
+            let stats = runtime()?.block_on(deliver_input(
+                setup.clone(),
+                inputs,
+                sink,
+                targets,
+                options,
+            ))?;
+            let s = &stats.sink;
+            println!(
+                "read {} file(s); {} row(s) mapped, {} input record(s) refused; delivered {} row(s) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",
+                stats.input.files,
+                stats.input.rows(),
+                stats.input.rejected_total(),
+                s.delivered_rows,
+                s.requests,
+                s.bytes_sent,
+                s.bytes_uncompressed,
+                s.retries,
+                s.dead_lettered
+            );
+            if stats.input.rejected_total() > 0 || s.dead_lettered > 0 {
+                println!(
+                    "refused input: {}; dead letters: m365-sentinel dlq list",
+                    setup
+                        .config
+                        .dlq
+                        .dir
+                        .join(m365_sentinel::run::REJECTED_INPUT_FILE)
+                        .display()
+                );
+                return Ok(ExitCode::from(EXIT_REJECTED));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            action: DlqAction::List { common },
+        } => {
+            let setup = load(&common)?;
+            let store = DeadLetterStore::open(&setup.config.dlq.dir)?;
+            let tables = store.list()?;
+            if tables.is_empty() {
+                println!("no dead letters in {}", setup.config.dlq.dir.display());
+            }
+            for t in tables {
+                println!("{:<32} {:>9} rows {:>12} bytes", t.table, t.rows, t.bytes);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            action: DlqAction::Replay { common, table },
+        } => {
+            let setup = load(&common)?;
+            init_logging(&setup.config.log.level, setup.config.log.format);
+            let (sink, targets, store) = sink_from(&setup)?;
+            let replayed = runtime()?.block_on(m365_sentinel::run::replay(
+                &setup,
+                &store,
+                &sink,
+                &targets,
+                table.as_deref(),
+            ))?;
+            for r in &replayed {
+                println!("{}: {} row(s) replayed", r.table, r.rows);
+            }
+            let again = sink.stats().dead_lettered;
+            if again > 0 {
+                println!("{again} row(s) refused again, back in the store");
+                return Ok(ExitCode::from(EXIT_REJECTED));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::DryRun { common, input, out } => {

@@ -124,6 +124,16 @@ pub fn process_unit<'a>(
     });
 }
 
+/// Masks secrets in a refused record's text before it is written anywhere. Bytes that are not
+/// UTF-8 are masked on a lossy copy: if a rule masks anything, the masked copy (invalid bytes
+/// shown as U+FFFD) replaces them; otherwise they stay as they were.
+pub fn mask_rejected(setup: &Setup, r: &mut Rejected) {
+    let text = String::from_utf8_lossy(&r.raw);
+    if let Some(masked) = setup.redactor.redact_raw(&text) {
+        r.raw = masked.into_bytes();
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
@@ -150,13 +160,7 @@ impl DryRun<'_> {
     fn reject(&mut self, mut r: Rejected) {
         *self.stats.rejected.entry(r.reason.code()).or_default() += 1;
         tracing::debug!(position = %r.pos, reason = r.reason.code(), "record rejected");
-        // Bytes that are not UTF-8 are masked on a lossy copy: if a rule masks anything, the
-        // masked copy (invalid bytes shown as U+FFFD) replaces them; otherwise they stay as they
-        // were, written out as base64.
-        let text = String::from_utf8_lossy(&r.raw);
-        if let Some(masked) = self.setup.redactor.redact_raw(&text) {
-            r.raw = masked.into_bytes();
-        }
+        mask_rejected(self.setup, &mut r);
         if let Err(e) = self.sink.write_rejected(&r) {
             self.fail(e);
         }

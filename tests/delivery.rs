@@ -44,8 +44,8 @@ impl HttpClient for ToEmulator {
 
 struct World {
     emulator: Emulator,
-    sink: LogsIngestionSink,
-    setup: Setup,
+    sink: Arc<LogsIngestionSink>,
+    setup: Arc<Setup>,
     config: LogsIngestionConfig,
     dlq: Arc<DeadLetterStore>,
     _dir: tempfile::TempDir,
@@ -104,13 +104,13 @@ async fn world(policy: RetryPolicy) -> World {
     )
     .unwrap();
     let dlq = Arc::new(DeadLetterStore::open(&dir.path().join("dlq")).unwrap());
-    let sink = LogsIngestionSink::new(
+    let sink = Arc::new(LogsIngestionSink::new(
         reqwest::Client::new(),
         cred,
         Cloud::Public.monitor_scope(),
         policy,
         dlq.clone(),
-    );
+    ));
     let config = LogsIngestionConfig {
         endpoint: emulator.url(),
         dcr_immutable_id: "dcr-0123456789abcdef".into(),
@@ -120,7 +120,7 @@ async fn world(policy: RetryPolicy) -> World {
     World {
         emulator,
         sink,
-        setup,
+        setup: Arc::new(setup),
         config,
         dlq,
         _dir: dir,
@@ -351,4 +351,165 @@ async fn long_fields_are_cut_before_sending_and_oversized_requests_split() {
     }
     assert_eq!(w.emulator.accepted().len(), 201);
     assert_eq!(w.sink.stats().splits, 1);
+}
+
+#[tokio::test]
+async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input() {
+    let w = world(quick()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let columns = [
+        "UserAgent",
+        "ClientInfoString",
+        "ObjectId",
+        "Parameters",
+        "ModifiedProperties",
+        "Item",
+        "SiteUrl",
+        "SourceFileName",
+        "SourceRelativeUrl",
+        "DestinationFileName",
+        "TeamName",
+        "ChannelName",
+        "MessageId",
+        "GenericInfo",
+        "CustomEvent",
+        "EventData",
+        "ItemName",
+        "UserSharedWith",
+        "TargetUserOrGroupName",
+        "OriginatingServer",
+    ];
+    let wide: String = columns
+        .iter()
+        .map(|c| format!(r#","{c}":"{}""#, "y".repeat(60_000)))
+        .collect();
+    let lines = [
+        audit(1, ""),
+        audit(2, &wide),
+        "{not json".to_string(),
+        audit(3, ""),
+    ];
+    std::fs::write(dir.path().join("in.ndjson"), lines.join("\n")).unwrap();
+    let targets: Vec<Target> = (0..w.setup.schemas.tables.len())
+        .map(|t| target(&w, t))
+        .collect();
+    let dlq_dir = dir.path().join("dlq");
+    let options = m365_sentinel::run::RunOptions {
+        flush_delay: Duration::from_millis(200),
+        concurrency: 2,
+        dlq_dir: dlq_dir.clone(),
+    };
+    let inputs = vec![
+        dir.path().join("in.ndjson"),
+        common::fixtures().join("input"),
+    ];
+    let stats = m365_sentinel::run::run(w.setup.clone(), inputs, w.sink.clone(), targets, options)
+        .await
+        .unwrap();
+    // 3 audit records here (one too large) and 16 fixture records.
+    assert_eq!(stats.input.rows(), 19);
+    assert_eq!(stats.sink.delivered_rows, 18);
+    assert_eq!(w.emulator.accepted().len(), 18);
+    let letters = w.dlq.read("OfficeActivity_CL").unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0]
+            .reason
+            .contains("over the 1000000-byte request limit"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(stats.input.rejected_total(), 1);
+    let refused =
+        std::fs::read_to_string(dlq_dir.join(m365_sentinel::run::REJECTED_INPUT_FILE)).unwrap();
+    assert!(refused.contains("unparsable_json"), "{refused}");
+}
+
+#[tokio::test]
+async fn replay_sends_dead_letters_again_and_keeps_what_is_refused_again() {
+    let w = world(quick()).await;
+    let lines: Vec<String> = (0..50)
+        .map(|i| {
+            audit(
+                i,
+                if i % 10 == 0 {
+                    r#","UserAgent":"POISON-ROW""#
+                } else {
+                    ""
+                },
+            )
+        })
+        .collect();
+    w.emulator.set_poison(Some("POISON-ROW"));
+    for (table, body) in cut_bodies(&w.setup, &lines, 1_000_000) {
+        w.sink.deliver(&target(&w, table), body).await.unwrap();
+    }
+    assert_eq!(w.emulator.accepted().len(), 45);
+    assert_eq!(w.dlq.read("OfficeActivity_CL").unwrap().len(), 5);
+    let targets: Vec<Target> = (0..w.setup.schemas.tables.len())
+        .map(|t| target(&w, t))
+        .collect();
+
+    // Still refused: they come back to the store, nothing is lost.
+    let replayed = m365_sentinel::run::replay(&w.setup, &w.dlq, &w.sink, &targets, None)
+        .await
+        .unwrap();
+    assert_eq!(replayed[0].rows, 5);
+    assert_eq!(w.dlq.read("OfficeActivity_CL").unwrap().len(), 5);
+
+    // Accepted now: delivered once, store empty.
+    w.emulator.set_poison(None);
+    m365_sentinel::run::replay(
+        &w.setup,
+        &w.dlq,
+        &w.sink,
+        &targets,
+        Some("OfficeActivity_CL"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.emulator.accepted().len(), 50);
+    assert!(w.dlq.list().unwrap().is_empty());
+}
+
+#[test]
+fn dlq_list_and_run_without_a_sink_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DeadLetterStore::open(&dir.path().join("dlq")).unwrap();
+    let row = serde_json::value::RawValue::from_string(r#"{"x":1}"#.into()).unwrap();
+    store
+        .append(&[m365_sentinel::dlq::DeadLetter::now(
+            "OfficeActivity_CL",
+            "Custom-OfficeActivity_CL",
+            "test".into(),
+            row,
+        )])
+        .unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!("dlq:\n  dir: {}\n", dir.path().join("dlq").display()),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_m365-sentinel");
+    let out = std::process::Command::new(bin)
+        .args(["dlq", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OfficeActivity_CL") && stdout.contains("1 rows"),
+        "{stdout}"
+    );
+
+    let out = std::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--input", "tests/fixtures/input"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sink configured"));
 }

@@ -102,26 +102,7 @@ impl DryRunSink {
     }
 
     pub fn write_rejected(&mut self, r: &Rejected) -> io::Result<()> {
-        let mut line = String::with_capacity(r.raw.len() + 128);
-        line.push('{');
-        push_position(&mut line, &r.pos);
-        line.push_str(",\"reason_code\":");
-        crate::map::json::push_json_string(&mut line, r.reason.code());
-        line.push_str(",\"reason\":");
-        crate::map::json::push_json_string(&mut line, &r.reason.to_string());
-        match std::str::from_utf8(&r.raw) {
-            Ok(text) => {
-                line.push_str(",\"raw\":");
-                crate::map::json::push_json_string(&mut line, text);
-            }
-            Err(_) => {
-                line.push_str(",\"raw_base64\":\"");
-                line.push_str(&base64::engine::general_purpose::STANDARD.encode(&r.raw));
-                line.push('"');
-            }
-        }
-        line.push_str("}\n");
-        self.rejected.write_all(line.as_bytes())
+        self.rejected.write_all(rejected_line(r).as_bytes())
     }
 
     /// One line per adjusted row; `raw` (the redacted original record) is kept when a value was
@@ -166,6 +147,31 @@ impl DryRunSink {
         let mut f = private_file(&self.dir.join(SUMMARY_FILE))?;
         f.write_all(summary.as_bytes())
     }
+}
+
+/// One line of a rejected-records file: position, reason and the (already masked) raw text,
+/// base64 when it is not UTF-8.
+pub fn rejected_line(r: &Rejected) -> String {
+    let mut line = String::with_capacity(r.raw.len() + 128);
+    line.push('{');
+    push_position(&mut line, &r.pos);
+    line.push_str(",\"reason_code\":");
+    crate::map::json::push_json_string(&mut line, r.reason.code());
+    line.push_str(",\"reason\":");
+    crate::map::json::push_json_string(&mut line, &r.reason.to_string());
+    match std::str::from_utf8(&r.raw) {
+        Ok(text) => {
+            line.push_str(",\"raw\":");
+            crate::map::json::push_json_string(&mut line, text);
+        }
+        Err(_) => {
+            line.push_str(",\"raw_base64\":\"");
+            line.push_str(&base64::engine::general_purpose::STANDARD.encode(&r.raw));
+            line.push('"');
+        }
+    }
+    line.push_str("}\n");
+    line
 }
 
 fn push_position(line: &mut String, pos: &Position) {

@@ -124,9 +124,14 @@ impl LogsIngestionSink {
             }
             letters.push(letter);
         }
-        self.dlq.append(&letters)?;
-        self.count(|s| s.dead_lettered += letters.len() as u64);
         tracing::warn!(table = %target.table, rows = letters.len(), reason = %reason, "rows dead-lettered");
+        self.dead_letter_rows(&letters)
+    }
+
+    /// Stores rows refused for good (by the service, or too large to send at all).
+    pub fn dead_letter_rows(&self, letters: &[DeadLetter]) -> Result<(), SinkError> {
+        self.dlq.append(letters)?;
+        self.count(|s| s.dead_lettered += letters.len() as u64);
         Ok(())
     }
 

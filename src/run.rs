@@ -1,0 +1,273 @@
+//! `run`: file/stdin input → map → batch per stream → Logs Ingestion sink, until the input ends.
+//! Reading and mapping run on a blocking thread and hand rows over a bounded channel, so a slow
+//! workspace slows reading down instead of filling memory. Bodies are sent when full, or when no
+//! row arrived for `flush_delay`; at most `concurrency` requests are in flight.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::dlq::DeadLetter;
+use crate::pipeline::{Output, Setup, mask_rejected, process_unit};
+use crate::record::{RejectReason, Rejected};
+use crate::sinks::batch::{Body, BodyBuilder};
+use crate::sinks::dry_run::rejected_line;
+use crate::sinks::logs_ingestion::{LogsIngestionSink, SinkError, SinkStats, Target};
+use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
+use crate::stats::{Stats, TableStats};
+
+/// Refused input records (not JSON, unknown category, ...) in a run, beside the dead letters.
+pub const REJECTED_INPUT_FILE: &str = "rejected-input.ndjson";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the reading thread stopped unexpectedly: {0}")]
+    Reader(String),
+}
+
+pub struct RunOptions {
+    pub flush_delay: Duration,
+    pub concurrency: usize,
+    pub dlq_dir: PathBuf,
+}
+
+/// What the run did: input side (rows mapped per table, refusals) and delivery side.
+pub struct RunStats {
+    pub input: Stats,
+    pub sink: SinkStats,
+}
+
+enum Item {
+    Row { table: usize, json: String },
+    Rejected(Rejected),
+}
+
+fn append_rejected(path: &Path, r: &Rejected) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(rejected_line(r).as_bytes())
+}
+
+pub async fn run(
+    setup: Arc<Setup>,
+    inputs: Vec<PathBuf>,
+    sink: Arc<LogsIngestionSink>,
+    targets: Vec<Target>,
+    options: RunOptions,
+) -> Result<RunStats, RunError> {
+    // The directory of refused input (0700, as the dead letters').
+    crate::dlq::DeadLetterStore::open(&options.dlq_dir).map_err(SinkError::from)?;
+    let (tx, mut rx) = mpsc::channel::<Item>(4096);
+    let reader_setup = setup.clone();
+    let exclude = Exclude::new(&[options.dlq_dir.as_path()]);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mapper = reader_setup.mapper();
+        let file_options = reader_setup.config.file_options();
+        read_inputs(
+            &inputs,
+            &file_options,
+            &exclude,
+            &mut |framed| match framed {
+                Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| {
+                    let item = match out {
+                        Output::Row { row, .. } => Item::Row {
+                            table: row.table,
+                            json: row.json,
+                        },
+                        Output::Rejected(r) => Item::Rejected(r),
+                    };
+                    // A closed channel means the run is stopping; what is left stays unread.
+                    let _ = tx.blocking_send(item);
+                }),
+                Framed::Rejected(r) => {
+                    let _ = tx.blocking_send(Item::Rejected(r));
+                }
+            },
+        )
+    });
+
+    let limit = setup.config.batch.max_body_bytes;
+    let mut builders: Vec<BodyBuilder> = setup
+        .schemas
+        .tables
+        .iter()
+        .map(|_| BodyBuilder::new(limit))
+        .collect();
+    let mut input = Stats {
+        tables: setup
+            .schemas
+            .tables
+            .iter()
+            .map(|t| TableStats {
+                table: t.output_table.clone(),
+                stream: t.stream.clone(),
+                ..TableStats::default()
+            })
+            .collect(),
+        body_limit: limit as u64,
+        ..Stats::default()
+    };
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut in_flight: JoinSet<Result<(), SinkError>> = JoinSet::new();
+    let rejected_path = options.dlq_dir.join(REJECTED_INPUT_FILE);
+
+    let send =
+        |table: usize, body: Body, in_flight: &mut JoinSet<Result<(), SinkError>>, permit| {
+            let sink = sink.clone();
+            let target = targets[table].clone();
+            in_flight.spawn(async move {
+                let _permit = permit;
+                sink.deliver(&target, body).await
+            });
+        };
+
+    loop {
+        let item = match tokio::time::timeout(options.flush_delay, rx.recv()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(_) => {
+                // Quiet input: send what has gathered.
+                for (table, builder) in builders.iter_mut().enumerate() {
+                    if let Some(body) = builder.take() {
+                        let permit = permits.clone().acquire_owned().await.ok();
+                        send(table, body, &mut in_flight, permit);
+                    }
+                }
+                continue;
+            }
+        };
+        match item {
+            Item::Row { table, json } => {
+                input.tables[table].rows += 1;
+                match builders[table].push(json.as_bytes()) {
+                    Ok(Some(body)) => {
+                        let permit = permits.clone().acquire_owned().await.ok();
+                        send(table, body, &mut in_flight, permit);
+                    }
+                    Ok(None) => {}
+                    Err(too_large) => {
+                        let target = &targets[table];
+                        let reason = RejectReason::RowTooLarge {
+                            bytes: too_large.bytes,
+                            limit: too_large.limit,
+                        }
+                        .to_string();
+                        if let Ok(row) = RawValue::from_string(json) {
+                            sink.dead_letter_rows(&[DeadLetter::now(
+                                &target.table,
+                                &target.stream,
+                                reason,
+                                row,
+                            )])?;
+                        }
+                    }
+                }
+            }
+            Item::Rejected(mut r) => {
+                *input.rejected.entry(r.reason.code()).or_default() += 1;
+                mask_rejected(&setup, &mut r);
+                append_rejected(&rejected_path, &r).map_err(|error| RunError::Io {
+                    path: rejected_path.clone(),
+                    error,
+                })?;
+            }
+        }
+        // Reap finished deliveries so their errors surface early.
+        while let Some(done) = in_flight.try_join_next() {
+            done.map_err(|e| RunError::Reader(e.to_string()))??;
+        }
+    }
+    for (table, builder) in builders.iter_mut().enumerate() {
+        if let Some(body) = builder.take() {
+            let permit = permits.clone().acquire_owned().await.ok();
+            send(table, body, &mut in_flight, permit);
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.map_err(|e| RunError::Reader(e.to_string()))??;
+    }
+    let totals = reader
+        .await
+        .map_err(|e| RunError::Reader(e.to_string()))??;
+    input.files = totals.files;
+    input.bytes_read = totals.bytes;
+    Ok(RunStats {
+        input,
+        sink: sink.stats(),
+    })
+}
+
+/// What a replay did for one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub table: String,
+    pub rows: usize,
+}
+
+/// Re-sends the dead letters of `table` (an output table, e.g. `OfficeActivity_CL`), or of every
+/// table. Rows the service refuses again go back to the store, with the new reason.
+pub async fn replay(
+    setup: &Setup,
+    store: &crate::dlq::DeadLetterStore,
+    sink: &LogsIngestionSink,
+    targets: &[Target],
+    table: Option<&str>,
+) -> Result<Vec<Replayed>, RunError> {
+    let tables: Vec<String> = match table {
+        Some(t) => vec![t.to_string()],
+        None => store
+            .list()
+            .map_err(SinkError::from)?
+            .into_iter()
+            .map(|t| t.table)
+            .collect(),
+    };
+    let mut done = Vec::new();
+    for name in tables {
+        let Some(index) = setup.schemas.table_by_name(&name) else {
+            return Err(RunError::Io {
+                path: PathBuf::from(&name),
+                error: std::io::Error::other("no table of that name in the schemas"),
+            });
+        };
+        let letters = store.take(&name).map_err(SinkError::from)?;
+        let mut builder = BodyBuilder::new(setup.config.batch.max_body_bytes);
+        for letter in &letters {
+            match builder.push(letter.row.get().as_bytes()) {
+                Ok(Some(body)) => sink.deliver(&targets[index], body).await?,
+                Ok(None) => {}
+                // Still too large: it goes back as it was.
+                Err(_) => sink.dead_letter_rows(std::slice::from_ref(letter))?,
+            }
+        }
+        if let Some(body) = builder.take() {
+            sink.deliver(&targets[index], body).await?;
+        }
+        store.finish_replay(&name).map_err(SinkError::from)?;
+        done.push(Replayed {
+            table: name,
+            rows: letters.len(),
+        });
+    }
+    Ok(done)
+}
