@@ -42,6 +42,12 @@ fn fits(kind: &str, value: &Value) -> bool {
     }
 }
 
+/// Ends the connection without an answer. Each connection is served by its own task; a panic
+/// there ends that task and closes the socket, which is what a reset looks like to the client.
+fn drop_connection() -> ! {
+    std::panic::resume_unwind(Box::new("emulated connection reset"))
+}
+
 pub(crate) async fn ingest(
     State(shared): State<Arc<Shared>>,
     Path((dcr, stream)): Path<(String, String)>,
@@ -50,8 +56,15 @@ pub(crate) async fn ingest(
     body: Bytes,
 ) -> Response {
     let fault = shared.state().faults.pop_front();
+    if fault == Some(Fault::Reset) {
+        drop_connection();
+    }
+    let reset_after = fault == Some(Fault::ResetAfterAccept);
     let (status, rows, uncompressed, response) =
         check(&shared, &dcr, &stream, &query, &headers, &body, fault).await;
+    if reset_after && status == 204 {
+        drop_connection();
+    }
     shared.state().requests.push(RequestLog {
         stream,
         status,
@@ -75,6 +88,7 @@ async fn check(
         |status: u16, code: &str, message: &str| (status, 0, 0, error(status, code, message));
     match fault {
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Pass | Fault::Reset | Fault::ResetAfterAccept) | None => {}
         Some(Fault::Status {
             status,
             retry_after,
@@ -87,7 +101,6 @@ async fn check(
             }
             return (status, 0, 0, response);
         }
-        None => {}
     }
     if query.get("api-version").map(String::as_str) != Some("2023-01-01") {
         return refuse(400, "InvalidApiVersion", "api-version must be 2023-01-01");

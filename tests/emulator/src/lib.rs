@@ -36,6 +36,13 @@ pub struct Config {
 /// A misbehaviour for the next ingestion request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
+    /// No misbehaviour: lets a fault plan interleave normal answers.
+    Pass,
+    /// Drop the connection without an answer, before looking at the request.
+    Reset,
+    /// Accept the rows, then drop the connection without an answer: the client can't know they
+    /// arrived, so it sends them again (duplicates, as after a real network failure).
+    ResetAfterAccept,
     /// Answer with this status; `retry_after` sets the Retry-After header (seconds).
     Status {
         status: u16,
