@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use azure_core::http::{AsyncRawResponse, HttpClient, Request, Transport};
-use m365_emulator::{Config, Emulator, Fault};
+use azure_core::http::Transport;
+use m365_emulator::{Config, Emulator, Fault, ToEmulator};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::{Output, Setup, process_unit};
@@ -23,24 +23,6 @@ use serde_json::Value;
 const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
 const AUTHORITY: &str = "https://login.emulator.test";
-
-/// azure_identity only talks https; the test hands it a transport that carries its requests to
-/// the emulator on loopback instead.
-#[derive(Debug)]
-struct ToEmulator {
-    base: String,
-    inner: reqwest::Client,
-}
-
-#[async_trait::async_trait]
-impl HttpClient for ToEmulator {
-    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
-        let mut request = request.clone();
-        let rewritten = request.url().as_str().replacen(AUTHORITY, &self.base, 1);
-        *request.url_mut() = rewritten.parse().expect("a valid URL");
-        self.inner.execute_request(&request).await
-    }
-}
 
 struct World {
     emulator: Emulator,
@@ -82,15 +64,13 @@ async fn world(policy: RetryPolicy) -> World {
         streams,
         token_lifetime: Duration::from_secs(3600),
         accept_undeclared_streams: false,
+        keep_rows: true,
     })
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), "s3cret-for-tests\n").unwrap();
-    let transport = Transport::new(Arc::new(ToEmulator {
-        base: emulator.url(),
-        inner: reqwest::Client::new(),
-    }));
+    let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
     let cred = credential(
         &CredentialConfig::ClientSecret {
             tenant_id: TENANT.into(),

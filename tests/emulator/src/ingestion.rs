@@ -221,9 +221,12 @@ async fn check(
     let count = rows.len();
     let mut state = shared.state();
     state.truncated_fields += truncated;
-    state
-        .accepted
-        .extend(rows.into_iter().map(|r| (stream.to_string(), r)));
+    state.accepted_count += count;
+    if shared.config.keep_rows {
+        state
+            .accepted
+            .extend(rows.into_iter().map(|r| (stream.to_string(), r)));
+    }
     (
         204,
         count,

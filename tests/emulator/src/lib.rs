@@ -4,6 +4,9 @@
 
 mod ingestion;
 mod token;
+mod transport;
+
+pub use transport::ToEmulator;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -31,6 +34,8 @@ pub struct Config {
     pub token_lifetime: Duration,
     /// Accept streams that are not declared, with any columns (the binary, for benchmarks).
     pub accept_undeclared_streams: bool,
+    /// Keep accepted rows for [`Emulator::accepted`]; benchmarks turn it off to count only.
+    pub keep_rows: bool,
 }
 
 /// A misbehaviour for the next ingestion request.
@@ -69,6 +74,7 @@ struct State {
     /// Rows whose JSON text contains this are refused with a 400, as a poison row.
     poison: Option<String>,
     accepted: Vec<(String, serde_json::Value)>,
+    accepted_count: usize,
     requests: Vec<RequestLog>,
     truncated_fields: usize,
 }
@@ -135,6 +141,11 @@ impl Emulator {
     /// Refuses (400) any request holding a row whose text contains `marker`; None lifts it.
     pub fn set_poison(&self, marker: Option<&str>) {
         self.shared.state().poison = marker.map(str::to_string);
+    }
+
+    /// How many rows were accepted (kept or not).
+    pub fn accepted_count(&self) -> usize {
+        self.shared.state().accepted_count
     }
 
     /// Every accepted row with its stream, in arrival order.

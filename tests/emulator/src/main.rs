@@ -17,6 +17,7 @@ async fn main() -> std::io::Result<()> {
         streams: HashMap::new(),
         token_lifetime: Duration::from_secs(3600),
         accept_undeclared_streams: true,
+        keep_rows: false,
     };
     let emulator = m365_emulator::Emulator::start_on(&bind, config.clone()).await?;
     println!("emulator on {}", emulator.url());

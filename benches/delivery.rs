@@ -1,0 +1,180 @@
+//! End to end: file → map → batch → gzip → Logs Ingestion emulator over loopback, through the
+//! real sink (tokens from azure_identity). Reports records per CPU-second of the connector (the
+//! process's CPU minus the emulator's own threads), peak RSS (of the whole process, emulator
+//! included, so an upper bound) and the average request fill.
+//! Run: `cargo bench --bench delivery` (N records: `DELIVERY_BENCH_RECORDS`, default 300,000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::http::Transport;
+use m365_emulator::{Config, Emulator, ToEmulator};
+use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
+use m365_sentinel::dlq::DeadLetterStore;
+use m365_sentinel::pipeline::Setup;
+use m365_sentinel::run::{RunOptions, run};
+use m365_sentinel::sinks::logs_ingestion::{LogsIngestionConfig, LogsIngestionSink};
+use m365_sentinel::sinks::retry::RetryPolicy;
+
+#[path = "common/records.rs"]
+mod records;
+
+const AUTHORITY: &str = "https://login.emulator.test";
+const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
+const EMULATOR_THREAD: &str = "emulator";
+
+/// CPU seconds (user + system) of this process's threads, split by whether a thread is the
+/// emulator's: from /proc/self/task/*/stat (fields 14 and 15, in clock ticks of 1/100 s).
+fn cpu_seconds() -> (f64, f64) {
+    let mut emulator = 0.0;
+    let mut total = 0.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0.0, 0.0);
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
+            .sum();
+        let seconds = ticks / 100.0;
+        total += seconds;
+        if name.starts_with(EMULATOR_THREAD) {
+            emulator += seconds;
+        }
+    }
+    (total, emulator)
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    // `cargo test --benches` runs benches as tests with --bench absent: keep that quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::var("DELIVERY_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 2_000 } else { 300_000 });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("audit.ndjson");
+    {
+        use std::io::Write;
+        let file = std::fs::File::create(&input).expect("input file");
+        let mut out = std::io::BufWriter::new(file);
+        for i in 0..n {
+            writeln!(out, "{}", records::record(i)).expect("input written");
+        }
+        out.flush().expect("input flushed");
+    }
+    std::fs::write(dir.path().join("secret"), "bench-secret").expect("secret written");
+
+    // The emulator gets its own runtime and threads, so its CPU can be told apart.
+    let emulator_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(EMULATOR_THREAD)
+        .enable_all()
+        .build()
+        .expect("emulator runtime");
+    let emulator = emulator_rt
+        .block_on(Emulator::start(Config {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            client_secret: "bench-secret".into(),
+            dcr_immutable_id: "dcr-bench".into(),
+            streams: Default::default(),
+            token_lifetime: Duration::from_secs(3600),
+            accept_undeclared_streams: true,
+            keep_rows: false,
+        }))
+        .expect("emulator");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("connector")
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let setup = Arc::new(Setup::load(None, None, std::iter::empty()).expect("setup"));
+    let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
+    let cred = credential(
+        &CredentialConfig::ClientSecret {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            secret_file: Some(dir.path().join("secret")),
+            secret_env: None,
+        },
+        Cloud::Public,
+        Some(AUTHORITY),
+        Some(transport),
+    )
+    .expect("credential");
+    let dlq = Arc::new(DeadLetterStore::open(&dir.path().join("dlq")).expect("dlq"));
+    let sink = Arc::new(LogsIngestionSink::new(
+        reqwest::Client::new(),
+        cred,
+        Cloud::Public.monitor_scope(),
+        RetryPolicy::default(),
+        dlq,
+    ));
+    let config = LogsIngestionConfig {
+        endpoint: emulator.url(),
+        dcr_immutable_id: "dcr-bench".into(),
+        tables: Default::default(),
+        allow_plain_http_loopback: true,
+    };
+    let targets = setup
+        .schemas
+        .tables
+        .iter()
+        .map(|t| config.target(t).expect("target"))
+        .collect();
+    let options = RunOptions {
+        flush_delay: Duration::from_secs(5),
+        concurrency: 4,
+        dlq_dir: dir.path().join("dlq"),
+    };
+    let (cpu_before, emulator_before) = cpu_seconds();
+    let started = Instant::now();
+    let stats = runtime
+        .block_on(run(setup, vec![input], sink, targets, options))
+        .expect("run");
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu_after, emulator_after) = cpu_seconds();
+    let emulator_cpu = emulator_after - emulator_before;
+    let connector_cpu = (cpu_after - cpu_before) - emulator_cpu;
+    assert_eq!(emulator.accepted_count(), n, "every record delivered");
+    let s = &stats.sink;
+    let fill = s.bytes_uncompressed as f64 / (s.requests.max(1) as f64 * 1_000_000.0);
+    println!("records:                   {n}");
+    println!("wall:                      {wall:.2} s");
+    println!("connector CPU:             {connector_cpu:.2} s (emulator {emulator_cpu:.2} s)");
+    println!(
+        "records per CPU-second:    {:.0}",
+        n as f64 / connector_cpu.max(0.01)
+    );
+    println!("peak RSS (whole process):  {:.0} MB", peak_rss_mb());
+    println!(
+        "requests:                  {} ({} bytes gzip of {}), average fill {:.1}%",
+        s.requests,
+        s.bytes_sent,
+        s.bytes_uncompressed,
+        fill * 100.0
+    );
+}
