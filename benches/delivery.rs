@@ -13,8 +13,9 @@ use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
 use m365_sentinel::run::{RunOptions, run};
-use m365_sentinel::sinks::logs_ingestion::{LogsIngestionConfig, LogsIngestionSink};
+use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
+use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
 
 #[path = "common/records.rs"]
 mod records;
@@ -126,10 +127,12 @@ fn main() {
     )
     .expect("credential");
     let dlq = Arc::new(DeadLetterStore::open(&dir.path().join("dlq")).expect("dlq"));
-    let sink = Arc::new(LogsIngestionSink::new(
+    let sink = Arc::new(WorkspaceSink::new(
         reqwest::Client::new(),
-        cred,
-        Cloud::Public.monitor_scope(),
+        Api::LogsIngestion {
+            credential: cred,
+            scope: Cloud::Public.monitor_scope().to_string(),
+        },
         RetryPolicy::default(),
         dlq,
     ));

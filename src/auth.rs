@@ -29,6 +29,15 @@ impl Cloud {
         }
     }
 
+    /// Host suffix of the legacy Data Collector API (`<workspace>.<suffix>`).
+    pub fn data_collector_suffix(self) -> &'static str {
+        match self {
+            Self::Public => "ods.opinsights.azure.com",
+            Self::UsGovernment => "ods.opinsights.azure.us",
+            Self::China => "ods.opinsights.azure.cn",
+        }
+    }
+
     /// The Logs Ingestion API's token scope.
     pub fn monitor_scope(self) -> &'static str {
         match self {

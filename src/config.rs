@@ -46,8 +46,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    pub logs_ingestion: crate::sinks::logs_ingestion::LogsIngestionConfig,
-    pub credential: crate::auth::CredentialConfig,
+    /// The Logs Ingestion API (the default, and the one to use).
+    #[serde(default)]
+    pub logs_ingestion: Option<crate::sinks::logs_ingestion::LogsIngestionConfig>,
+    /// The legacy Data Collector API (retired 2026-09-14): instead of logs_ingestion.
+    #[serde(default)]
+    pub data_collector: Option<crate::sinks::data_collector::DataCollectorConfig>,
+    /// The identity for the Logs Ingestion API.
+    #[serde(default)]
+    pub credential: Option<crate::auth::CredentialConfig>,
     #[serde(default)]
     pub cloud: crate::auth::Cloud,
     /// Overrides the cloud's login host (sovereign and private clouds).
@@ -352,6 +359,27 @@ impl Config {
             return Err(
                 "input.max_record_bytes and input.max_document_bytes must be at least 1024".into(),
             );
+        }
+        if let Some(sink) = &self.sink {
+            match (&sink.logs_ingestion, &sink.data_collector, &sink.credential) {
+                (Some(_), None, Some(_)) => {}
+                (Some(_), None, None) => {
+                    return Err("sink.logs_ingestion needs sink.credential (client_secret, workload_identity or managed_identity)".into());
+                }
+                (None, Some(_), _) => {
+                    if b.max_field_bytes > crate::sinks::data_collector::MAX_FIELD_BYTES {
+                        return Err(format!(
+                            "the Data Collector API cuts fields at 32 KB: set batch.max_field_bytes to at most {}",
+                            crate::sinks::data_collector::MAX_FIELD_BYTES
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(
+                        "sink needs exactly one of logs_ingestion and data_collector".into(),
+                    );
+                }
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(

@@ -11,7 +11,7 @@ use m365_sentinel::config::LogFormat;
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::{Setup, dry_run};
 use m365_sentinel::run::{RunOptions, run as deliver_input};
-use m365_sentinel::sinks::logs_ingestion::{LogsIngestionSink, Target};
+use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 const EXIT_REJECTED: u8 = 3;
@@ -95,32 +95,64 @@ enum DlqAction {
 /// The workspace sink and each table's target, from the config.
 fn sink_from(
     setup: &Setup,
-) -> anyhow::Result<(Arc<LogsIngestionSink>, Vec<Target>, Arc<DeadLetterStore>)> {
+) -> anyhow::Result<(Arc<WorkspaceSink>, Vec<Target>, Arc<DeadLetterStore>)> {
     let config = setup.config.sink.as_ref().context(
         "no sink configured: add a `sink` section (logs_ingestion endpoint and DCR, credential) to the config",
     )?;
     let client = m365_sentinel::http_client::build(&setup.config.http)?;
-    let transport = azure_core::http::Transport::new(Arc::new(client.clone()));
-    let credential = m365_sentinel::auth::credential(
-        &config.credential,
-        config.cloud,
-        config.authority_host.as_deref(),
-        Some(transport),
-    )?;
     let dlq = Arc::new(DeadLetterStore::open(&setup.config.dlq.dir)?);
-    let sink = LogsIngestionSink::new(
-        client,
-        credential,
-        config.cloud.monitor_scope(),
-        setup.config.retry_policy(),
-        dlq.clone(),
-    );
-    let targets = setup
-        .schemas
-        .tables
-        .iter()
-        .map(|t| config.logs_ingestion.target(t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (api, targets) = match (&config.logs_ingestion, &config.data_collector) {
+        (Some(li), _) => {
+            let credential_config = config
+                .credential
+                .as_ref()
+                .context("sink.logs_ingestion needs sink.credential")?;
+            let transport = azure_core::http::Transport::new(Arc::new(client.clone()));
+            let credential = m365_sentinel::auth::credential(
+                credential_config,
+                config.cloud,
+                config.authority_host.as_deref(),
+                Some(transport),
+            )?;
+            let targets = setup
+                .schemas
+                .tables
+                .iter()
+                .map(|t| li.target(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let api = Api::LogsIngestion {
+                credential,
+                scope: config.cloud.monitor_scope().to_string(),
+            };
+            (api, targets)
+        }
+        (None, Some(dc)) => {
+            tracing::warn!(
+                "the HTTP Data Collector API is retired (support ended 2026-09-14); move to sink.logs_ingestion"
+            );
+            let url = dc.url(config.cloud.data_collector_suffix())?;
+            let targets = setup
+                .schemas
+                .tables
+                .iter()
+                .map(|t| {
+                    Ok(Target {
+                        url: url.clone(),
+                        table: t.output_table.clone(),
+                        stream: dc.log_type(t)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, m365_sentinel::sinks::data_collector::DataCollectorError>>()?;
+            let api = Api::DataCollector {
+                workspace_id: dc.workspace_id.clone(),
+                shared_key: dc.shared_key()?,
+                azure_resource_id: dc.azure_resource_id.clone(),
+            };
+            (api, targets)
+        }
+        (None, None) => anyhow::bail!("sink needs logs_ingestion or data_collector"),
+    };
+    let sink = WorkspaceSink::new(client, api, setup.config.retry_policy(), dlq.clone());
     Ok((Arc::new(sink), targets, dlq))
 }
 

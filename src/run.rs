@@ -18,7 +18,7 @@ use crate::pipeline::{Output, Setup, mask_rejected, process_unit};
 use crate::record::{RejectReason, Rejected};
 use crate::sinks::batch::{Body, BodyBuilder};
 use crate::sinks::dry_run::rejected_line;
-use crate::sinks::logs_ingestion::{LogsIngestionSink, SinkError, SinkStats, Target};
+use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
 use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
 use crate::stats::{Stats, TableStats};
 
@@ -71,7 +71,7 @@ fn append_rejected(path: &Path, r: &Rejected) -> std::io::Result<()> {
 pub async fn run(
     setup: Arc<Setup>,
     inputs: Vec<PathBuf>,
-    sink: Arc<LogsIngestionSink>,
+    sink: Arc<WorkspaceSink>,
     targets: Vec<Target>,
     options: RunOptions,
 ) -> Result<RunStats, RunError> {
@@ -229,7 +229,7 @@ pub struct Replayed {
 pub async fn replay(
     setup: &Setup,
     store: &crate::dlq::DeadLetterStore,
-    sink: &LogsIngestionSink,
+    sink: &WorkspaceSink,
     targets: &[Target],
     table: Option<&str>,
 ) -> Result<Vec<Replayed>, RunError> {

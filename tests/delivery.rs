@@ -16,8 +16,9 @@ use m365_sentinel::pipeline::{Output, Setup, process_unit};
 use m365_sentinel::record::Position;
 use m365_sentinel::schema::ColumnType;
 use m365_sentinel::sinks::batch::{Body, BodyBuilder};
-use m365_sentinel::sinks::logs_ingestion::{LogsIngestionConfig, LogsIngestionSink, Target};
+use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
+use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
 use serde_json::Value;
 
 const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
@@ -26,7 +27,7 @@ const AUTHORITY: &str = "https://login.emulator.test";
 
 struct World {
     emulator: Emulator,
-    sink: Arc<LogsIngestionSink>,
+    sink: Arc<WorkspaceSink>,
     setup: Arc<Setup>,
     config: LogsIngestionConfig,
     dlq: Arc<DeadLetterStore>,
@@ -84,10 +85,12 @@ async fn world(policy: RetryPolicy) -> World {
     )
     .unwrap();
     let dlq = Arc::new(DeadLetterStore::open(&dir.path().join("dlq")).unwrap());
-    let sink = Arc::new(LogsIngestionSink::new(
+    let sink = Arc::new(WorkspaceSink::new(
         reqwest::Client::new(),
-        cred,
-        Cloud::Public.monitor_scope(),
+        Api::LogsIngestion {
+            credential: cred,
+            scope: Cloud::Public.monitor_scope().to_string(),
+        },
         policy,
         dlq.clone(),
     ));

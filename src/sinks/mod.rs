@@ -5,3 +5,4 @@ pub mod data_collector;
 pub mod dry_run;
 pub mod logs_ingestion;
 pub mod retry;
+pub mod workspace;

@@ -4,9 +4,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::value::RawValue;
 
-use super::{LogsIngestionSink, SinkError, SinkStats, Target};
+use super::{Api, SinkError, SinkStats, Target, WorkspaceSink};
 use crate::dlq::DeadLetter;
 use crate::sinks::batch::Body;
+use crate::sinks::data_collector;
 use crate::sinks::retry::{Verdict, classify, parse_retry_after};
 
 /// What the service said about one request.
@@ -20,7 +21,7 @@ struct Answer {
 /// The service's error body, cut to what a dead letter needs.
 const ERROR_BODY_BYTES: usize = 4096;
 
-impl LogsIngestionSink {
+impl WorkspaceSink {
     fn count(&self, f: impl FnOnce(&mut SinkStats)) {
         if let Ok(mut s) = self.stats.lock() {
             f(&mut s);
@@ -29,7 +30,7 @@ impl LogsIngestionSink {
 
     fn report(&self, problem: Option<String>) {
         if let Some(p) = &problem {
-            tracing::warn!(problem = %p, "logs ingestion is not delivering");
+            tracing::warn!(problem = %p, "the workspace sink is not delivering");
         }
         if let Ok(mut slot) = self.problem.lock() {
             *slot = problem;
@@ -45,29 +46,61 @@ impl LogsIngestionSink {
 
     /// One POST. Err is a failure before any answer (token, connection, timeout).
     async fn send(&self, target: &Target, body: &Body) -> Result<Answer, String> {
-        let token = self
-            .credential
-            .get_token(&[self.scope.as_str()], None)
-            .await
-            .map_err(|e| format!("token request failed: {e}"))?;
-        let gzip = body.gzip().map_err(|e| format!("gzip failed: {e}"))?;
-        // Only incompressible data grows under gzip; then the plain body (within the limit) goes.
-        let (payload, encoding) = if gzip.len() <= body.bytes.len() {
-            (gzip, Some("gzip"))
-        } else {
-            (body.bytes.clone(), None)
+        let (request, sent) = match &self.api {
+            Api::LogsIngestion { credential, scope } => {
+                let token = credential
+                    .get_token(&[scope.as_str()], None)
+                    .await
+                    .map_err(|e| format!("token request failed: {e}"))?;
+                let gzip = body.gzip().map_err(|e| format!("gzip failed: {e}"))?;
+                // Only incompressible data grows under gzip; then the plain body goes.
+                let (payload, encoding) = if gzip.len() <= body.bytes.len() {
+                    (gzip, Some("gzip"))
+                } else {
+                    (body.bytes.clone(), None)
+                };
+                let sent = payload.len();
+                let mut request = self
+                    .client
+                    .post(target.url.clone())
+                    .header("Content-Type", "application/json")
+                    .header("Authorization", format!("Bearer {}", token.token.secret()));
+                if let Some(encoding) = encoding {
+                    request = request.header("Content-Encoding", encoding);
+                }
+                (request.body(payload), sent)
+            }
+            Api::DataCollector {
+                workspace_id,
+                shared_key,
+                azure_resource_id,
+            } => {
+                let payload = data_collector::request_body(body);
+                let date = data_collector::rfc1123(SystemTime::now());
+                let to_sign = data_collector::signature::string_to_sign(
+                    payload.len(),
+                    "application/json",
+                    &date,
+                );
+                let authorization =
+                    data_collector::signature::authorization(workspace_id, shared_key, &to_sign)
+                        .map_err(|e| e.to_string())?;
+                let sent = payload.len();
+                let mut request = self
+                    .client
+                    .post(target.url.clone())
+                    .header("Content-Type", "application/json")
+                    .header("Authorization", authorization)
+                    .header("Log-Type", target.stream.as_str())
+                    .header("x-ms-date", date)
+                    .header("time-generated-field", data_collector::TIME_FIELD);
+                if let Some(id) = azure_resource_id {
+                    request = request.header("x-ms-AzureResourceId", id.as_str());
+                }
+                (request.body(payload), sent)
+            }
         };
-        let sent = payload.len();
-        let mut request = self
-            .client
-            .post(target.url.clone())
-            .header("Content-Type", "application/json")
-            .header("Authorization", format!("Bearer {}", token.token.secret()));
-        if let Some(encoding) = encoding {
-            request = request.header("Content-Encoding", encoding);
-        }
         let response = request
-            .body(payload)
             .send()
             .await
             .map_err(|e| format!("request failed: {e}"))?;
