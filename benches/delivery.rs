@@ -104,6 +104,8 @@ fn main() {
             token_lifetime: Duration::from_secs(3600),
             accept_undeclared_streams: true,
             keep_rows: false,
+            workspace_id: "00000000-0000-4000-8000-000000000003".into(),
+            shared_key: "ZW11bGF0b3Itd29ya3NwYWNlLWtleQ==".into(),
         }))
         .expect("emulator");
 

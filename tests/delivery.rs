@@ -24,6 +24,9 @@ use serde_json::Value;
 const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
 const AUTHORITY: &str = "https://login.emulator.test";
+const WORKSPACE: &str = "11111111-2222-4333-8444-555555555555";
+/// base64 of "data collector test key" (not a real key).
+const SHARED_KEY: &str = "ZGF0YSBjb2xsZWN0b3IgdGVzdCBrZXk=";
 
 struct World {
     emulator: Emulator,
@@ -66,6 +69,8 @@ async fn world(policy: RetryPolicy) -> World {
         token_lifetime: Duration::from_secs(3600),
         accept_undeclared_streams: false,
         keep_rows: true,
+        workspace_id: WORKSPACE.into(),
+        shared_key: SHARED_KEY.into(),
     })
     .await
     .unwrap();
@@ -564,4 +569,60 @@ fn dlq_list_and_run_without_a_sink_through_the_binary() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no sink configured"));
+}
+
+#[tokio::test]
+async fn the_retired_data_collector_api_gets_signed_posts_it_verifies() {
+    let w = world(quick()).await;
+    let dc = m365_sentinel::sinks::data_collector::DataCollectorConfig {
+        workspace_id: WORKSPACE.into(),
+        shared_key_file: None,
+        shared_key_env: None,
+        azure_resource_id: Some("/subscriptions/x/resourceGroups/y/providers/z/w".into()),
+        endpoint: Some(w.emulator.url()),
+        allow_plain_http_loopback: true,
+        log_types: Default::default(),
+    };
+    let sink = WorkspaceSink::new(
+        reqwest::Client::new(),
+        Api::DataCollector {
+            workspace_id: WORKSPACE.into(),
+            shared_key: SHARED_KEY.into(),
+            azure_resource_id: dc.azure_resource_id.clone(),
+        },
+        quick(),
+        w.dlq.clone(),
+    );
+    let url = dc.url("unused").unwrap();
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            if i % 3 == 0 {
+                defender(i)
+            } else {
+                audit(i, "")
+            }
+        })
+        .collect();
+    for (table, body) in cut_bodies(&w.setup, &lines, 1_000_000) {
+        let schema = &w.setup.schemas.tables[table];
+        let target = Target {
+            url: url.clone(),
+            table: schema.output_table.clone(),
+            stream: dc.log_type(schema).unwrap(),
+        };
+        sink.deliver(&target, body).await.unwrap();
+    }
+    let accepted = w.emulator.accepted();
+    assert_eq!(accepted.len(), 300);
+    assert!(accepted.iter().all(|(stream, row)| {
+        stream.starts_with("dc:")
+            && row.get("EventTime").is_some()
+            && row.get("TimeGenerated").is_none()
+    }));
+    assert!(
+        accepted
+            .iter()
+            .any(|(stream, _)| stream == "dc:OfficeActivity")
+    );
+    assert_eq!(sink.stats().dead_lettered, 0);
 }

@@ -2,6 +2,7 @@
 //! the Logs Ingestion API. Strict where Azure is lenient, so tests catch what Azure would drop in
 //! silence: a body that is not a JSON array, undeclared columns and wrong types are 400 here.
 
+mod data_collector;
 mod ingestion;
 mod token;
 mod transport;
@@ -36,6 +37,9 @@ pub struct Config {
     pub accept_undeclared_streams: bool,
     /// Keep accepted rows for [`Emulator::accepted`]; benchmarks turn it off to count only.
     pub keep_rows: bool,
+    /// The workspace of the legacy Data Collector API, and its shared key (base64).
+    pub workspace_id: String,
+    pub shared_key: String,
 }
 
 /// A misbehaviour for the next ingestion request.
@@ -115,6 +119,7 @@ impl Emulator {
                 "/dataCollectionRules/{dcr}/streams/{stream}",
                 post(ingestion::ingest),
             )
+            .route("/api/logs", post(data_collector::collect))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
