@@ -60,7 +60,7 @@ pub struct SinkConfig {
     /// Overrides the cloud's login host (sovereign and private clouds).
     #[serde(default)]
     pub authority_host: Option<String>,
-    /// Requests in flight at once, over all streams.
+    /// Requests in flight at once, per stream.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// A partly filled body is sent after this long without new rows.

@@ -127,7 +127,13 @@ pub async fn run(
         body_limit: limit as u64,
         ..Stats::default()
     };
-    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    // Each stream has its own requests in flight: a slow or failing table can't hold the others.
+    let permits: Vec<Arc<Semaphore>> = setup
+        .schemas
+        .tables
+        .iter()
+        .map(|_| Arc::new(Semaphore::new(options.concurrency.max(1))))
+        .collect();
     let mut in_flight: JoinSet<Result<(), SinkError>> = JoinSet::new();
     let rejected_path = options.dlq_dir.join(REJECTED_INPUT_FILE);
 
@@ -149,7 +155,7 @@ pub async fn run(
                 // Quiet input: send what has gathered.
                 for (table, builder) in builders.iter_mut().enumerate() {
                     if let Some(body) = builder.take() {
-                        let permit = permits.clone().acquire_owned().await.ok();
+                        let permit = permits[table].clone().acquire_owned().await.ok();
                         send(table, body, &mut in_flight, permit);
                     }
                 }
@@ -161,7 +167,7 @@ pub async fn run(
                 input.tables[table].rows += 1;
                 match builders[table].push(json.as_bytes()) {
                     Ok(Some(body)) => {
-                        let permit = permits.clone().acquire_owned().await.ok();
+                        let permit = permits[table].clone().acquire_owned().await.ok();
                         send(table, body, &mut in_flight, permit);
                     }
                     Ok(None) => {}
@@ -199,7 +205,7 @@ pub async fn run(
     }
     for (table, builder) in builders.iter_mut().enumerate() {
         if let Some(body) = builder.take() {
-            let permit = permits.clone().acquire_owned().await.ok();
+            let permit = permits[table].clone().acquire_owned().await.ok();
             send(table, body, &mut in_flight, permit);
         }
     }

@@ -626,3 +626,37 @@ async fn the_retired_data_collector_api_gets_signed_posts_it_verifies() {
     );
     assert_eq!(sink.stats().dead_lettered, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn refused_authorisation_is_retried_once_at_once_then_with_backoff() {
+    let w = world(quick()).await;
+    let lines: Vec<String> = (0..10).map(|i| audit(i, "")).collect();
+    w.emulator.push_faults([
+        Fault::Status {
+            status: 401,
+            retry_after: None,
+        },
+        Fault::Status {
+            status: 403,
+            retry_after: None,
+        },
+        Fault::Status {
+            status: 403,
+            retry_after: None,
+        },
+    ]);
+    let started = tokio::time::Instant::now();
+    for (table, body) in cut_bodies(&w.setup, &lines, 1_000_000) {
+        w.sink.deliver(&target(&w, table), body).await.unwrap();
+    }
+    assert_eq!(w.emulator.accepted().len(), 10);
+    let stats = w.sink.stats();
+    assert_eq!(stats.requests, 4);
+    assert_eq!(
+        stats.retries, 2,
+        "the first refusal is retried at once, with a fresh token"
+    );
+    assert!(w.sink.problem().is_none(), "healthy again once delivered");
+    // Two backoffs happened on the paused clock, none longer than the cap.
+    assert!(tokio::time::Instant::now() - started <= Duration::from_secs(20));
+}
