@@ -181,7 +181,7 @@ impl WorkspaceSink {
                 let answer = match self.send(target, &body).await {
                     Ok(a) => a,
                     Err(problem) => {
-                        tracing::debug!(problem = %problem, "retrying");
+                        self.report(Some(problem));
                         self.count(|s| s.retries += 1);
                         tokio::time::sleep(self.jittered(step, None)).await;
                         continue;
