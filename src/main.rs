@@ -156,6 +156,20 @@ fn sink_from(
     Ok((Arc::new(sink), targets, dlq))
 }
 
+/// `--input` when given, else the config's `input.paths`; one of them must name something.
+fn inputs_or_config(input: Vec<PathBuf>, setup: &Setup) -> anyhow::Result<Vec<PathBuf>> {
+    let inputs = if input.is_empty() {
+        setup.config.input.paths.clone()
+    } else {
+        input
+    };
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "no input: pass --input PATH (a file, a directory, or - for stdin) or set input.paths"
+    );
+    Ok(inputs)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -210,15 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { common, input } => {
             let setup = Arc::new(load(&common)?);
             init_logging(&setup.config.log.level, setup.config.log.format);
-            let inputs = if input.is_empty() {
-                setup.config.input.paths.clone()
-            } else {
-                input
-            };
-            anyhow::ensure!(
-                !inputs.is_empty(),
-                "no input: pass --input PATH (a file, a directory, or - for stdin) or set input.paths"
-            );
+            let inputs = inputs_or_config(input, &setup)?;
             let (sink, targets, _) = sink_from(&setup)?;
             let sink_config = setup.config.sink.clone().context("sink")?;
             let options = RunOptions {
@@ -300,15 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DryRun { common, input, out } => {
             let setup = load(&common)?;
             init_logging(&setup.config.log.level, setup.config.log.format);
-            let inputs = if input.is_empty() {
-                setup.config.input.paths.clone()
-            } else {
-                input
-            };
-            anyhow::ensure!(
-                !inputs.is_empty(),
-                "no input: pass --input PATH (a file, a directory, or - for stdin) or set input.paths"
-            );
+            let inputs = inputs_or_config(input, &setup)?;
             let out = out.unwrap_or_else(|| setup.config.dry_run.out_dir.clone());
             let stats = dry_run(&setup, &inputs, &out).context("dry-run failed")?;
             tracing::info!(

@@ -15,7 +15,7 @@ use crate::schema::{SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
 use crate::sinks::batch::{Body, BodyBuilder};
 use crate::sinks::dry_run::DryRunSink;
 use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
-use crate::stats::{Stats, TableStats};
+use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -248,19 +248,7 @@ pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stat
             .iter()
             .map(|_| BodyBuilder::new(limit))
             .collect(),
-        stats: Stats {
-            tables: schemas
-                .tables
-                .iter()
-                .map(|t| TableStats {
-                    table: t.output_table.clone(),
-                    stream: t.stream.clone(),
-                    ..TableStats::default()
-                })
-                .collect(),
-            body_limit: limit as u64,
-            ..Stats::default()
-        },
+        stats: Stats::for_tables(schemas, limit),
         error: None,
     };
     let mapper = setup.mapper();

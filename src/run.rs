@@ -20,7 +20,7 @@ use crate::sinks::batch::{Body, BodyBuilder};
 use crate::sinks::dry_run::rejected_line;
 use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
 use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
-use crate::stats::{Stats, TableStats};
+use crate::stats::Stats;
 
 /// Refused input records (not JSON, unknown category, ...) in a run, beside the dead letters.
 pub const REJECTED_INPUT_FILE: &str = "rejected-input.ndjson";
@@ -113,20 +113,7 @@ pub async fn run(
         .iter()
         .map(|_| BodyBuilder::new(limit))
         .collect();
-    let mut input = Stats {
-        tables: setup
-            .schemas
-            .tables
-            .iter()
-            .map(|t| TableStats {
-                table: t.output_table.clone(),
-                stream: t.stream.clone(),
-                ..TableStats::default()
-            })
-            .collect(),
-        body_limit: limit as u64,
-        ..Stats::default()
-    };
+    let mut input = Stats::for_tables(&setup.schemas, limit);
     // Each stream has its own requests in flight: a slow or failing table can't hold the others.
     let permits: Vec<Arc<Semaphore>> = setup
         .schemas

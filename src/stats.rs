@@ -42,6 +42,23 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Empty counts for every table of `schemas`, with bodies of at most `body_limit` bytes.
+    pub fn for_tables(schemas: &crate::schema::SchemaSet, body_limit: usize) -> Self {
+        Self {
+            tables: schemas
+                .tables
+                .iter()
+                .map(|t| TableStats {
+                    table: t.output_table.clone(),
+                    stream: t.stream.clone(),
+                    ..TableStats::default()
+                })
+                .collect(),
+            body_limit: body_limit as u64,
+            ..Self::default()
+        }
+    }
+
     pub fn rows(&self) -> u64 {
         self.tables.iter().map(|t| t.rows).sum()
     }

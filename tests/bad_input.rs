@@ -123,28 +123,7 @@ fn an_80_kb_field_is_truncated_with_a_marker_and_counted() {
 #[test]
 fn a_2_mb_record_is_refused_when_it_cannot_fit_a_request() {
     // Twenty columns of 60 KB: each field is under the limit, the row is over the body limit.
-    let columns = [
-        "UserAgent",
-        "ClientInfoString",
-        "ObjectId",
-        "Parameters",
-        "ModifiedProperties",
-        "Item",
-        "SiteUrl",
-        "SourceFileName",
-        "SourceRelativeUrl",
-        "DestinationFileName",
-        "TeamName",
-        "ChannelName",
-        "MessageId",
-        "GenericInfo",
-        "CustomEvent",
-        "EventData",
-        "ItemName",
-        "UserSharedWith",
-        "TargetUserOrGroupName",
-        "OriginatingServer",
-    ];
+    let columns = common::WIDE_COLUMNS;
     let mut extra = serde_json::Map::new();
     for c in columns {
         extra.insert(c.to_string(), Value::String("y".repeat(60_000)));

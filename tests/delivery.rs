@@ -414,28 +414,7 @@ async fn long_fields_are_cut_before_sending_and_oversized_requests_split() {
 async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input() {
     let w = world(quick()).await;
     let dir = tempfile::tempdir().unwrap();
-    let columns = [
-        "UserAgent",
-        "ClientInfoString",
-        "ObjectId",
-        "Parameters",
-        "ModifiedProperties",
-        "Item",
-        "SiteUrl",
-        "SourceFileName",
-        "SourceRelativeUrl",
-        "DestinationFileName",
-        "TeamName",
-        "ChannelName",
-        "MessageId",
-        "GenericInfo",
-        "CustomEvent",
-        "EventData",
-        "ItemName",
-        "UserSharedWith",
-        "TargetUserOrGroupName",
-        "OriginatingServer",
-    ];
+    let columns = common::WIDE_COLUMNS;
     let wide: String = columns
         .iter()
         .map(|c| format!(r#","{c}":"{}""#, "y".repeat(60_000)))

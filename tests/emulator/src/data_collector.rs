@@ -165,14 +165,7 @@ fn check(
                     &format!("{name} is a reserved name"),
                 );
             }
-            if let Value::String(s) = value
-                && s.len() > MAX_FIELD_BYTES
-            {
-                let mut cut = MAX_FIELD_BYTES;
-                while !s.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                s.truncate(cut);
+            if crate::cut_field(value, MAX_FIELD_BYTES) {
                 truncated += 1;
             }
         }

@@ -42,6 +42,21 @@ pub struct Config {
     pub shared_key: String,
 }
 
+/// Cuts a string to `limit` bytes at a character boundary, as the services do; true if it did.
+pub(crate) fn cut_field(value: &mut serde_json::Value, limit: usize) -> bool {
+    match value {
+        serde_json::Value::String(s) if s.len() > limit => {
+            let mut cut = limit;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A misbehaviour for the next ingestion request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
