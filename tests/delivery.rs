@@ -639,3 +639,99 @@ async fn refused_authorisation_is_retried_once_at_once_then_with_backoff() {
     // Two backoffs happened on the paused clock, none longer than the cap.
     assert!(tokio::time::Instant::now() - started <= Duration::from_secs(20));
 }
+
+/// A TLS emulator whose CA the connector trusts only through `http.ca_bundle`.
+async fn tls_emulator() -> Emulator {
+    let setup = common::setup();
+    let streams = setup
+        .schemas
+        .tables
+        .iter()
+        .map(|t| {
+            let columns = t
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), dcr_type(c.ty).to_string()))
+                .collect();
+            (t.stream.clone(), columns)
+        })
+        .collect();
+    Emulator::start_tls(Config {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT.into(),
+        client_secret: "s3cret-for-tests".into(),
+        dcr_immutable_id: "dcr-0123456789abcdef".into(),
+        streams,
+        token_lifetime: Duration::from_secs(3600),
+        accept_undeclared_streams: false,
+        keep_rows: true,
+        workspace_id: WORKSPACE.into(),
+        shared_key: SHARED_KEY.into(),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_extra_ca_bundle_is_what_makes_the_emulator_trusted() {
+    let emulator = tls_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let url = format!("{}/{TENANT}/oauth2/v2.0/token", emulator.url());
+    let plain = m365_sentinel::http_client::build(&Default::default()).unwrap();
+    assert!(
+        plain.post(&url).send().await.is_err(),
+        "an unknown CA is refused"
+    );
+    let config = m365_sentinel::config::HttpConfig {
+        ca_bundle: Some(ca),
+        ..Default::default()
+    };
+    let trusting = m365_sentinel::http_client::build(&config).unwrap();
+    let answer = trusting.post(&url).send().await.unwrap();
+    assert_eq!(
+        answer.status(),
+        415,
+        "TLS holds; the token endpoint wants a form body"
+    );
+}
+
+#[tokio::test]
+async fn the_run_command_delivers_over_https_with_tokens_from_the_emulated_entra() {
+    let emulator = tls_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
+    std::fs::write(dir.path().join("secret"), "s3cret-for-tests").unwrap();
+    let config = format!(
+        "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: dcr-0123456789abcdef\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {CLIENT}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nretry:\n  min_delay_ms: 10\n  max_delay_secs: 1\n",
+        url = emulator.url(),
+        dir = dir.path().display()
+    );
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, config).unwrap();
+    let bin = env!("CARGO_BIN_EXE_m365-sentinel");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .args(["--input", "tests/fixtures/input"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("delivered 16 row(s)"), "{stdout}");
+    assert_eq!(emulator.accepted().len(), 16);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("s3cret"),
+        "no secret in logs"
+    );
+}

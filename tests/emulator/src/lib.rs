@@ -4,6 +4,7 @@
 
 mod data_collector;
 mod ingestion;
+mod tls;
 mod token;
 mod transport;
 
@@ -115,6 +116,8 @@ pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    /// With TLS: the CA that signed its certificate (PEM).
+    ca_pem: Option<String>,
 }
 
 impl Emulator {
@@ -123,30 +126,75 @@ impl Emulator {
         Self::start_on("127.0.0.1:0", config).await
     }
 
-    pub async fn start_on(bind: &str, config: Config) -> std::io::Result<Self> {
+    /// Starts on 127.0.0.1 at a free port, speaking HTTPS with a certificate from a fresh CA
+    /// ([`Emulator::ca_pem`]).
+    pub async fn start_tls(config: Config) -> std::io::Result<Self> {
+        let (ca_pem, server) = tls::make().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = tcp.local_addr()?;
+        let listener = tls::TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(server),
+        };
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State::default()),
         });
-        let app = Router::new()
+        let app = Self::router(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            shared,
+            task,
+            ca_pem: Some(ca_pem),
+        })
+    }
+
+    /// The CA to trust for a TLS emulator.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    fn router(shared: Arc<Shared>) -> Router {
+        Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token::issue))
             .route(
                 "/dataCollectionRules/{dcr}/streams/{stream}",
                 post(ingestion::ingest),
             )
             .route("/api/logs", post(data_collector::collect))
-            .with_state(shared.clone());
+            .with_state(shared)
+    }
+
+    pub async fn start_on(bind: &str, config: Config) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State::default()),
+        });
+        let app = Self::router(shared.clone());
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, shared, task })
+        Ok(Self {
+            addr,
+            shared,
+            task,
+            ca_pem: None,
+        })
     }
 
-    /// `http://127.0.0.1:<port>`: the authority host and the ingestion endpoint.
+    /// `http://127.0.0.1:<port>` (or https with TLS): the authority host and the endpoints.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
