@@ -106,6 +106,7 @@ fn main() {
             keep_rows: false,
             workspace_id: "00000000-0000-4000-8000-000000000003".into(),
             shared_key: "ZW11bGF0b3Itd29ya3NwYWNlLWtleQ==".into(),
+            client_certificate_pem: None,
         }))
         .expect("emulator");
 

@@ -62,6 +62,15 @@ pub enum CredentialConfig {
         #[serde(default)]
         secret_env: Option<String>,
     },
+    /// An app registration's certificate: a PKCS#12 (.pfx) file holding the certificate and its
+    /// RSA private key, with an optional password file.
+    ClientCertificate {
+        tenant_id: String,
+        client_id: String,
+        certificate_file: PathBuf,
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+    },
     /// AKS workload identity: the federated token file the webhook mounts. Unset fields fall back
     /// to AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_FEDERATED_TOKEN_FILE.
     WorkloadIdentity {
@@ -124,6 +133,41 @@ pub fn credential(
                 tenant_id,
                 client_id.clone(),
                 Secret::new(secret),
+                Some(options),
+            )
+            .map_err(create)?
+        }
+        CredentialConfig::ClientCertificate {
+            tenant_id,
+            client_id,
+            certificate_file,
+            password_file,
+        } => {
+            let certificate = std::fs::read(certificate_file).map_err(|e| {
+                AuthError::Config(format!(
+                    "certificate_file {}: {e}",
+                    certificate_file.display()
+                ))
+            })?;
+            let password = match password_file {
+                Some(path) => Some(Secret::new(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            AuthError::Config(format!("password_file {}: {e}", path.display()))
+                        })?
+                        .trim()
+                        .to_string(),
+                )),
+                None => None,
+            };
+            let options = azure_identity::ClientCertificateCredentialOptions {
+                client_options,
+                password,
+            };
+            azure_identity::ClientCertificateCredential::new(
+                tenant_id.clone(),
+                client_id.clone(),
+                azure_core::credentials::SecretBytes::new(certificate),
                 Some(options),
             )
             .map_err(create)?

@@ -71,6 +71,7 @@ async fn world(policy: RetryPolicy) -> World {
         keep_rows: true,
         workspace_id: WORKSPACE.into(),
         shared_key: SHARED_KEY.into(),
+        client_certificate_pem: None,
     })
     .await
     .unwrap();
@@ -667,6 +668,7 @@ async fn tls_emulator() -> Emulator {
         keep_rows: true,
         workspace_id: WORKSPACE.into(),
         shared_key: SHARED_KEY.into(),
+        client_certificate_pem: None,
     })
     .await
     .unwrap()
@@ -733,5 +735,70 @@ async fn the_run_command_delivers_over_https_with_tokens_from_the_emulated_entra
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("s3cret"),
         "no secret in logs"
+    );
+}
+
+#[tokio::test]
+async fn a_client_certificate_signs_the_token_request_the_emulator_verifies() {
+    let (pkcs12, cert_pem) = m365_emulator::make_client_certificate("pfx-password").unwrap();
+    let emulator = Emulator::start(Config {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT.into(),
+        client_secret: "not-used-here".into(),
+        dcr_immutable_id: "dcr-0123456789abcdef".into(),
+        streams: Default::default(),
+        token_lifetime: Duration::from_secs(3600),
+        accept_undeclared_streams: true,
+        keep_rows: true,
+        workspace_id: WORKSPACE.into(),
+        shared_key: SHARED_KEY.into(),
+        client_certificate_pem: Some(cert_pem),
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client.pfx"), pkcs12).unwrap();
+    std::fs::write(dir.path().join("password"), "pfx-password\n").unwrap();
+    let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
+    let cred = credential(
+        &CredentialConfig::ClientCertificate {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            certificate_file: dir.path().join("client.pfx"),
+            password_file: Some(dir.path().join("password")),
+        },
+        Cloud::Public,
+        Some(AUTHORITY),
+        Some(transport),
+    )
+    .unwrap();
+    let token = cred
+        .get_token(&[Cloud::Public.monitor_scope()], None)
+        .await
+        .expect("the emulator accepts the signed assertion");
+    assert!(token.token.secret().starts_with("emulated-"));
+
+    // A certificate the app doesn't have is refused.
+    let (other, _) = m365_emulator::make_client_certificate("x").unwrap();
+    std::fs::write(dir.path().join("other.pfx"), other).unwrap();
+    std::fs::write(dir.path().join("x"), "x").unwrap();
+    let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
+    let wrong = credential(
+        &CredentialConfig::ClientCertificate {
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            certificate_file: dir.path().join("other.pfx"),
+            password_file: Some(dir.path().join("x")),
+        },
+        Cloud::Public,
+        Some(AUTHORITY),
+        Some(transport),
+    )
+    .unwrap();
+    assert!(
+        wrong
+            .get_token(&[Cloud::Public.monitor_scope()], None)
+            .await
+            .is_err()
     );
 }

@@ -2,12 +2,14 @@
 //! the Logs Ingestion API. Strict where Azure is lenient, so tests catch what Azure would drop in
 //! silence: a body that is not a JSON array, undeclared columns and wrong types are 400 here.
 
+mod certificate;
 mod data_collector;
 mod ingestion;
 mod tls;
 mod token;
 mod transport;
 
+pub use certificate::make_client_certificate;
 pub use transport::ToEmulator;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +43,8 @@ pub struct Config {
     /// The workspace of the legacy Data Collector API, and its shared key (base64).
     pub workspace_id: String,
     pub shared_key: String,
+    /// The app's certificate (PEM), for client assertions instead of the secret.
+    pub client_certificate_pem: Option<String>,
 }
 
 /// Cuts a string to `limit` bytes at a character boundary, as the services do; true if it did.

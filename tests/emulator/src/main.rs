@@ -20,6 +20,7 @@ async fn main() -> std::io::Result<()> {
         keep_rows: false,
         workspace_id: "00000000-0000-4000-8000-000000000003".into(),
         shared_key: "ZW11bGF0b3Itd29ya3NwYWNlLWtleQ==".into(),
+        client_certificate_pem: None,
     };
     let emulator = m365_emulator::Emulator::start_on(&bind, config.clone()).await?;
     println!("emulator on {}", emulator.url());

@@ -44,11 +44,27 @@ pub(crate) async fn issue(
             "AADSTS700016: Application not found.",
         );
     }
-    if form.get("client_secret") != Some(&config.client_secret) {
+    let authenticated = match (form.get("client_secret"), form.get("client_assertion")) {
+        (Some(secret), None) => secret == &config.client_secret,
+        (None, Some(assertion)) => {
+            form.get("client_assertion_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                && config.client_certificate_pem.as_deref().is_some_and(|pem| {
+                    crate::certificate::assertion_is_valid(
+                        assertion,
+                        pem,
+                        &config.client_id,
+                        &tenant,
+                    )
+                })
+        }
+        _ => false,
+    };
+    if !authenticated {
         return error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            "AADSTS7000215: Invalid client secret provided.",
+            "AADSTS7000215: Invalid client secret or assertion provided.",
         );
     }
     if !form.get("scope").is_some_and(|s| s.ends_with("/.default")) {
