@@ -699,9 +699,8 @@ async fn the_extra_ca_bundle_is_what_makes_the_emulator_trusted() {
     );
 }
 
-#[tokio::test]
-async fn the_run_command_delivers_over_https_with_tokens_from_the_emulated_entra() {
-    let emulator = tls_emulator().await;
+/// A config file for the binary, pointing at a TLS emulator, and the directory it lives in.
+fn binary_config(emulator: &Emulator) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
     std::fs::write(dir.path().join("secret"), "s3cret-for-tests").unwrap();
@@ -712,17 +711,32 @@ async fn the_run_command_delivers_over_https_with_tokens_from_the_emulated_entra
     );
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, config).unwrap();
+    (dir, cfg)
+}
+
+/// Runs the binary with `args` off the async runtime, so the emulator keeps answering.
+async fn binary(args: Vec<String>) -> std::process::Output {
     let bin = env!("CARGO_BIN_EXE_m365-sentinel");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .args(["--input", "tests/fixtures/input"])
-            .output()
-            .unwrap()
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin).args(args).output().unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_run_command_delivers_over_https_with_tokens_from_the_emulated_entra() {
+    let emulator = tls_emulator().await;
+    let (_dir, cfg) = binary_config(&emulator);
+    let cfg = cfg.display().to_string();
+    let out = binary(vec![
+        "run".into(),
+        "--config".into(),
+        cfg,
+        "--input".into(),
+        "tests/fixtures/input".into(),
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -736,6 +750,69 @@ async fn the_run_command_delivers_over_https_with_tokens_from_the_emulated_entra
         !String::from_utf8_lossy(&out.stderr).contains("s3cret"),
         "no secret in logs"
     );
+}
+
+#[tokio::test]
+async fn dlq_list_and_replay_through_the_binary() {
+    let emulator = tls_emulator().await;
+    let (dir, cfg) = binary_config(&emulator);
+    let cfg = cfg.display().to_string();
+    let input = dir.path().join("in.ndjson");
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            audit(
+                i,
+                if i == 7 {
+                    r#","UserAgent":"POISON-ROW""#
+                } else {
+                    ""
+                },
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    emulator.set_poison(Some("POISON-ROW"));
+    let run = vec![
+        "run".into(),
+        "--config".into(),
+        cfg.clone(),
+        "--input".into(),
+        input.display().to_string(),
+    ];
+    let out = binary(run).await;
+    assert_eq!(out.status.code(), Some(3), "rows were dead-lettered");
+    assert_eq!(emulator.accepted().len(), 19);
+    let out = binary(vec![
+        "dlq".into(),
+        "list".into(),
+        "--config".into(),
+        cfg.clone(),
+    ])
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OfficeActivity_CL"));
+
+    emulator.set_poison(None);
+    let out = binary(vec![
+        "dlq".into(),
+        "replay".into(),
+        "--config".into(),
+        cfg.clone(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OfficeActivity_CL: 1 row(s) replayed"),
+        "{stdout}"
+    );
+    assert_eq!(emulator.accepted().len(), 20);
+    let out = binary(vec!["dlq".into(), "list".into(), "--config".into(), cfg]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no dead letters"));
 }
 
 #[tokio::test]
