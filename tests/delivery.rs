@@ -836,19 +836,22 @@ async fn a_client_certificate_signs_the_token_request_the_emulator_verifies() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("client.pfx"), pkcs12).unwrap();
     std::fs::write(dir.path().join("password"), "pfx-password\n").unwrap();
-    let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
-    let cred = credential(
-        &CredentialConfig::ClientCertificate {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT.into(),
-            certificate_file: dir.path().join("client.pfx"),
-            password_file: Some(dir.path().join("password")),
-        },
-        Cloud::Public,
-        Some(AUTHORITY),
-        Some(transport),
-    )
-    .unwrap();
+    let cert_credential = |pfx: &str, password: &str| {
+        let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
+        credential(
+            &CredentialConfig::ClientCertificate {
+                tenant_id: TENANT.into(),
+                client_id: CLIENT.into(),
+                certificate_file: dir.path().join(pfx),
+                password_file: Some(dir.path().join(password)),
+            },
+            Cloud::Public,
+            Some(AUTHORITY),
+            Some(transport),
+        )
+        .unwrap()
+    };
+    let cred = cert_credential("client.pfx", "password");
     let token = cred
         .get_token(&[Cloud::Public.monitor_scope()], None)
         .await
@@ -859,19 +862,7 @@ async fn a_client_certificate_signs_the_token_request_the_emulator_verifies() {
     let (other, _) = m365_emulator::make_client_certificate("x").unwrap();
     std::fs::write(dir.path().join("other.pfx"), other).unwrap();
     std::fs::write(dir.path().join("x"), "x").unwrap();
-    let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
-    let wrong = credential(
-        &CredentialConfig::ClientCertificate {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT.into(),
-            certificate_file: dir.path().join("other.pfx"),
-            password_file: Some(dir.path().join("x")),
-        },
-        Cloud::Public,
-        Some(AUTHORITY),
-        Some(transport),
-    )
-    .unwrap();
+    let wrong = cert_credential("other.pfx", "x");
     assert!(
         wrong
             .get_token(&[Cloud::Public.monitor_scope()], None)

@@ -140,6 +140,15 @@ impl Emulator {
             tcp,
             acceptor: tokio_rustls::TlsAcceptor::from(server),
         };
+        Ok(Self::serve(listener, addr, config, Some(ca_pem)))
+    }
+
+    /// Serves the emulator's routes on `listener` (plain TCP or TLS) in a background task.
+    fn serve<L>(listener: L, addr: SocketAddr, config: Config, ca_pem: Option<String>) -> Self
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State::default()),
@@ -148,12 +157,12 @@ impl Emulator {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self {
+        Self {
             addr,
             shared,
             task,
-            ca_pem: Some(ca_pem),
-        })
+            ca_pem,
+        }
     }
 
     /// The CA to trust for a TLS emulator.
@@ -173,22 +182,9 @@ impl Emulator {
     }
 
     pub async fn start_on(bind: &str, config: Config) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            config,
-            state: Mutex::new(State::default()),
-        });
-        let app = Self::router(shared.clone());
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self {
-            addr,
-            shared,
-            task,
-            ca_pem: None,
-        })
+        Ok(Self::serve(listener, addr, config, None))
     }
 
     /// `http://127.0.0.1:<port>` (or https with TLS): the authority host and the endpoints.
