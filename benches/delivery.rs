@@ -12,7 +12,7 @@ use m365_emulator::{Config, Emulator, ToEmulator};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
-use m365_sentinel::run::{RunOptions, run};
+use m365_sentinel::run::{Intake, RunOptions, run};
 use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
 use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
@@ -159,7 +159,13 @@ fn main() {
     let (cpu_before, emulator_before) = cpu_seconds();
     let started = Instant::now();
     let stats = runtime
-        .block_on(run(setup, vec![input], sink, targets, options))
+        .block_on(run(
+            setup,
+            Intake::Files(vec![input]),
+            sink,
+            targets,
+            options,
+        ))
         .expect("run");
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, emulator_after) = cpu_seconds();

@@ -40,6 +40,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// The Office 365 Management Activity API: tenants to collect the audit log of.
+    #[serde(default)]
+    pub management_api: crate::sources::management::ManagementConfig,
 }
 
 /// The workspace side: the Logs Ingestion API and the identity that may write to it.
@@ -381,6 +384,7 @@ impl Config {
                 }
             }
         }
+        self.management_api.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(
                 "log.level is not a valid filter; use error, warn, info, debug, trace or tracing directives such as m365_sentinel=debug".into(),

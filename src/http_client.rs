@@ -35,3 +35,19 @@ pub fn build(config: &HttpConfig) -> Result<reqwest::Client, HttpClientError> {
         .build()
         .map_err(|e| HttpClientError::Build(e.to_string()))
 }
+
+/// An error with its causes ("error sending request: connection refused"): reqwest's own
+/// message alone rarely says what went wrong.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -4,6 +4,7 @@
 //! Data flows one way: `sources` → `decode` → `route` → `map` → `sinks::batch` → sink.
 //! See ARCHITECTURE.md for the map of modules.
 
+pub mod ack;
 pub mod auth;
 pub mod config;
 pub mod decode;
@@ -11,6 +12,7 @@ pub mod dlq;
 pub mod http_client;
 pub mod map;
 pub mod pipeline;
+pub mod private_fs;
 pub mod record;
 pub mod redact;
 pub mod route;

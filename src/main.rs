@@ -9,12 +9,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use m365_sentinel::config::LogFormat;
 use m365_sentinel::dlq::DeadLetterStore;
-use m365_sentinel::pipeline::{Setup, dry_run};
-use m365_sentinel::run::{RunOptions, run as deliver_input};
+use m365_sentinel::pipeline::{Setup, dry_run, dry_run_units};
+use m365_sentinel::run::{Intake, RunOptions, run as deliver_input};
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
+use m365_sentinel::sources::management::{Collector, CollectorOptions, TenantReport, Unit};
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 const EXIT_REJECTED: u8 = 3;
+/// Exit status of a `--once` pass (or dry-run) in which some tenants could not be collected.
+const EXIT_TENANTS_FAILED: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +26,7 @@ const EXIT_REJECTED: u8 = 3;
     about = "Collects the Microsoft 365 unified audit log and Defender for Office 365 email events \
              into Sentinel-shaped Log Analytics tables.",
     after_help = "Exit status: 0 success; 1 error (config, schemas, I/O); 2 usage error; \
-                  3 completed, but records were rejected.\n\
+                  3 completed, but records were rejected; 4 some tenants could not be collected.\n\
                   Environment: M365_SENTINEL__SECTION__KEY=value overrides config keys."
 )]
 struct Cli {
@@ -48,20 +51,27 @@ enum Command {
     DryRun {
         #[command(flatten)]
         common: Common,
-        /// Files or directories to read (gzip detected); `-` reads stdin. Default: input.paths.
+        /// Files or directories to read (gzip detected); `-` reads stdin. Default: one pass over
+        /// the Management API tenants (no position committed), else input.paths.
         #[arg(long, short = 'i', num_args = 1..)]
         input: Vec<PathBuf>,
         /// Output directory for bodies, rejected.ndjson, notices.ndjson and summary.txt.
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
     },
-    /// Read the input, map it and deliver it to the workspace (the `sink` section of the config).
+    /// Collect and deliver to the workspace (the `sink` section of the config): the tenants of
+    /// `management_api` continuously, or files given with --input (or input.paths) once.
     Run {
         #[command(flatten)]
         common: Common,
-        /// Files or directories to read (gzip detected); `-` reads stdin. Default: input.paths.
+        /// Files or directories to read (gzip detected); `-` reads stdin. Default: the
+        /// Management API tenants, else input.paths.
         #[arg(long, short = 'i', num_args = 1..)]
         input: Vec<PathBuf>,
+        /// Management API: one pass up to now per tenant and content type, then exit
+        /// (a Kubernetes CronJob, a backfill) instead of polling forever.
+        #[arg(long)]
+        once: bool,
     },
     /// Validate the configuration and schemas; exit non-zero with every problem found.
     Check {
@@ -170,6 +180,44 @@ fn inputs_or_config(input: Vec<PathBuf>, setup: &Setup) -> anyhow::Result<Vec<Pa
     Ok(inputs)
 }
 
+/// Starts collecting the configured tenants; blobs arrive on the returned channel.
+/// `persist: false` is dry-run: positions and seen ids are read but never written, and no
+/// subscription is started.
+fn start_collector(
+    setup: &Setup,
+    persist: bool,
+    once: bool,
+) -> anyhow::Result<(Collector, tokio::sync::mpsc::Receiver<Unit>)> {
+    let config = &setup.config.management_api;
+    let http = m365_sentinel::http_client::build(&setup.config.http)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(config.blob_concurrency.max(1) * 2);
+    let options = CollectorOptions {
+        persist,
+        once,
+        max_blob_bytes: setup.config.input.max_document_bytes,
+        retry: setup.config.retry_policy(),
+    };
+    let collector = Collector::start(config, http, options, tx)?;
+    Ok((collector, rx))
+}
+
+/// Prints each tenant that could not be collected; the exit status when there is one.
+fn report_tenants(reports: Option<&[TenantReport]>) -> Option<ExitCode> {
+    let failed: Vec<&TenantReport> = reports?.iter().filter(|r| !r.errors.is_empty()).collect();
+    for report in &failed {
+        for error in &report.errors {
+            eprintln!("error: {error}");
+        }
+    }
+    (!failed.is_empty()).then(|| {
+        println!(
+            "{} tenant(s) could not be collected (see the errors above); the others were",
+            failed.len()
+        );
+        ExitCode::from(EXIT_TENANTS_FAILED)
+    })
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -221,10 +269,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { common, input } => {
+        Command::Run {
+            common,
+            input,
+            once,
+        } => {
             let setup = Arc::new(load(&common)?);
             init_logging(&setup.config.log.level, setup.config.log.format);
-            let inputs = inputs_or_config(input, &setup)?;
+            let management = input.is_empty() && !setup.config.management_api.tenants.is_empty();
             let (sink, targets, _) = sink_from(&setup)?;
             let sink_config = setup.config.sink.clone().context("sink")?;
             let options = RunOptions {
@@ -232,17 +284,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 concurrency: sink_config.concurrency,
                 dlq_dir: setup.config.dlq.dir.clone(),
             };
-            let stats = runtime()?.block_on(deliver_input(
-                setup.clone(),
-                inputs,
-                sink,
-                targets,
-                options,
-            ))?;
+            let rt = runtime()?;
+            let (stats, reports) = if management {
+                rt.block_on(async {
+                    let (collector, units) = start_collector(&setup, true, once)?;
+                    let stats = deliver_input(
+                        setup.clone(),
+                        Intake::Management(units),
+                        sink,
+                        targets,
+                        options,
+                    )
+                    .await?;
+                    let reports = collector.finish().await;
+                    anyhow::Ok((stats, Some(reports)))
+                })?
+            } else {
+                let inputs = inputs_or_config(input, &setup)?;
+                let stats = rt.block_on(deliver_input(
+                    setup.clone(),
+                    Intake::Files(inputs),
+                    sink,
+                    targets,
+                    options,
+                ))?;
+                (stats, None)
+            };
             let s = &stats.sink;
             println!(
-                "read {} file(s); {} row(s) mapped, {} input record(s) refused; delivered {} row(s) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",
+                "read {} {}; {} row(s) mapped, {} input record(s) refused; delivered {} row(s) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",
                 stats.input.files,
+                if management {
+                    "content blob(s)"
+                } else {
+                    "file(s)"
+                },
                 stats.input.rows(),
                 stats.input.rejected_total(),
                 s.delivered_rows,
@@ -252,6 +328,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.retries,
                 s.dead_lettered
             );
+            if let Some(code) = report_tenants(reports.as_deref()) {
+                return Ok(code);
+            }
             if stats.input.rejected_total() > 0 || s.dead_lettered > 0 {
                 println!(
                     "refused input: {}; dead letters: m365-sentinel dlq list",
@@ -304,11 +383,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::DryRun { common, input, out } => {
-            let setup = load(&common)?;
+            let setup = Arc::new(load(&common)?);
             init_logging(&setup.config.log.level, setup.config.log.format);
-            let inputs = inputs_or_config(input, &setup)?;
             let out = out.unwrap_or_else(|| setup.config.dry_run.out_dir.clone());
-            let stats = dry_run(&setup, &inputs, &out).context("dry-run failed")?;
+            let mut reports = None;
+            let stats = if input.is_empty() && !setup.config.management_api.tenants.is_empty() {
+                let rt = runtime()?;
+                let (collector, mut units) =
+                    rt.block_on(async { start_collector(&setup, false, true) })?;
+                let mapping_setup = setup.clone();
+                let mapping_out = out.clone();
+                let mapping = rt.spawn_blocking(move || {
+                    dry_run_units(&mapping_setup, &mut units, &mapping_out)
+                });
+                let (stats, done) = rt.block_on(async {
+                    let reports = collector.finish().await;
+                    (mapping.await, reports)
+                });
+                reports = Some(done);
+                stats?.context("dry-run failed")?
+            } else {
+                let inputs = inputs_or_config(input, &setup)?;
+                dry_run(&setup, &inputs, &out).context("dry-run failed")?
+            };
             tracing::info!(
                 files = stats.files,
                 rows = stats.rows(),
@@ -319,6 +416,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             print!("{}", stats.render());
             println!("\nbodies and reports written to {}", out.display());
+            if let Some(code) = report_tenants(reports.as_deref()) {
+                return Ok(code);
+            }
             if stats.rejected_total() > 0 {
                 println!(
                     "{} record(s) rejected: see {}",

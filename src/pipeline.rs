@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::decode::{Decoded, decode_unit};
+use crate::decode::{Decoded, Fields, decode_unit};
 use crate::map::{MappedRow, Mapper};
 use crate::record::{Position, RejectReason, Rejected};
 use crate::redact::Redactor;
@@ -103,7 +103,19 @@ pub fn process_unit<'a>(
     pos: &Position,
     emit: &mut dyn FnMut(Output<'a>),
 ) {
+    process_unit_admitting(mapper, text, pos, &mut |_| true, emit);
+}
+
+/// As [`process_unit`], skipping records `admit` refuses (duplicates by record Id).
+pub fn process_unit_admitting<'a>(
+    mapper: &Mapper,
+    text: &'a str,
+    pos: &Position,
+    admit: &mut dyn FnMut(&Fields) -> bool,
+    emit: &mut dyn FnMut(Output<'a>),
+) {
     decode_unit(text, pos, &mut |decoded| match decoded {
+        Decoded::Record(_, fields, _) if !admit(&fields) => {}
         Decoded::Record(pos, fields, text) => {
             let mapped =
                 route(mapper.schemas(), fields).and_then(|routed| mapper.map(&routed, text));
@@ -230,27 +242,58 @@ impl DryRun<'_> {
     }
 }
 
-/// Maps `inputs` and writes what would be sent into `out_dir`. Returns the run's counts.
-pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stats, PipelineError> {
-    let schemas = &setup.schemas;
-    let streams: Vec<String> = schemas.tables.iter().map(|t| t.stream.clone()).collect();
-    let out_err = |error| PipelineError::Output {
+impl<'s> DryRun<'s> {
+    fn create(setup: &'s Setup, out_dir: &Path) -> Result<Self, PipelineError> {
+        let schemas = &setup.schemas;
+        let streams: Vec<String> = schemas.tables.iter().map(|t| t.stream.clone()).collect();
+        let sink = DryRunSink::create(out_dir, &streams).map_err(output_error(out_dir))?;
+        let limit = setup.config.batch.max_body_bytes;
+        Ok(DryRun {
+            setup,
+            sink,
+            builders: schemas
+                .tables
+                .iter()
+                .map(|_| BodyBuilder::new(limit))
+                .collect(),
+            stats: Stats::for_tables(schemas, limit),
+            error: None,
+        })
+    }
+
+    fn output(&mut self, out: Output<'_>) {
+        match out {
+            Output::Row { pos, row, text } => self.row(pos, row, text),
+            Output::Rejected(r) => self.reject(r),
+        }
+    }
+
+    /// Writes the partly filled bodies and the summary.
+    fn finish(mut self, out_dir: &Path) -> Result<Stats, PipelineError> {
+        for table in 0..self.builders.len() {
+            if let Some(body) = self.builders[table].take() {
+                self.body(table, body);
+            }
+        }
+        if let Some(e) = self.error.take() {
+            return Err(output_error(out_dir)(e));
+        }
+        let summary = self.stats.render();
+        self.sink.finish(&summary).map_err(output_error(out_dir))?;
+        Ok(self.stats)
+    }
+}
+
+fn output_error(out_dir: &Path) -> impl Fn(io::Error) -> PipelineError + '_ {
+    move |error| PipelineError::Output {
         path: out_dir.to_path_buf(),
         error,
-    };
-    let sink = DryRunSink::create(out_dir, &streams).map_err(out_err)?;
-    let limit = setup.config.batch.max_body_bytes;
-    let mut run = DryRun {
-        setup,
-        sink,
-        builders: schemas
-            .tables
-            .iter()
-            .map(|_| BodyBuilder::new(limit))
-            .collect(),
-        stats: Stats::for_tables(schemas, limit),
-        error: None,
-    };
+    }
+}
+
+/// Maps `inputs` and writes what would be sent into `out_dir`. Returns the run's counts.
+pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stats, PipelineError> {
+    let mut run = DryRun::create(setup, out_dir)?;
     let mapper = setup.mapper();
     let exclude = Exclude::new(&[out_dir]);
     let totals = read_inputs(
@@ -258,24 +301,37 @@ pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stat
         &setup.config.file_options(),
         &exclude,
         &mut |framed| match framed {
-            Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| match out {
-                Output::Row { pos, row, text } => run.row(pos, row, text),
-                Output::Rejected(r) => run.reject(r),
-            }),
+            Framed::Unit { pos, text } => {
+                process_unit(&mapper, text, &pos, &mut |out| run.output(out))
+            }
             Framed::Rejected(r) => run.reject(r),
         },
     )?;
-    for table in 0..run.builders.len() {
-        if let Some(body) = run.builders[table].take() {
-            run.body(table, body);
-        }
-    }
     run.stats.files = totals.files;
     run.stats.bytes_read = totals.bytes;
-    if let Some(e) = run.error.take() {
-        return Err(out_err(e));
+    run.finish(out_dir)
+}
+
+/// Dry-run of content blobs from the Management Activity API: maps each blob as it arrives
+/// (duplicates by Id skipped) and writes what would be sent. Blocking: run it on its own thread.
+pub fn dry_run_units(
+    setup: &Setup,
+    units: &mut tokio::sync::mpsc::Receiver<crate::sources::management::Unit>,
+    out_dir: &Path,
+) -> Result<Stats, PipelineError> {
+    let mut run = DryRun::create(setup, out_dir)?;
+    let mapper = setup.mapper();
+    while let Some(mut unit) = units.blocking_recv() {
+        run.stats.files += 1;
+        run.stats.bytes_read += unit.text.len() as u64;
+        process_unit_admitting(
+            &mapper,
+            &unit.text,
+            &unit.pos,
+            &mut |fields| unit.dedupe.admit(fields),
+            &mut |out| run.output(out),
+        );
+        unit.ack.ack();
     }
-    let summary = run.stats.render();
-    run.sink.finish(&summary).map_err(out_err)?;
-    Ok(run.stats)
+    run.finish(out_dir)
 }

@@ -13,13 +13,15 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::ack::Ack;
 use crate::dlq::DeadLetter;
-use crate::pipeline::{Output, Setup, mask_rejected, process_unit};
+use crate::pipeline::{Output, Setup, mask_rejected, process_unit, process_unit_admitting};
 use crate::record::{RejectReason, Rejected};
 use crate::sinks::batch::{Body, BodyBuilder};
 use crate::sinks::dry_run::rejected_line;
 use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
-use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
+use crate::sources::file::{Exclude, Framed, ReadTotals, SourceError, read_inputs};
+use crate::sources::management::Unit;
 use crate::stats::Stats;
 
 /// Refused input records (not JSON, unknown category, ...) in a run, beside the dead letters.
@@ -52,9 +54,29 @@ pub struct RunStats {
     pub sink: SinkStats,
 }
 
+/// What the reading side hands the delivery loop. `ack`, when present, is acknowledged once the
+/// row or refused record is safe (delivered, dead-lettered, written to the refused-input file).
 enum Item {
-    Row { table: usize, json: String },
-    Rejected(Rejected),
+    Row {
+        table: usize,
+        json: String,
+        ack: Option<Ack>,
+    },
+    Rejected(Rejected, Option<Ack>),
+}
+
+/// Where a run reads from.
+pub enum Intake {
+    /// Files, directories or stdin, read to the end.
+    Files(Vec<PathBuf>),
+    /// Content blobs from the Management Activity API collector.
+    Management(mpsc::Receiver<Unit>),
+}
+
+fn ack_all(acks: Vec<Ack>) {
+    for ack in acks {
+        ack.ack();
+    }
 }
 
 fn append_rejected(path: &Path, r: &Rejected) -> std::io::Result<()> {
@@ -70,7 +92,7 @@ fn append_rejected(path: &Path, r: &Rejected) -> std::io::Result<()> {
 
 pub async fn run(
     setup: Arc<Setup>,
-    inputs: Vec<PathBuf>,
+    intake: Intake,
     sink: Arc<WorkspaceSink>,
     targets: Vec<Target>,
     options: RunOptions,
@@ -80,30 +102,12 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<Item>(4096);
     let reader_setup = setup.clone();
     let exclude = Exclude::new(&[options.dlq_dir.as_path()]);
-    let reader = tokio::task::spawn_blocking(move || {
-        let mapper = reader_setup.mapper();
-        let file_options = reader_setup.config.file_options();
-        read_inputs(
-            &inputs,
-            &file_options,
-            &exclude,
-            &mut |framed| match framed {
-                Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| {
-                    let item = match out {
-                        Output::Row { row, .. } => Item::Row {
-                            table: row.table,
-                            json: row.json,
-                        },
-                        Output::Rejected(r) => Item::Rejected(r),
-                    };
-                    // A closed channel means the run is stopping; what is left stays unread.
-                    let _ = tx.blocking_send(item);
-                }),
-                Framed::Rejected(r) => {
-                    let _ = tx.blocking_send(Item::Rejected(r));
-                }
-            },
-        )
+    let reader = tokio::task::spawn_blocking(move || match intake {
+        Intake::Files(inputs) => read_files(&reader_setup, &inputs, &exclude, &tx),
+        Intake::Management(units) => {
+            map_units(&reader_setup, units, &tx);
+            Ok(ReadTotals::default())
+        }
     });
 
     let limit = setup.config.batch.max_body_bytes;
@@ -122,17 +126,24 @@ pub async fn run(
         .map(|_| Arc::new(Semaphore::new(options.concurrency.max(1))))
         .collect();
     let mut in_flight: JoinSet<Result<(), SinkError>> = JoinSet::new();
+    // The acknowledgements of the rows in each table's body being built, in row order.
+    let mut pending_acks: Vec<Vec<Ack>> = setup.schemas.tables.iter().map(|_| Vec::new()).collect();
     let rejected_path = options.dlq_dir.join(REJECTED_INPUT_FILE);
 
-    let send =
-        |table: usize, body: Body, in_flight: &mut JoinSet<Result<(), SinkError>>, permit| {
-            let sink = sink.clone();
-            let target = targets[table].clone();
-            in_flight.spawn(async move {
-                let _permit = permit;
-                sink.deliver(&target, body).await
-            });
-        };
+    let send = |table: usize,
+                body: Body,
+                acks: Vec<Ack>,
+                in_flight: &mut JoinSet<Result<(), SinkError>>,
+                permit| {
+        let sink = sink.clone();
+        let target = targets[table].clone();
+        in_flight.spawn(async move {
+            let _permit = permit;
+            sink.deliver(&target, body).await?;
+            ack_all(acks);
+            Ok(())
+        });
+    };
 
     loop {
         let item = match tokio::time::timeout(options.flush_delay, rx.recv()).await {
@@ -143,21 +154,24 @@ pub async fn run(
                 for (table, builder) in builders.iter_mut().enumerate() {
                     if let Some(body) = builder.take() {
                         let permit = permits[table].clone().acquire_owned().await.ok();
-                        send(table, body, &mut in_flight, permit);
+                        let acks = std::mem::take(&mut pending_acks[table]);
+                        send(table, body, acks, &mut in_flight, permit);
                     }
                 }
                 continue;
             }
         };
         match item {
-            Item::Row { table, json } => {
+            Item::Row { table, json, ack } => {
                 input.tables[table].rows += 1;
                 match builders[table].push(json.as_bytes()) {
                     Ok(Some(body)) => {
                         let permit = permits[table].clone().acquire_owned().await.ok();
-                        send(table, body, &mut in_flight, permit);
+                        let acks = std::mem::take(&mut pending_acks[table]);
+                        pending_acks[table].extend(ack);
+                        send(table, body, acks, &mut in_flight, permit);
                     }
-                    Ok(None) => {}
+                    Ok(None) => pending_acks[table].extend(ack),
                     Err(too_large) => {
                         let target = &targets[table];
                         let reason = RejectReason::RowTooLarge {
@@ -173,16 +187,18 @@ pub async fn run(
                                 row,
                             )])?;
                         }
+                        ack_all(ack.into_iter().collect());
                     }
                 }
             }
-            Item::Rejected(mut r) => {
+            Item::Rejected(mut r, ack) => {
                 *input.rejected.entry(r.reason.code()).or_default() += 1;
                 mask_rejected(&setup, &mut r);
                 append_rejected(&rejected_path, &r).map_err(|error| RunError::Io {
                     path: rejected_path.clone(),
                     error,
                 })?;
+                ack_all(ack.into_iter().collect());
             }
         }
         // Reap finished deliveries so their errors surface early.
@@ -193,7 +209,8 @@ pub async fn run(
     for (table, builder) in builders.iter_mut().enumerate() {
         if let Some(body) = builder.take() {
             let permit = permits[table].clone().acquire_owned().await.ok();
-            send(table, body, &mut in_flight, permit);
+            let acks = std::mem::take(&mut pending_acks[table]);
+            send(table, body, acks, &mut in_flight, permit);
         }
     }
     while let Some(done) = in_flight.join_next().await {
@@ -208,6 +225,63 @@ pub async fn run(
         input,
         sink: sink.stats(),
     })
+}
+
+/// Reads files on this (blocking) thread and hands their rows to the delivery loop.
+fn read_files(
+    setup: &Setup,
+    inputs: &[PathBuf],
+    exclude: &Exclude,
+    tx: &mpsc::Sender<Item>,
+) -> Result<ReadTotals, SourceError> {
+    let mapper = setup.mapper();
+    let file_options = setup.config.file_options();
+    read_inputs(inputs, &file_options, exclude, &mut |framed| match framed {
+        Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| {
+            // A closed channel means the run is stopping; what is left stays unread.
+            let _ = tx.blocking_send(item(out, None));
+        }),
+        Framed::Rejected(r) => {
+            let _ = tx.blocking_send(Item::Rejected(r, None));
+        }
+    })
+}
+
+/// Maps content blobs on this (blocking) thread, skipping records already seen, and hands their
+/// rows on with a handle of the blob's acknowledgement each.
+fn map_units(setup: &Setup, mut units: mpsc::Receiver<Unit>, tx: &mpsc::Sender<Item>) {
+    let mapper = setup.mapper();
+    while let Some(mut unit) = units.blocking_recv() {
+        let hold = &unit.ack;
+        let mut stopped = false;
+        process_unit_admitting(
+            &mapper,
+            &unit.text,
+            &unit.pos,
+            &mut |fields| unit.dedupe.admit(fields),
+            &mut |out| {
+                if !stopped && tx.blocking_send(item(out, Some(hold.attach()))).is_err() {
+                    stopped = true;
+                }
+            },
+        );
+        if stopped {
+            // The run is stopping: the blob stays unacknowledged and is read again next time.
+            return;
+        }
+        unit.ack.ack();
+    }
+}
+
+fn item(out: Output<'_>, ack: Option<Ack>) -> Item {
+    match out {
+        Output::Row { row, .. } => Item::Row {
+            table: row.table,
+            json: row.json,
+            ack,
+        },
+        Output::Rejected(r) => Item::Rejected(r, ack),
+    }
 }
 
 /// What a replay did for one table.

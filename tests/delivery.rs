@@ -440,9 +440,15 @@ async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input(
         dir.path().join("in.ndjson"),
         common::fixtures().join("input"),
     ];
-    let stats = m365_sentinel::run::run(w.setup.clone(), inputs, w.sink.clone(), targets, options)
-        .await
-        .unwrap();
+    let stats = m365_sentinel::run::run(
+        w.setup.clone(),
+        m365_sentinel::run::Intake::Files(inputs),
+        w.sink.clone(),
+        targets,
+        options,
+    )
+    .await
+    .unwrap();
     // 3 audit records here (one too large) and 16 fixture records.
     assert_eq!(stats.input.rows(), 19);
     assert_eq!(stats.sink.delivered_rows, 18);

@@ -32,6 +32,27 @@ pub fn format_unix_millis(millis: i64) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch of an ISO 8601 date-time (no zone means UTC), for times the
+/// process computes with (Management API `contentCreated`); None if it isn't one.
+pub fn parse_unix_millis(text: &str) -> Option<i64> {
+    let dt = parse(text.trim().as_bytes())?;
+    let days = days_from_civil(dt.year, dt.month, dt.day);
+    let secs = days * 86_400 + i64::from(dt.hour * 3600 + dt.minute * 60 + dt.second);
+    let mut millis = 0i64;
+    for i in 0..3 {
+        millis = millis * 10 + dt.fraction.get(i).map_or(0, |d| i64::from(d - b'0'));
+    }
+    Some(secs * 1000 + millis)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC, whole seconds, no zone): the form the Management API's
+/// `startTime` and `endTime` accept.
+pub fn format_unix_seconds_plain(millis: i64) -> String {
+    let mut s = format_unix_millis(millis.div_euclid(1000) * 1000);
+    s.truncate(19);
+    s
+}
+
 #[derive(Debug, PartialEq, Eq)]
 struct DateTime<'a> {
     year: i64,
@@ -214,6 +235,16 @@ impl DateTime<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_millis_round_trip() {
+        let ms = parse_unix_millis("2015-05-23T17:35:00.123Z").unwrap();
+        assert_eq!(format_unix_millis(ms), "2015-05-23T17:35:00.123Z");
+        assert_eq!(parse_unix_millis("1970-01-01T00:00:01"), Some(1000));
+        assert_eq!(parse_unix_millis("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(format_unix_seconds_plain(ms), "2015-05-23T17:35:00");
+        assert_eq!(parse_unix_millis("yesterday"), None);
+    }
 
     fn utc(s: &str) -> Option<String> {
         let mut out = String::new();

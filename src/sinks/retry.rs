@@ -52,7 +52,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// Seconds since the epoch of an IMF-fixdate.
-fn parse_http_date(value: &str) -> Option<u64> {
+pub(crate) fn parse_http_date(value: &str) -> Option<u64> {
     // "Sun, 06 Nov 1994 08:49:37 GMT"
     let (_, rest) = value.split_once(", ")?;
     let mut parts = rest.split(' ');

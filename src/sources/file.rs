@@ -345,7 +345,7 @@ pub fn read_stream(
 /// Replaces each byte sequence that is not UTF-8 with U+0001. A control character is never
 /// valid unescaped JSON, so the record holding one fails to parse and is refused alone (decode
 /// names the reason invalid_utf8), while the rest of the document is kept.
-fn mark_invalid_utf8(mut bytes: Vec<u8>) -> String {
+pub(crate) fn mark_invalid_utf8(mut bytes: Vec<u8>) -> String {
     let mut out = String::with_capacity(bytes.len());
     let mut rest = bytes.as_mut_slice();
     loop {

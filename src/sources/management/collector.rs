@@ -1,0 +1,821 @@
+//! Collecting many tenants at once. Each (tenant, content type) has a worker that lists content
+//! windows from its position to now, fetches the new blobs (a bounded number at once per tenant)
+//! and hands them on in creation order as [`Unit`]s. Each tenant has one committer that hears
+//! when a blob's last row is safe downstream, remembers its record ids and writes the tenant's
+//! positions. A tenant whose setup is wrong (credential, consent, tenant id) is reported and
+//! retried later; the other tenants never wait for it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::client::{ApiClient, ApiError, ContentItem, now_millis};
+use super::config::{AVAILABILITY_HOURS, ManagementConfig, TenantConfig};
+use super::lag::LagBoard;
+use super::positions::{PositionError, PositionStore, TenantPositions};
+use super::rate::RateLimiter;
+use super::seen::{SeenSet, id_key};
+use super::tracker::Tracker;
+use crate::ack::Ack;
+use crate::decode::Fields;
+use crate::record::Position;
+use crate::sinks::retry::RetryPolicy;
+
+const HOUR_MS: i64 = 3_600_000;
+/// The API refuses windows longer than this.
+const MAX_WINDOW_MS: i64 = 24 * HOUR_MS;
+/// Listing starts this much inside the 7-day limit, so a request in flight doesn't cross it.
+const AVAILABILITY_MARGIN_MS: i64 = 15 * 60_000;
+/// The API asks for 15 minutes between two starts of the same subscription.
+const START_SPACING_MS: i64 = 15 * 60_000;
+/// A local clock further than this from the service's is worth a warning.
+const CLOCK_SKEW_WARN_MS: i64 = 60_000;
+
+/// One content blob, read and ready to map. The mapper admits each record through `dedupe`,
+/// attaches a handle of `ack` to each row it emits, then releases `ack` itself.
+pub struct Unit {
+    pub text: String,
+    pub pos: Position,
+    pub ack: Ack,
+    pub dedupe: BlobDedupe,
+}
+
+/// Admission of a blob's records by `Id` against the tenant's seen-id set.
+pub struct BlobDedupe {
+    seen: Arc<Mutex<SeenSet>>,
+    admitted: Arc<Mutex<Vec<u128>>>,
+    counters: Arc<Counters>,
+}
+
+impl BlobDedupe {
+    /// False for a record whose `Id` was delivered already or is in flight from another blob.
+    /// Records without a string `Id` always pass.
+    pub fn admit(&mut self, fields: &Fields) -> bool {
+        let Some(id) = fields.get("Id").and_then(string_value) else {
+            return true;
+        };
+        let key = id_key(&id);
+        let fresh = self.seen.lock().map_or(true, |mut s| s.admit(key));
+        if fresh {
+            if let Ok(mut admitted) = self.admitted.lock() {
+                admitted.push(key);
+            }
+        } else {
+            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        fresh
+    }
+}
+
+fn string_value(raw: &RawValue) -> Option<String> {
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// What the collector did, for logs, the run summary and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub blobs: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub throttled: AtomicU64,
+    pub transient_errors: AtomicU64,
+    pub expired_blobs: AtomicU64,
+    pub failed_blobs: AtomicU64,
+    pub subscriptions_started: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Positions(#[from] PositionError),
+    #[error(transparent)]
+    Seen(#[from] super::seen::SeenError),
+}
+
+/// How a run uses the collector.
+#[derive(Debug, Clone)]
+pub struct CollectorOptions {
+    /// Write positions and seen ids, and start subscriptions; false for dry-run.
+    pub persist: bool,
+    /// One pass up to now per content type, then stop.
+    pub once: bool,
+    pub max_blob_bytes: usize,
+    pub retry: RetryPolicy,
+}
+
+/// How each tenant ended (only in `once` mode does a tenant end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantReport {
+    pub tenant: String,
+    /// Problems that stopped a content type, naming it and what to do.
+    pub errors: Vec<String>,
+}
+
+struct Settings {
+    poll_interval: Duration,
+    lookback_ms: i64,
+    overlap_ms: i64,
+    blob_concurrency: usize,
+    options: CollectorOptions,
+}
+
+enum CommitEvent {
+    BlobDone {
+        content_type: usize,
+        content_id: String,
+        created: i64,
+        admitted: Arc<Mutex<Vec<u128>>>,
+    },
+    /// A tracker moved without a blob completing (a window listed, a subscription started).
+    Moved,
+}
+
+struct Tenant {
+    label: String,
+    client: Arc<ApiClient>,
+    content_types: Vec<String>,
+    trackers: Arc<Mutex<Vec<Tracker>>>,
+    seen: Arc<Mutex<SeenSet>>,
+    events: mpsc::UnboundedSender<CommitEvent>,
+    out: mpsc::Sender<Unit>,
+    blob_slots: Arc<Semaphore>,
+    settings: Arc<Settings>,
+    lag: Arc<LagBoard>,
+    counters: Arc<Counters>,
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// The running collection of every configured tenant.
+pub struct Collector {
+    tenants: JoinSet<TenantReport>,
+    pub lag: Arc<LagBoard>,
+    pub counters: Arc<Counters>,
+}
+
+impl Collector {
+    /// Starts a task per tenant; blobs go to `out` in order per (tenant, content type).
+    pub fn start(
+        config: &ManagementConfig,
+        http: reqwest::Client,
+        options: CollectorOptions,
+        out: mpsc::Sender<Unit>,
+    ) -> Result<Self, CollectorError> {
+        let positions_dir = config.state_dir.join("positions");
+        let store = Arc::new(if options.persist {
+            PositionStore::open(&positions_dir)?
+        } else {
+            PositionStore::read_only(&positions_dir)
+        });
+        let settings = Arc::new(Settings {
+            poll_interval: Duration::from_millis(config.poll_interval_ms.max(1)),
+            lookback_ms: i64::try_from(config.initial_lookback_hours.min(AVAILABILITY_HOURS))
+                .unwrap_or(0)
+                * HOUR_MS,
+            overlap_ms: i64::try_from(config.relist_overlap_minutes).unwrap_or(0) * 60_000,
+            blob_concurrency: config.blob_concurrency.max(1),
+            options,
+        });
+        let lag = Arc::new(LagBoard::default());
+        let counters = Arc::new(Counters::default());
+        let mut tenants = JoinSet::new();
+        for tenant in &config.tenants {
+            let prepared = prepare(tenant, config, &http, &store, &settings, &lag, &counters);
+            let out = out.clone();
+            let store = store.clone();
+            tenants.spawn(async move {
+                match prepared {
+                    Ok(parts) => run_tenant(parts, store, out).await,
+                    Err(error) => {
+                        tracing::error!(tenant = %error.0, error = %error.1, "tenant not collected");
+                        TenantReport {
+                            tenant: error.0,
+                            errors: vec![error.1],
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            tenants,
+            lag,
+            counters,
+        })
+    }
+
+    /// Waits for every tenant to end (in `once` mode, after its last position is written).
+    pub async fn finish(mut self) -> Vec<TenantReport> {
+        let mut reports = Vec::new();
+        while let Some(done) = self.tenants.join_next().await {
+            match done {
+                Ok(report) => reports.push(report),
+                Err(e) => reports.push(TenantReport {
+                    tenant: "?".into(),
+                    errors: vec![format!("tenant task failed: {e}")],
+                }),
+            }
+        }
+        reports.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        reports
+    }
+}
+
+struct Prepared {
+    label: String,
+    tenant_id: String,
+    client: ApiClient,
+    content_types: Vec<String>,
+    positions: TenantPositions,
+    seen: SeenSet,
+    settings: Arc<Settings>,
+    lag: Arc<LagBoard>,
+    counters: Arc<Counters>,
+}
+
+/// Everything a tenant needs that can fail before it runs: its credential, client, positions
+/// and seen ids. Failing here stops this tenant only.
+fn prepare(
+    tenant: &TenantConfig,
+    config: &ManagementConfig,
+    http: &reqwest::Client,
+    store: &PositionStore,
+    settings: &Arc<Settings>,
+    lag: &Arc<LagBoard>,
+    counters: &Arc<Counters>,
+) -> Result<Prepared, (String, String)> {
+    let label = tenant.label().to_string();
+    let fail = |m: String| (label.clone(), m);
+    let endpoint = tenant.endpoint();
+    let url =
+        reqwest::Url::parse(&endpoint).map_err(|e| fail(format!("endpoint {endpoint:?}: {e}")))?;
+    let loopback = url
+        .host_str()
+        .is_some_and(|h| h == "127.0.0.1" || h == "localhost" || h == "[::1]");
+    if url.scheme() != "https" && !(config.allow_plain_http_loopback && loopback) {
+        return Err(fail(format!(
+            "endpoint {endpoint:?} must be an https URL (http only to loopback with management_api.allow_plain_http_loopback)"
+        )));
+    }
+    let transport = azure_core::http::Transport::new(Arc::new(http.clone()));
+    let credential = crate::auth::credential(
+        &tenant.credential,
+        tenant.cloud.entra_cloud(),
+        tenant.authority_host.as_deref(),
+        Some(transport),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let client = ApiClient::new(
+        http.clone(),
+        tenant,
+        credential,
+        RateLimiter::per_minute(config.requests_per_minute),
+        settings.options.max_blob_bytes,
+    )
+    .map_err(fail)?;
+    let positions = store
+        .load(&tenant.tenant_id)
+        .map_err(|e| fail(e.to_string()))?;
+    let seen_dir = config
+        .state_dir
+        .join("seen")
+        .join(tenant.tenant_id.to_ascii_lowercase());
+    let (seen, loaded) = SeenSet::load(
+        &seen_dir,
+        settings.options.persist,
+        now_millis(),
+        config.dedupe.retention_days,
+        config.dedupe.max_ids_per_tenant,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    if loaded.torn_bytes > 0 {
+        tracing::warn!(tenant = %label, torn_bytes = loaded.torn_bytes, "seen-id files ended in a partial id (a crash mid-write); cut off");
+    }
+    tracing::info!(tenant = %label, seen_ids = loaded.ids, files = loaded.files, "tenant ready");
+    Ok(Prepared {
+        label,
+        tenant_id: tenant.tenant_id.clone(),
+        client,
+        content_types: tenant.content_types(),
+        positions,
+        seen,
+        settings: settings.clone(),
+        lag: lag.clone(),
+        counters: counters.clone(),
+    })
+}
+
+async fn run_tenant(
+    p: Prepared,
+    store: Arc<PositionStore>,
+    out: mpsc::Sender<Unit>,
+) -> TenantReport {
+    let trackers: Vec<Tracker> = p
+        .content_types
+        .iter()
+        .map(|ct| Tracker::new(p.positions.content_types.get(ct), p.settings.overlap_ms))
+        .collect();
+    let trackers = Arc::new(Mutex::new(trackers));
+    let seen = Arc::new(Mutex::new(p.seen));
+    let (events, event_rx) = mpsc::unbounded_channel();
+    let tenant = Arc::new(Tenant {
+        label: p.label.clone(),
+        client: Arc::new(p.client),
+        content_types: p.content_types,
+        trackers: trackers.clone(),
+        seen: seen.clone(),
+        events,
+        out,
+        blob_slots: Arc::new(Semaphore::new(p.settings.blob_concurrency)),
+        settings: p.settings.clone(),
+        lag: p.lag.clone(),
+        counters: p.counters,
+        rng: Mutex::new(fastrand::Rng::new()),
+    });
+    let committer = tokio::spawn(commit_loop(Committer {
+        label: p.label.clone(),
+        tenant_id: p.tenant_id,
+        content_types: tenant.content_types.clone(),
+        trackers,
+        seen,
+        store,
+        persist: p.settings.options.persist,
+        lag: p.lag,
+        events: event_rx,
+    }));
+    let mut workers = JoinSet::new();
+    for index in 0..tenant.content_types.len() {
+        workers.spawn(content_worker(tenant.clone(), index));
+    }
+    let mut errors = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("worker failed: {e}")),
+        }
+    }
+    // The committer ends once every blob handed on is acknowledged (or dropped by a run that
+    // stopped), since each holds a sender.
+    drop(tenant);
+    let _ = committer.await;
+    TenantReport {
+        tenant: p.label,
+        errors,
+    }
+}
+
+/// One content type of one tenant, until `once` ends it. Setup problems (token, consent, tenant
+/// id) are reported and retried after the longest backoff: someone has to fix them.
+async fn content_worker(t: Arc<Tenant>, index: usize) -> Result<(), String> {
+    let ct = t.content_types[index].clone();
+    loop {
+        let result = match ensure_subscription(&t, index).await {
+            Ok(()) => cycle(&t, index).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {}
+            Err(ApiError::TenantSetup(message)) => {
+                let message = format!("tenant {} ({ct}): {message}", t.label);
+                tracing::error!(tenant = %t.label, content_type = %ct, error = %message, "tenant cannot be collected");
+                if t.settings.options.once {
+                    return Err(message);
+                }
+                tokio::time::sleep(t.settings.options.retry.max_delay).await;
+                continue;
+            }
+            Err(e) if t.settings.options.once => {
+                let message = format!("tenant {} ({ct}): {e}", t.label);
+                tracing::error!(tenant = %t.label, content_type = %ct, error = %e, "collection pass failed");
+                return Err(message);
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %t.label, content_type = %ct, error = %e, "collection pass failed; trying again at the next poll");
+            }
+        }
+        if t.settings.options.once || t.out.is_closed() {
+            return Ok(());
+        }
+        tokio::time::sleep(t.settings.poll_interval).await;
+    }
+}
+
+fn tracker<R>(t: &Tenant, index: usize, f: impl FnOnce(&mut Tracker) -> R) -> R {
+    let mut trackers = t.trackers.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut trackers[index])
+}
+
+/// Starts the subscription if the service doesn't list it as enabled. Skipped when this process
+/// started it less than 15 minutes ago, and in dry-run (which changes nothing in the tenant).
+async fn ensure_subscription(t: &Tenant, index: usize) -> Result<(), ApiError> {
+    let ct = &t.content_types[index];
+    let recently = tracker(t, index, |tr| tr.subscription_started())
+        .is_some_and(|at| now_millis() - at < START_SPACING_MS);
+    if recently {
+        return Ok(());
+    }
+    let enabled = retrying(t, "list subscriptions", || t.client.enabled_subscriptions()).await?;
+    if enabled.iter().any(|e| e == ct) {
+        return Ok(());
+    }
+    start_subscription(t, index).await
+}
+
+async fn start_subscription(t: &Tenant, index: usize) -> Result<(), ApiError> {
+    let ct = &t.content_types[index];
+    if !t.settings.options.persist {
+        return Err(ApiError::Refused {
+            status: 400,
+            code: "AF20022".into(),
+            message: format!(
+                "the {ct} subscription is not started, and dry-run changes nothing in the tenant; `run` starts it"
+            ),
+        });
+    }
+    if let Some(at) = tracker(t, index, |tr| tr.subscription_started()) {
+        let wait = START_SPACING_MS - (now_millis() - at);
+        if wait > 0 {
+            tracing::info!(tenant = %t.label, content_type = %ct, wait_secs = wait / 1000, "subscription started recently; waiting before starting it again");
+            tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())).await;
+        }
+    }
+    retrying(t, "start subscription", || t.client.start_subscription(ct)).await?;
+    Counters::add(&t.counters.subscriptions_started, 1);
+    tracing::info!(tenant = %t.label, content_type = %ct, "subscription started");
+    tracker(t, index, |tr| tr.set_subscription_started(now_millis()));
+    let _ = t.events.send(CommitEvent::Moved);
+    Ok(())
+}
+
+/// Calls until the answer is not "throttled" or "transient", backing off exponentially with
+/// jitter in [step/2, step]: a floor, so a throttling storm never becomes a hot loop.
+async fn retrying<T, F, Fut>(t: &Tenant, what: &str, mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let policy = t.settings.options.retry;
+    let mut steps = policy.exponential();
+    let mut attempt: u64 = 0;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() => {
+                attempt += 1;
+                let counter = match e {
+                    ApiError::Throttled { .. } => &t.counters.throttled,
+                    _ => &t.counters.transient_errors,
+                };
+                Counters::add(counter, 1);
+                let step = steps
+                    .next()
+                    .unwrap_or(policy.max_delay)
+                    .min(policy.max_delay);
+                let jitter = t.rng.lock().map_or(0.5, |mut r| r.f64());
+                let delay = step.mul_f64(0.5 + jitter / 2.0);
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::warn!(tenant = %t.label, call = what, attempt, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
+                }
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One pass: list every window from the position up to now and hand on what is new.
+async fn cycle(t: &Arc<Tenant>, index: usize) -> Result<(), ApiError> {
+    let ct = t.content_types[index].clone();
+    let now = now_millis();
+    let floor =
+        now - i64::try_from(AVAILABILITY_HOURS).unwrap_or(168) * HOUR_MS + AVAILABILITY_MARGIN_MS;
+    let (relist_from, committed) = tracker(t, index, |tr| (tr.relist_from(), tr.committed()));
+    if let Some(c) = committed
+        && c < floor
+    {
+        expired_alarm(
+            t,
+            &ct,
+            c,
+            floor,
+            "the position is older than the 7 days the API serves",
+        );
+    }
+    let mut start = relist_from
+        .unwrap_or(now - t.settings.lookback_ms)
+        .max(floor);
+    while start < now {
+        let end = (start + MAX_WINDOW_MS).min(now);
+        let items = list_window(t, index, start, end).await?;
+        let fresh: Vec<ContentItem> = tracker(t, index, |tr| {
+            let mut fresh: Vec<ContentItem> = items
+                .into_iter()
+                .filter(|i| !tr.is_known(&i.content_id))
+                .collect();
+            fresh.sort_by(|a, b| (a.created, &a.content_id).cmp(&(b.created, &b.content_id)));
+            fresh.dedup_by(|a, b| a.content_id == b.content_id);
+            for item in &fresh {
+                tr.register(item);
+            }
+            fresh
+        });
+        if !hand_on(t, index, fresh).await? {
+            break;
+        }
+        tracker(t, index, |tr| tr.listed(end));
+        let _ = t.events.send(CommitEvent::Moved);
+        start = end;
+    }
+    Ok(())
+}
+
+fn expired_alarm(t: &Tenant, ct: &str, from: i64, to: i64, why: &str) {
+    use crate::map::datetime::format_unix_millis;
+    Counters::add(&t.counters.expired_blobs, 1);
+    t.lag.expired(&t.label, ct, 1);
+    tracing::error!(
+        tenant = %t.label,
+        content_type = ct,
+        from = %format_unix_millis(from),
+        to = %format_unix_millis(to),
+        "content expired before it was read ({why}); it can no longer be collected"
+    );
+}
+
+/// Every page of the listing of `[start, end)`.
+async fn list_window(
+    t: &Tenant,
+    index: usize,
+    mut start: i64,
+    mut end: i64,
+) -> Result<Vec<ContentItem>, ApiError> {
+    let ct = &t.content_types[index];
+    let mut rewindowed = false;
+    'window: loop {
+        let mut url = t.client.listing_url(ct, start, end)?;
+        let mut items = Vec::new();
+        loop {
+            match retrying(t, "list content", || t.client.list_page(url.clone())).await {
+                Ok((page, next)) => {
+                    items.extend(page);
+                    match next {
+                        Some(next) => url = next,
+                        None => return Ok(items),
+                    }
+                }
+                Err(ApiError::NoSubscription { code, .. }) => {
+                    tracing::warn!(tenant = %t.label, content_type = %ct, code, "no enabled subscription; starting it");
+                    start_subscription(t, index).await?;
+                    continue 'window;
+                }
+                Err(ApiError::BadWindow {
+                    code, server_time, ..
+                }) if !rewindowed => {
+                    rewindowed = true;
+                    let local = now_millis();
+                    let server = server_time.unwrap_or(local);
+                    if (server - local).abs() > CLOCK_SKEW_WARN_MS {
+                        tracing::warn!(tenant = %t.label, skew_secs = (local - server) / 1000, "the local clock is off from the Management API's; listing windows are computed from it: fix NTP");
+                    }
+                    let floor = server - i64::try_from(AVAILABILITY_HOURS).unwrap_or(168) * HOUR_MS
+                        + AVAILABILITY_MARGIN_MS;
+                    if start < floor {
+                        expired_alarm(t, ct, start, floor, "the window started beyond 7 days");
+                    }
+                    start = start.max(floor);
+                    end = end.min(server).min(start + MAX_WINDOW_MS);
+                    tracing::warn!(tenant = %t.label, content_type = %ct, code, "listing window refused; listing again inside the service's limits");
+                    if start >= end {
+                        return Ok(Vec::new());
+                    }
+                    continue 'window;
+                }
+                Err(ApiError::Expired { .. }) => {
+                    expired_alarm(t, ct, start, end, "AF20051 on the listing");
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Fetches blobs a few at a time and hands them on in the given order. Blobs not handed on when
+/// it fails are forgotten, so the next pass lists them again.
+/// A blob being fetched.
+type Fetch = tokio::task::JoinHandle<Result<Vec<u8>, ApiError>>;
+
+/// True when every blob was handed on (false: the run is stopping).
+async fn hand_on(t: &Arc<Tenant>, index: usize, items: Vec<ContentItem>) -> Result<bool, ApiError> {
+    let ct = &t.content_types[index];
+    let mut queue: VecDeque<ContentItem> = items.into();
+    let mut fetching: VecDeque<(ContentItem, Fetch)> = VecDeque::new();
+    let result = loop {
+        while fetching.len() < t.settings.blob_concurrency {
+            let Some(item) = queue.pop_front() else {
+                break;
+            };
+            let fetcher = t.clone();
+            let uri = item.content_uri.clone();
+            let handle = tokio::spawn(async move {
+                let _slot = fetcher.blob_slots.acquire().await;
+                retrying(&fetcher, "fetch content", || fetcher.client.fetch(&uri)).await
+            });
+            fetching.push_back((item, handle));
+        }
+        let Some((item, handle)) = fetching.pop_front() else {
+            break Ok(true);
+        };
+        let fetched = handle
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Protocol(format!("fetch task failed: {e}"))));
+        match fetched {
+            Ok(bytes) => {
+                Counters::add(&t.counters.blobs, 1);
+                if !send_unit(t, index, &item, bytes).await {
+                    queue.push_front(item);
+                    break Ok(false);
+                }
+            }
+            Err(ApiError::Expired { .. }) => {
+                expired_alarm(
+                    t,
+                    ct,
+                    item.created,
+                    item.created,
+                    "AF20051 on the content blob",
+                );
+                complete_empty(t, index, &item);
+            }
+            Err(ApiError::TenantSetup(m)) => {
+                queue.push_front(item);
+                break Err(ApiError::TenantSetup(m));
+            }
+            Err(e) => {
+                Counters::add(&t.counters.failed_blobs, 1);
+                tracing::error!(tenant = %t.label, content_type = %ct, content_id = %item.content_id, error = %e, "content blob could not be read; skipped");
+                complete_empty(t, index, &item);
+            }
+        }
+    };
+    for (item, handle) in fetching {
+        handle.abort();
+        queue.push_back(item);
+    }
+    tracker(t, index, |tr| {
+        for item in &queue {
+            tr.forget(&item.content_id);
+        }
+    });
+    result
+}
+
+/// Hands a fetched blob to the mapper; false when the run is stopping.
+async fn send_unit(t: &Tenant, index: usize, item: &ContentItem, bytes: Vec<u8>) -> bool {
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        // Bad bytes cost only their record (refused as invalid_utf8), as in files.
+        Err(e) => crate::sources::file::mark_invalid_utf8(e.into_bytes()),
+    };
+    let admitted = Arc::new(Mutex::new(Vec::new()));
+    let events = t.events.clone();
+    let done = CommitEvent::BlobDone {
+        content_type: index,
+        content_id: item.content_id.clone(),
+        created: item.created,
+        admitted: admitted.clone(),
+    };
+    let ack = Ack::hold(move || {
+        let _ = events.send(done);
+    });
+    let source: Arc<str> =
+        format!("{}/{}/{}", t.label, t.content_types[index], item.content_id).into();
+    let unit = Unit {
+        text,
+        pos: Position::new(source, 1),
+        ack,
+        dedupe: BlobDedupe {
+            seen: t.seen.clone(),
+            admitted,
+            counters: t.counters.clone(),
+        },
+    };
+    t.out.send(unit).await.is_ok()
+}
+
+/// A blob that yields nothing (expired, unreadable) but must not hold the position back.
+fn complete_empty(t: &Tenant, index: usize, item: &ContentItem) {
+    let _ = t.events.send(CommitEvent::BlobDone {
+        content_type: index,
+        content_id: item.content_id.clone(),
+        created: item.created,
+        admitted: Arc::new(Mutex::new(Vec::new())),
+    });
+}
+
+struct Committer {
+    label: String,
+    tenant_id: String,
+    content_types: Vec<String>,
+    trackers: Arc<Mutex<Vec<Tracker>>>,
+    seen: Arc<Mutex<SeenSet>>,
+    store: Arc<PositionStore>,
+    persist: bool,
+    lag: Arc<LagBoard>,
+    events: mpsc::UnboundedReceiver<CommitEvent>,
+}
+
+/// Applies completions in batches (whatever arrived together), then makes them durable: seen
+/// ids flushed first, positions replaced after, so a crash between the two only means blobs
+/// read again and their records recognised as seen.
+async fn commit_loop(mut c: Committer) {
+    let mut batch = Vec::new();
+    while c.events.recv_many(&mut batch, 4096).await > 0 {
+        let events = std::mem::take(&mut batch);
+        let label = c.label.clone();
+        let tenant_id = c.tenant_id.clone();
+        let content_types = c.content_types.clone();
+        let trackers = c.trackers.clone();
+        let seen = c.seen.clone();
+        let store = c.store.clone();
+        let persist = c.persist;
+        let written = tokio::task::spawn_blocking(move || {
+            commit(
+                &trackers,
+                &seen,
+                &store,
+                persist,
+                &tenant_id,
+                &content_types,
+                events,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("commit task failed: {e}")));
+        match written {
+            Ok(oldest) => {
+                let now = now_millis();
+                for (ct, oldest) in c.content_types.iter().zip(oldest) {
+                    if let Some(oldest) = oldest {
+                        c.lag.update(&label, ct, oldest, now);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(tenant = %label, error = %e, "positions could not be written; collection goes on, and a restart would read some content again");
+            }
+        }
+    }
+}
+
+/// Returns each content type's oldest unacknowledged content time, for the lag.
+fn commit(
+    trackers: &Mutex<Vec<Tracker>>,
+    seen: &Mutex<SeenSet>,
+    store: &PositionStore,
+    persist: bool,
+    tenant_id: &str,
+    content_types: &[String],
+    events: Vec<CommitEvent>,
+) -> Result<Vec<Option<i64>>, String> {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let mut trackers = trackers.lock().unwrap_or_else(|e| e.into_inner());
+    for event in events {
+        if let CommitEvent::BlobDone {
+            content_type,
+            content_id,
+            created,
+            admitted,
+        } = event
+        {
+            let keys = std::mem::take(&mut *admitted.lock().unwrap_or_else(|e| e.into_inner()));
+            seen.commit(created, &keys).map_err(|e| e.to_string())?;
+            trackers[content_type].complete(&content_id);
+        }
+    }
+    let oldest = trackers.iter().map(Tracker::oldest_unacked).collect();
+    if persist {
+        seen.expire(now_millis()).map_err(|e| e.to_string())?;
+        seen.sync().map_err(|e| e.to_string())?;
+        let positions = TenantPositions {
+            tenant_id: tenant_id.to_string(),
+            content_types: content_types
+                .iter()
+                .zip(trackers.iter())
+                .filter_map(|(ct, tr)| tr.position().map(|p| (ct.clone(), p)))
+                .collect(),
+        };
+        drop(trackers);
+        drop(seen);
+        store.save(&positions).map_err(|e| e.to_string())?;
+    }
+    Ok(oldest)
+}

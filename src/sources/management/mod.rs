@@ -1,0 +1,20 @@
+//! The Office 365 Management Activity API source: the unified audit log of many tenants,
+//! collected continuously, deduplicated by record `Id`, with positions committed only after
+//! delivery.
+//!
+//! Start reading at `collector`; `client` speaks the API, `tracker` decides how far a position
+//! may move, `positions` and `seen` keep state on disk, `rate` and `lag` watch the pace.
+
+pub mod client;
+mod collector;
+pub mod config;
+pub mod lag;
+pub mod positions;
+pub mod rate;
+pub mod seen;
+pub mod tracker;
+
+pub use collector::{
+    BlobDedupe, Collector, CollectorError, CollectorOptions, Counters, TenantReport, Unit,
+};
+pub use config::{ManagementConfig, TenantConfig};
