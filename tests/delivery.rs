@@ -9,24 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::http::Transport;
-use m365_emulator::{Config, Emulator, Fault, ToEmulator};
+use common::azure::{CLIENT, SHARED_KEY, TENANT, WORKSPACE};
+use m365_emulator::{Emulator, Fault, ToEmulator};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::{Output, Setup, process_unit};
 use m365_sentinel::record::Position;
-use m365_sentinel::schema::ColumnType;
 use m365_sentinel::sinks::batch::{Body, BodyBuilder};
 use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
 use serde_json::Value;
 
-const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
-const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
 const AUTHORITY: &str = "https://login.emulator.test";
-const WORKSPACE: &str = "11111111-2222-4333-8444-555555555555";
-/// base64 of "data collector test key" (not a real key).
-const SHARED_KEY: &str = "ZGF0YSBjb2xsZWN0b3IgdGVzdCBrZXk=";
 
 struct World {
     emulator: Emulator,
@@ -37,44 +32,11 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-fn dcr_type(ty: ColumnType) -> &'static str {
-    match ty {
-        ColumnType::Bool => "boolean",
-        ColumnType::Guid => "string",
-        other => other.table_type(),
-    }
-}
-
 async fn world(policy: RetryPolicy) -> World {
     let setup = common::setup();
-    let streams: HashMap<String, Vec<(String, String)>> = setup
-        .schemas
-        .tables
-        .iter()
-        .map(|t| {
-            let columns = t
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), dcr_type(c.ty).to_string()))
-                .collect();
-            (t.stream.clone(), columns)
-        })
-        .collect();
-    let emulator = Emulator::start(Config {
-        tenant_id: TENANT.into(),
-        client_id: CLIENT.into(),
-        client_secret: "s3cret-for-tests".into(),
-        dcr_immutable_id: "dcr-0123456789abcdef".into(),
-        streams,
-        token_lifetime: Duration::from_secs(3600),
-        accept_undeclared_streams: false,
-        keep_rows: true,
-        workspace_id: WORKSPACE.into(),
-        shared_key: SHARED_KEY.into(),
-        client_certificate_pem: None,
-    })
-    .await
-    .unwrap();
+    let emulator = Emulator::start(common::azure::emulator_config())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), "s3cret-for-tests\n").unwrap();
     let transport = Transport::new(Arc::new(ToEmulator::new(AUTHORITY, &emulator.url())));
@@ -649,35 +611,9 @@ async fn refused_authorisation_is_retried_once_at_once_then_with_backoff() {
 
 /// A TLS emulator whose CA the connector trusts only through `http.ca_bundle`.
 async fn tls_emulator() -> Emulator {
-    let setup = common::setup();
-    let streams = setup
-        .schemas
-        .tables
-        .iter()
-        .map(|t| {
-            let columns = t
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), dcr_type(c.ty).to_string()))
-                .collect();
-            (t.stream.clone(), columns)
-        })
-        .collect();
-    Emulator::start_tls(Config {
-        tenant_id: TENANT.into(),
-        client_id: CLIENT.into(),
-        client_secret: "s3cret-for-tests".into(),
-        dcr_immutable_id: "dcr-0123456789abcdef".into(),
-        streams,
-        token_lifetime: Duration::from_secs(3600),
-        accept_undeclared_streams: false,
-        keep_rows: true,
-        workspace_id: WORKSPACE.into(),
-        shared_key: SHARED_KEY.into(),
-        client_certificate_pem: None,
-    })
-    .await
-    .unwrap()
+    Emulator::start_tls(common::azure::emulator_config())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -824,18 +760,12 @@ async fn dlq_list_and_replay_through_the_binary() {
 #[tokio::test]
 async fn a_client_certificate_signs_the_token_request_the_emulator_verifies() {
     let (pkcs12, cert_pem) = m365_emulator::make_client_certificate("pfx-password").unwrap();
-    let emulator = Emulator::start(Config {
-        tenant_id: TENANT.into(),
-        client_id: CLIENT.into(),
+    let emulator = Emulator::start(m365_emulator::Config {
         client_secret: "not-used-here".into(),
-        dcr_immutable_id: "dcr-0123456789abcdef".into(),
         streams: Default::default(),
-        token_lifetime: Duration::from_secs(3600),
         accept_undeclared_streams: true,
-        keep_rows: true,
-        workspace_id: WORKSPACE.into(),
-        shared_key: SHARED_KEY.into(),
         client_certificate_pem: Some(cert_pem),
+        ..common::azure::emulator_config()
     })
     .await
     .unwrap();

@@ -2,6 +2,7 @@
 //! it wrote, exactly as a user would find it on disk.
 #![allow(dead_code)]
 
+pub mod azure;
 pub mod columns;
 
 use std::collections::BTreeMap;

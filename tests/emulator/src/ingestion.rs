@@ -116,7 +116,7 @@ async fn check(
         .state()
         .issued_tokens
         .iter()
-        .any(|(t, expires)| t == token && *expires > Instant::now());
+        .any(|t| t.token == token && t.expires > Instant::now());
     if !valid {
         return refuse(403, "Forbidden", "the token is unknown or expired");
     }

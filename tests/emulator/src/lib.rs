@@ -5,11 +5,13 @@
 mod certificate;
 mod data_collector;
 mod ingestion;
+mod management;
 mod tls;
 mod token;
 mod transport;
 
 pub use certificate::make_client_certificate;
+pub use management::{BlobSpec, MgmtFault, MgmtRequest, MgmtTenant, format_time, parse_time};
 pub use transport::ToEmulator;
 
 use std::collections::{HashMap, VecDeque};
@@ -91,9 +93,18 @@ pub struct RequestLog {
     pub rows: usize,
 }
 
+/// A token this emulator issued.
+pub(crate) struct Issued {
+    pub(crate) token: String,
+    pub(crate) tenant: String,
+    pub(crate) scope: String,
+    pub(crate) expires: std::time::Instant,
+}
+
 #[derive(Default)]
 struct State {
-    issued_tokens: Vec<(String, std::time::Instant)>,
+    issued_tokens: Vec<Issued>,
+    mgmt: management::MgmtState,
     faults: VecDeque<Fault>,
     /// Rows whose JSON text contains this are refused with a 400, as a poison row.
     poison: Option<String>,
@@ -149,9 +160,12 @@ impl Emulator {
         L: axum::serve::Listener,
         L::Addr: std::fmt::Debug,
     {
+        let scheme = if ca_pem.is_some() { "https" } else { "http" };
+        let mut state = State::default();
+        state.mgmt.base_url = format!("{scheme}://{addr}");
         let shared = Arc::new(Shared {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
         });
         let app = Self::router(shared.clone());
         let task = tokio::spawn(async move {
@@ -178,6 +192,10 @@ impl Emulator {
                 post(ingestion::ingest),
             )
             .route("/api/logs", post(data_collector::collect))
+            .route(
+                "/api/v1.0/{tenant}/activity/feed/{*rest}",
+                axum::routing::any(management::handle),
+            )
             .with_state(shared)
     }
 

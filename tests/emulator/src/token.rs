@@ -23,13 +23,21 @@ pub(crate) async fn issue(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let config = &shared.config;
-    if tenant != config.tenant_id {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant",
-            "AADSTS90002: Tenant not found.",
-        );
-    }
+    // The workspace's tenant, or a tenant of the Management API with a secret of its own.
+    let secret = if tenant == config.tenant_id {
+        config.client_secret.clone()
+    } else {
+        match shared.state().mgmt.secret_of(&tenant) {
+            Some(s) => s.to_string(),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_tenant",
+                    "AADSTS90002: Tenant not found.",
+                );
+            }
+        }
+    };
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return error(
             StatusCode::BAD_REQUEST,
@@ -45,7 +53,7 @@ pub(crate) async fn issue(
         );
     }
     let authenticated = match (form.get("client_secret"), form.get("client_assertion")) {
-        (Some(secret), None) => secret == &config.client_secret,
+        (Some(given), None) => given == &secret,
         (None, Some(assertion)) => {
             form.get("client_assertion_type").map(String::as_str)
                 == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
@@ -80,10 +88,12 @@ pub(crate) async fn issue(
         fastrand::u64(..)
     );
     let expires_in = config.token_lifetime.as_secs();
-    shared
-        .state()
-        .issued_tokens
-        .push((token.clone(), Instant::now() + config.token_lifetime));
+    shared.state().issued_tokens.push(crate::Issued {
+        token: token.clone(),
+        tenant: tenant.clone(),
+        scope: form.get("scope").cloned().unwrap_or_default(),
+        expires: Instant::now() + config.token_lifetime,
+    });
     Json(serde_json::json!({
         "token_type": "Bearer",
         "expires_in": expires_in,
