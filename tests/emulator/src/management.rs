@@ -376,7 +376,7 @@ fn answer(
                 None => {
                     let entries = match start_listing(data, query) {
                         Ok(entries) => entries,
-                        Err(refusal) => return refusal,
+                        Err(refusal) => return *refusal,
                     };
                     mgmt.next_listing += 1;
                     mgmt.listings.insert(listing_id, entries);
@@ -481,8 +481,9 @@ type Listing = Vec<(String, String, i64)>;
 fn start_listing(
     data: &mut TenantData,
     query: &HashMap<String, String>,
-) -> Result<Listing, Response> {
-    let refuse = |status, code: &str, message: &str| coded(error(status, code, message), code);
+) -> Result<Listing, Box<Response>> {
+    let refuse =
+        |status, code: &str, message: &str| Box::new(coded(error(status, code, message), code));
     let Some(ct) = query.get("contentType").filter(|c| is_content_type(c)) else {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
