@@ -72,6 +72,9 @@ fn audit_record(tenant: usize, ct: usize, i: usize, created_ms: i64) -> Value {
 struct Content {
     /// Record Id → the raw record.
     records: HashMap<String, Value>,
+    /// Record Id → creation time of the earliest blob holding it: where a collector handing
+    /// blobs on in creation order takes it from.
+    first_blob: HashMap<String, i64>,
     blobs: usize,
     duplicate_copies: usize,
     late_blobs: usize,
@@ -97,6 +100,7 @@ fn make_content(
         .collect();
     let mut content = Content {
         records: HashMap::new(),
+        first_blob: HashMap::new(),
         blobs: 0,
         duplicate_copies: 0,
         late_blobs: 0,
@@ -129,6 +133,13 @@ fn make_content(
                 content.duplicate_copies += copies;
             }
             content.max_blob_records = content.max_blob_records.max(records.len());
+            for r in &records {
+                let first = content
+                    .first_blob
+                    .entry(r["Id"].as_str().unwrap().to_string())
+                    .or_insert(created);
+                *first = (*first).min(created);
+            }
             previous = records.clone();
             content.late_blobs += usize::from(late);
             blobs.push(BlobSpec {
@@ -210,9 +221,17 @@ fn spawn(args: &[&str], config: &Path, log: &Path) -> Child {
 
 /// Runs the binary to its end, off the async runtime so the emulator keeps answering.
 async fn run_to_end(args: Vec<String>) -> std::process::Output {
+    run_to_end_with(args, Vec::new()).await
+}
+
+async fn run_to_end_with(
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
             .args(args)
+            .envs(env)
             .output()
             .unwrap()
     })
@@ -493,6 +512,19 @@ async fn a_tenant_with_a_wrong_secret_is_reported_and_the_others_complete() {
 async fn dry_run_reads_the_api_writes_the_bodies_and_commits_nothing() {
     let emulator = emulator_with_tenants([true, true, true]).await;
     let content = make_content(&emulator, &[0, 1, 2], 2_000, 30, false);
+    assert!(content.duplicate_copies > 0, "duplicates across blobs to skip");
+    // One more blob, expired by the time it is fetched: an alarm, and the rest goes on.
+    emulator.add_blobs(
+        TENANTS[0],
+        [BlobSpec {
+            content_type: "Audit.Exchange".into(),
+            content_id: "expired-blob".into(),
+            created_ms: now_ms() - 2 * HOUR_MS,
+            records: vec![audit_record(0, 1, 999_999_999, now_ms())],
+            hidden_listings: 0,
+            expired: true,
+        }],
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&emulator, dir.path(), None);
     let out_dir = dir.path().join("out");
@@ -506,13 +538,33 @@ async fn dry_run_reads_the_api_writes_the_bodies_and_commits_nothing() {
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("content expired before it was read") && stderr.contains("tenant-0"),
+        "the expired blob is alarmed about, naming the tenant: {stderr}"
+    );
     let mut ids = HashMap::new();
-    for entry in std::fs::read_dir(out_dir.join("Custom-OfficeActivity_CL")).unwrap() {
-        let body: Vec<Value> =
-            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+    let mut bodies: Vec<PathBuf> = std::fs::read_dir(out_dir.join("Custom-OfficeActivity_CL"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    bodies.sort();
+    // Per (tenant, content type), rows come in blob creation order, whatever order the listing
+    // had; a record in several blobs comes from the earliest.
+    let mut last_blob: HashMap<(String, String), i64> = HashMap::new();
+    for path in bodies {
+        let body: Vec<Value> = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         for row in body {
             *ids.entry(row["OfficeId"].as_str().unwrap().to_string())
                 .or_insert(0) += 1;
+            let key = (
+                row["OrganizationId"].as_str().unwrap().to_string(),
+                row["RecordType"].as_str().unwrap().to_string(),
+            );
+            let blob = content.first_blob[row["OfficeId"].as_str().unwrap()];
+            if let Some(before) = last_blob.get(&key) {
+                assert!(*before <= blob, "{key:?}: blob of {before} then {blob}");
+            }
+            last_blob.insert(key, blob);
         }
     }
     assert_eq!(
@@ -530,4 +582,43 @@ async fn dry_run_reads_the_api_writes_the_bodies_and_commits_nothing() {
         emulator.mgmt_requests().iter().all(|r| r.op != "start"),
         "dry-run changes nothing in the tenant"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_window_is_listed_again_inside_the_services_limits() {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    let content = make_content(&emulator, &[0, 1, 2], 1_500, 30, false);
+    // The service's clock runs two hours ahead: a first window starting 7 days back by the
+    // local clock is more than 7 days back by the service's.
+    emulator.set_service_clock_offset(2 * HOUR_MS);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&emulator, dir.path(), None);
+    let out = run_to_end_with(
+        vec![
+            "run".into(),
+            "--once".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        vec![(
+            "M365_SENTINEL__MANAGEMENT_API__INITIAL_LOOKBACK_HOURS",
+            "168".into(),
+        )],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (counts, _) = arrivals(&emulator);
+    assert_eq!(counts.len(), content.records.len());
+    assert!(counts.values().all(|n| *n == 1));
+    let refused = emulator
+        .mgmt_requests()
+        .iter()
+        .filter(|r| r.code.as_deref() == Some("AF20030"))
+        .count();
+    assert_eq!(
+        refused, 15,
+        "one refusal per (tenant, content type), then a good window"
+    );
+    assert!(stderr.contains("local clock is off"), "{stderr}");
 }

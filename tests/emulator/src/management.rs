@@ -94,6 +94,9 @@ pub(crate) struct MgmtState {
     listings: HashMap<u64, Listing>,
     next_listing: u64,
     pub(crate) base_url: String,
+    /// How far the service's clock is ahead of this machine's (ms); windows are judged by it
+    /// and the Date header shows it.
+    clock_offset_ms: i64,
 }
 
 impl MgmtState {
@@ -145,6 +148,25 @@ pub fn parse_time(s: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000)
 }
 
+/// An HTTP date (IMF-fixdate), for the Date header.
+fn http_date(ms: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let iso = format_time(ms);
+    let day = ms.div_euclid(DAY_MS).rem_euclid(7) as usize;
+    let month: usize = iso[5..7].parse().unwrap_or(1);
+    format!(
+        "{}, {} {} {} {} GMT",
+        DAYS[day],
+        &iso[8..10],
+        MONTHS[month - 1],
+        &iso[0..4],
+        &iso[11..19]
+    )
+}
+
 /// ISO 8601 with milliseconds and Z, as the API writes `contentCreated`.
 pub fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -190,7 +212,11 @@ pub(crate) async fn handle(
         ("GET", r) if r.starts_with("audit/") => "blob",
         _ => return error(StatusCode::NOT_FOUND, "NotFound", "no such operation"),
     };
-    let response = answer(&shared, op, &tenant, &rest, &query, &headers);
+    let mut response = answer(&shared, op, &tenant, &rest, &query, &headers);
+    let service_now = now_ms() + shared.state().mgmt.clock_offset_ms;
+    if let Ok(date) = http_date(service_now).parse() {
+        response.headers_mut().insert("date", date);
+    }
     let status = response.status().as_u16();
     let code = response
         .headers()
@@ -298,6 +324,7 @@ fn answer(
         None => {}
     }
     let base = mgmt.base_url.clone();
+    let service_now = now_ms() + mgmt.clock_offset_ms;
     let listing_id = mgmt.next_listing;
     let Some(data) = mgmt.tenants.get_mut(tenant) else {
         return coded(
@@ -374,7 +401,7 @@ fn answer(
                     }
                 }
                 None => {
-                    let entries = match start_listing(data, query) {
+                    let entries = match start_listing(data, query, service_now) {
                         Ok(entries) => entries,
                         Err(refusal) => return *refusal,
                     };
@@ -481,6 +508,7 @@ type Listing = Vec<(String, String, i64)>;
 fn start_listing(
     data: &mut TenantData,
     query: &HashMap<String, String>,
+    now: i64,
 ) -> Result<Listing, Box<Response>> {
     let refuse =
         |status, code: &str, message: &str| Box::new(coded(error(status, code, message), code));
@@ -498,7 +526,6 @@ fn start_listing(
             "No subscription found for the specified content type",
         ));
     }
-    let now = now_ms();
     let window = match (query.get("startTime"), query.get("endTime")) {
         (None, None) => (now - DAY_MS, now),
         (Some(s), Some(e)) => match (parse_time(s), parse_time(e)) {
@@ -594,6 +621,11 @@ impl crate::Emulator {
             .extend(faults);
     }
 
+    /// Puts the service's clock `offset_ms` ahead of (or, negative, behind) this machine's.
+    pub fn set_service_clock_offset(&self, offset_ms: i64) {
+        self.shared.state().mgmt.clock_offset_ms = offset_ms;
+    }
+
     pub fn mgmt_requests(&self) -> Vec<MgmtRequest> {
         self.shared.state().mgmt.requests.clone()
     }
@@ -622,5 +654,6 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:00:07Z"), None);
         assert_eq!(format_time(1_432_402_500_000), "2015-05-23T17:35:00.000Z");
         assert_eq!(parse_time("2015-05-23T17:35:00"), Some(1_432_402_500_000));
+        assert_eq!(http_date(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
     }
 }
