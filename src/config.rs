@@ -495,4 +495,51 @@ mod tests {
         .to_string();
         assert!(!e.contains("s3cr3t"), "{e}");
     }
+
+    const TENANT_YAML: &str = "management_api:\n  tenants:\n    - tenant_id: 7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n      publisher_identifier: 99999999-8888-4777-8666-555555555555\n      cloud: gcc_high\n      content_types: [Audit.Exchange, DLP.All]\n      credential:\n        kind: client_secret\n        tenant_id: 7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n        client_id: 0f0e0d0c-0b0a-4909-8887-868584838281\n        secret_file: /run/secrets/m365\n";
+
+    #[test]
+    fn management_tenants_load_with_their_cloud_and_content_types() {
+        let c = load(TENANT_YAML, &[]).unwrap();
+        let t = &c.management_api.tenants[0];
+        assert_eq!(t.content_types(), ["Audit.Exchange", "DLP.All"]);
+        assert_eq!(t.endpoint(), "https://manage.office365.us");
+        assert_eq!(t.cloud.scope(), "https://manage.office365.us/.default");
+        assert_eq!(t.cloud.entra_cloud(), crate::auth::Cloud::UsGovernment);
+        assert_eq!(c.management_api.requests_per_minute, 2_000);
+        assert_eq!(c.management_api.initial_lookback_hours, 168);
+    }
+
+    #[test]
+    fn management_mistakes_are_named() {
+        let cases = [
+            (
+                TENANT_YAML.replace("[Audit.Exchange, DLP.All]", "[Audit.Exchnage]"),
+                "content_types",
+            ),
+            (
+                TENANT_YAML.replace(
+                    "        tenant_id: 7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+                    "        tenant_id: 00000000-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+                ),
+                "AF20010",
+            ),
+            (
+                TENANT_YAML.replace("99999999-8888-4777-8666-555555555555", "contoso"),
+                "publisher_identifier",
+            ),
+            (
+                format!("{TENANT_YAML}  initial_lookback_hours: 200\n"),
+                "initial_lookback_hours",
+            ),
+            (
+                TENANT_YAML.replace("gcc_high", "gcc_medium"),
+                "management_api.tenants[0].cloud",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let e = load(&yaml, &[]).unwrap_err().to_string();
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
+    }
 }

@@ -12,7 +12,9 @@ use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::{Setup, dry_run, dry_run_units};
 use m365_sentinel::run::{Intake, RunOptions, run as deliver_input};
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
-use m365_sentinel::sources::management::{Collector, CollectorOptions, TenantReport, Unit};
+use m365_sentinel::sources::management::{
+    Collector, CollectorOptions, Counters, TenantReport, Unit,
+};
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 const EXIT_REJECTED: u8 = 3;
@@ -201,6 +203,20 @@ fn start_collector(
     Ok((collector, rx))
 }
 
+fn collection_summary(c: &Counters) -> String {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "management API: {} content blob(s) read, {} duplicate record(s) skipped, {} throttled and {} failed answer(s) retried, {} subscription(s) started, {} expired and {} unreadable blob(s)",
+        n(&c.blobs),
+        n(&c.duplicates),
+        n(&c.throttled),
+        n(&c.transient_errors),
+        n(&c.subscriptions_started),
+        n(&c.expired_blobs),
+        n(&c.failed_blobs)
+    )
+}
+
 /// Prints each tenant that could not be collected; the exit status when there is one.
 fn report_tenants(reports: Option<&[TenantReport]>) -> Option<ExitCode> {
     let failed: Vec<&TenantReport> = reports?.iter().filter(|r| !r.errors.is_empty()).collect();
@@ -259,6 +275,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     t.columns.len()
                 );
             }
+            for t in &setup.config.management_api.tenants {
+                println!(
+                    "  tenant {:<24} {} via {}: {}",
+                    t.label(),
+                    t.tenant_id,
+                    t.endpoint(),
+                    t.content_types().join(", ")
+                );
+            }
             let rules: Vec<&str> = setup.redactor.rule_names().collect();
             println!(
                 "  redaction rules: {}",
@@ -289,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (stats, reports) = if management {
                 rt.block_on(async {
                     let (collector, units) = start_collector(&setup, true, once)?;
+                    let counters = collector.counters.clone();
                     let stats = deliver_input(
                         setup.clone(),
                         Intake::Management(units),
@@ -298,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                     .await?;
                     let reports = collector.finish().await;
+                    println!("{}", collection_summary(&counters));
                     anyhow::Ok((stats, Some(reports)))
                 })?
             } else {
@@ -313,12 +340,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let s = &stats.sink;
             println!(
-                "read {} {}; {} row(s) mapped, {} input record(s) refused; delivered {} row(s) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",
-                stats.input.files,
+                "{}{} row(s) mapped, {} input record(s) refused; delivered {} row(s) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",
                 if management {
-                    "content blob(s)"
+                    String::new()
                 } else {
-                    "file(s)"
+                    format!("read {} file(s); ", stats.input.files)
                 },
                 stats.input.rows(),
                 stats.input.rejected_total(),
@@ -392,6 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let rt = runtime()?;
                 let (collector, mut units) =
                     rt.block_on(async { start_collector(&setup, false, true) })?;
+                let counters = collector.counters.clone();
                 let mapping_setup = setup.clone();
                 let mapping_out = out.clone();
                 let mapping = rt.spawn_blocking(move || {
@@ -402,6 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (mapping.await, reports)
                 });
                 reports = Some(done);
+                println!("{}", collection_summary(&counters));
                 stats?.context("dry-run failed")?
             } else {
                 let inputs = inputs_or_config(input, &setup)?;

@@ -512,7 +512,10 @@ async fn a_tenant_with_a_wrong_secret_is_reported_and_the_others_complete() {
 async fn dry_run_reads_the_api_writes_the_bodies_and_commits_nothing() {
     let emulator = emulator_with_tenants([true, true, true]).await;
     let content = make_content(&emulator, &[0, 1, 2], 2_000, 30, false);
-    assert!(content.duplicate_copies > 0, "duplicates across blobs to skip");
+    assert!(
+        content.duplicate_copies > 0,
+        "duplicates across blobs to skip"
+    );
     // One more blob, expired by the time it is fetched: an alarm, and the rest goes on.
     emulator.add_blobs(
         TENANTS[0],
