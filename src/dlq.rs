@@ -92,17 +92,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DlqError + '_ {
 impl DeadLetterStore {
     /// Opens (creating it 0700) the store's directory.
     pub fn open(dir: &Path) -> Result<Self, DlqError> {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            builder.mode(0o700);
-            builder.create(dir).map_err(io_err(dir))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        }
-        #[cfg(not(unix))]
-        builder.create(dir).map_err(io_err(dir))?;
+        crate::private_fs::private_dir(dir).map_err(io_err(dir))?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })
@@ -122,14 +112,7 @@ impl DeadLetterStore {
         tables.dedup();
         for table in tables {
             let path = self.file_of(table)?;
-            let mut options = OpenOptions::new();
-            options.create(true).append(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&path).map_err(io_err(&path))?;
+            let mut file = crate::private_fs::append(&path).map_err(io_err(&path))?;
             let mut buf = Vec::new();
             for letter in letters.iter().filter(|l| l.table == table) {
                 serde_json::to_writer(&mut buf, letter).map_err(|e| DlqError::Io {
@@ -243,14 +226,12 @@ impl DeadLetterStore {
         let path = self.file_of(table)?;
         let tmp = self.dir.join(format!("{table}.ndjson.tmp"));
         {
-            let mut options = OpenOptions::new();
-            options.create(true).write(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
+            let mut file = crate::private_fs::private_options()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
             for letter in still_refused {
                 let line = serde_json::to_string(letter).map_err(|e| DlqError::Io {
                     path: tmp.clone(),

@@ -3,7 +3,6 @@
 //! workspace slows reading down instead of filling memory. Bodies are sent when full, or when no
 //! row arrived for `flush_delay`; at most `concurrency` requests are in flight.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,14 +79,7 @@ fn ack_all(acks: Vec<Ack>) {
 }
 
 fn append_rejected(path: &Path, r: &Rejected) -> std::io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(rejected_line(r).as_bytes())
+    crate::private_fs::append(path)?.write_all(rejected_line(r).as_bytes())
 }
 
 pub async fn run(

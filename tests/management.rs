@@ -20,13 +20,7 @@ const TENANTS: [&str; 3] = [
     "aaaaaaaa-0000-4000-8000-000000000002",
     "aaaaaaaa-0000-4000-8000-000000000003",
 ];
-const CONTENT_TYPES: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
+use m365_sentinel::sources::management::config::ALL_CONTENT_TYPES as CONTENT_TYPES;
 const HOUR_MS: i64 = 3_600_000;
 /// Rows per request body in these runs (max_body_bytes 100 KB, rows of about 700 bytes).
 const BATCH_ROWS_BOUND: usize = 160;
@@ -248,6 +242,18 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Lets a continuous run list every content type three more times (late blobs need a
+/// relisting, and anything sent twice would show), then kills it.
+async fn stop_after_three_rounds(emulator: &Emulator, mut child: Child) {
+    let seen = listings(emulator);
+    wait_for("three more rounds", Duration::from_secs(60), || {
+        listings(emulator) >= seen + 3 * 15
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Accepted OfficeActivity rows by OfficeId, with how many times each arrived.
 fn arrivals(emulator: &Emulator) -> (BTreeMap<String, usize>, Vec<Value>) {
     let mut counts = BTreeMap::new();
@@ -324,19 +330,12 @@ async fn three_tenants_fifty_thousand_records_arrive_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&emulator, dir.path(), None);
     let log = dir.path().join("log.txt");
-    let mut child = spawn(&["run"], &config, &log);
+    let child = spawn(&["run"], &config, &log);
     wait_for("every record", Duration::from_secs(240), || {
         emulator.accepted_count() >= content.records.len()
     })
     .await;
-    // Late blobs need a relisting; give it three more full rounds of listings.
-    let seen = listings(&emulator);
-    wait_for("three more rounds", Duration::from_secs(60), || {
-        listings(&emulator) >= seen + 3 * 15
-    })
-    .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop_after_three_rounds(&emulator, child).await;
 
     let (counts, rows) = arrivals(&emulator);
     let stderr = std::fs::read_to_string(&log).unwrap();
@@ -403,19 +402,13 @@ async fn killed_five_times_nothing_is_lost_and_duplicates_stay_bounded() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    let mut child = spawn(&["run"], &config, &log);
+    let child = spawn(&["run"], &config, &log);
     wait_for("every record", Duration::from_secs(240), || {
         let (counts, _) = arrivals(&emulator);
         content.records.keys().all(|id| counts.contains_key(id))
     })
     .await;
-    let seen = listings(&emulator);
-    wait_for("three more rounds", Duration::from_secs(60), || {
-        listings(&emulator) >= seen + 3 * 15
-    })
-    .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop_after_three_rounds(&emulator, child).await;
 
     let (counts, rows) = arrivals(&emulator);
     assert_eq!(

@@ -2,7 +2,7 @@
 //! body under a directory per stream, plus the rejected records and row adjustments. Nothing is
 //! sent anywhere. The files hold audit data, so they are created 0600 in 0700 directories.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -23,30 +23,14 @@ pub struct DryRunSink {
     notices: BufWriter<File>,
 }
 
-#[cfg(unix)]
-fn private_dir(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-}
-
-#[cfg(not(unix))]
-fn private_dir(path: &Path) -> io::Result<()> {
-    fs::create_dir_all(path)
-}
+use crate::private_fs::private_dir;
 
 fn private_file(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)
+    crate::private_fs::private_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
 }
 
 /// Removes the outputs of an earlier dry-run (and only those) so runs don't mix.

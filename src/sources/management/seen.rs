@@ -90,17 +90,8 @@ impl SeenSet {
         if persist {
             private_fs::private_dir(dir).map_err(err(dir))?;
         }
-        let mut set = Self {
-            dir: persist.then(|| dir.to_path_buf()),
-            days: BTreeMap::new(),
-            pending: HashSet::new(),
-            open: HashMap::new(),
-            dirty: HashSet::new(),
-            retention_days: i64::from(retention_days),
-            max_ids,
-            total: 0,
-            evicted_early: 0,
-        };
+        let mut set = Self::in_memory(retention_days, max_ids);
+        set.dir = persist.then(|| dir.to_path_buf());
         let mut loaded = Loaded::default();
         let oldest_kept = now_ms.div_euclid(DAY_MS) - set.retention_days;
         let entries = match std::fs::read_dir(dir) {
