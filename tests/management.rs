@@ -618,3 +618,40 @@ async fn a_refused_window_is_listed_again_inside_the_services_limits() {
     );
     assert!(stderr.contains("local clock is off"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_never_started_twice_within_fifteen_minutes() {
+    let emulator = emulator_with_tenants([false, true, true]).await;
+    make_content(&emulator, &[0], 300, 10, false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&emulator, dir.path(), None);
+    let once = vec![
+        "run".into(),
+        "--once".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    let out = run_to_end(once).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        emulator.subscription(TENANTS[0], "Audit.Exchange"),
+        (1, true)
+    );
+    // An admin turns it off; the next run finds it off at once, but the last start (kept with
+    // the positions) was moments ago: it waits instead of starting it again.
+    emulator.set_subscription_enabled(TENANTS[0], "Audit.Exchange", false);
+    let log = dir.path().join("second.txt");
+    let mut child = spawn(&["run", "--once"], &config, &log);
+    wait_for("the wait to be announced", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("subscription started recently; waiting"))
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        emulator.subscription(TENANTS[0], "Audit.Exchange"),
+        (1, false),
+        "no second start within 15 minutes"
+    );
+}

@@ -630,6 +630,16 @@ impl crate::Emulator {
         self.shared.state().mgmt.requests.clone()
     }
 
+    /// Turns a subscription on or off, as a tenant admin could.
+    pub fn set_subscription_enabled(&self, tenant: &str, content_type: &str, enabled: bool) {
+        if let Some(t) = self.shared.state().mgmt.tenants.get_mut(tenant) {
+            t.subscriptions
+                .entry(content_type.to_string())
+                .or_default()
+                .enabled = enabled;
+        }
+    }
+
     /// How often a subscription was asked to start, and whether it is enabled now.
     pub fn subscription(&self, tenant: &str, content_type: &str) -> (u32, bool) {
         self.shared
