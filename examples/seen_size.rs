@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use m365_sentinel::sources::management::seen::SeenSet;
+use m365_sentinel::sources::management::seen::{SeenFiles, SeenSet};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -24,6 +24,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let now = 20_000 * 86_400_000i64;
     let (mut seen, _) = SeenSet::load(dir.path(), true, now, 8, usize::MAX).expect("load");
+    let mut files = SeenFiles::open(dir.path()).expect("open");
     let mut rng = fastrand::Rng::with_seed(1);
     let before = rss_kib();
     let start = Instant::now();
@@ -35,12 +36,13 @@ fn main() {
         blob.push(key);
         if blob.len() == 100 {
             let day = now - (i as i64 % 7) * 86_400_000;
-            seen.commit(day, &blob).expect("commit");
+            seen.commit(day, &blob);
+            files.write(seen.take_writes()).expect("write");
             blob.clear();
         }
     }
-    seen.commit(now, &blob).expect("commit");
-    seen.sync().expect("sync");
+    seen.commit(now, &blob);
+    files.write(seen.take_writes()).expect("write");
     let took = start.elapsed();
     let after = rss_kib();
     let disk: u64 = std::fs::read_dir(dir.path())

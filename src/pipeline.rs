@@ -323,14 +323,19 @@ pub fn dry_run_units(
     let mapper = setup.mapper();
     while let Some(mut unit) = units.blocking_recv() {
         run.stats.files += 1;
-        run.stats.bytes_read += unit.text.len() as u64;
-        process_unit_admitting(
-            &mapper,
-            &unit.text,
-            &unit.pos,
-            &mut |fields| unit.dedupe.admit(fields),
-            &mut |out| run.output(out),
-        );
+        match &unit.content {
+            Ok(text) => {
+                run.stats.bytes_read += text.len() as u64;
+                process_unit_admitting(
+                    &mapper,
+                    text,
+                    &unit.pos,
+                    &mut |fields| unit.dedupe.admit(fields),
+                    &mut |out| run.output(out),
+                );
+            }
+            Err(refused) => run.reject(refused.clone()),
+        }
         unit.ack.ack();
     }
     run.finish(out_dir)

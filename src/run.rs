@@ -78,8 +78,84 @@ fn ack_all(acks: Vec<Ack>) {
     }
 }
 
+/// Appends a refused record, flushed to disk: its source may commit past it once this returns.
 fn append_rejected(path: &Path, r: &Rejected) -> std::io::Result<()> {
-    crate::private_fs::append(path)?.write_all(rejected_line(r).as_bytes())
+    let mut file = crate::private_fs::append(path)?;
+    file.write_all(rejected_line(r).as_bytes())?;
+    file.sync_data()
+}
+
+/// A closed body and the acknowledgements of its rows.
+type BodyWithAcks = (Body, Vec<Ack>);
+
+/// Each table's body being built, the acknowledgements of its rows (in row order), and when
+/// its first row arrived: a body is sent when full, or `flush_delay` after its first row.
+struct Batches {
+    builders: Vec<BodyBuilder>,
+    acks: Vec<Vec<Ack>>,
+    opened: Vec<Option<tokio::time::Instant>>,
+    flush_delay: Duration,
+}
+
+impl Batches {
+    fn new(tables: usize, limit: usize, flush_delay: Duration) -> Self {
+        Self {
+            builders: (0..tables).map(|_| BodyBuilder::new(limit)).collect(),
+            acks: (0..tables).map(|_| Vec::new()).collect(),
+            opened: vec![None; tables],
+            flush_delay,
+        }
+    }
+
+    /// Adds a row; returns the body it closed (the one before it), with that body's acks.
+    fn push(
+        &mut self,
+        table: usize,
+        row: &[u8],
+        ack: Option<Ack>,
+    ) -> Result<Option<BodyWithAcks>, (crate::sinks::batch::RowTooLarge, Option<Ack>)> {
+        let closed = match self.builders[table].push(row) {
+            Ok(closed) => closed,
+            Err(too_large) => return Err((too_large, ack)),
+        };
+        let closed = closed.map(|body| {
+            self.opened[table] = None;
+            (body, std::mem::take(&mut self.acks[table]))
+        });
+        self.acks[table].extend(ack);
+        self.opened[table].get_or_insert_with(tokio::time::Instant::now);
+        Ok(closed)
+    }
+
+    /// When the oldest open body is due (far ahead when none is open).
+    fn next_due(&self) -> tokio::time::Instant {
+        self.opened.iter().flatten().min().map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            |oldest| *oldest + self.flush_delay,
+        )
+    }
+
+    fn take(&mut self, table: usize) -> Option<(usize, Body, Vec<Ack>)> {
+        self.opened[table] = None;
+        let body = self.builders[table].take()?;
+        Some((table, body, std::mem::take(&mut self.acks[table])))
+    }
+
+    /// The bodies whose first row is `flush_delay` old at `now`.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<(usize, Body, Vec<Ack>)> {
+        (0..self.builders.len())
+            .filter(|t| self.opened[*t].is_some_and(|o| o + self.flush_delay <= now))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|t| self.take(t))
+            .collect()
+    }
+
+    fn take_all(&mut self) -> Vec<(usize, Body, Vec<Ack>)> {
+        (0..self.builders.len())
+            .filter_map(|t| self.take(t))
+            .collect()
+    }
 }
 
 pub async fn run(
@@ -103,12 +179,7 @@ pub async fn run(
     });
 
     let limit = setup.config.batch.max_body_bytes;
-    let mut builders: Vec<BodyBuilder> = setup
-        .schemas
-        .tables
-        .iter()
-        .map(|_| BodyBuilder::new(limit))
-        .collect();
+    let mut batches = Batches::new(setup.schemas.tables.len(), limit, options.flush_delay);
     let mut input = Stats::for_tables(&setup.schemas, limit);
     // Each stream has its own requests in flight: a slow or failing table can't hold the others.
     let permits: Vec<Arc<Semaphore>> = setup
@@ -118,8 +189,6 @@ pub async fn run(
         .map(|_| Arc::new(Semaphore::new(options.concurrency.max(1))))
         .collect();
     let mut in_flight: JoinSet<Result<(), SinkError>> = JoinSet::new();
-    // The acknowledgements of the rows in each table's body being built, in row order.
-    let mut pending_acks: Vec<Vec<Ack>> = setup.schemas.tables.iter().map(|_| Vec::new()).collect();
     let rejected_path = options.dlq_dir.join(REJECTED_INPUT_FILE);
 
     let send = |table: usize,
@@ -138,72 +207,83 @@ pub async fn run(
     };
 
     loop {
-        let item = match tokio::time::timeout(options.flush_delay, rx.recv()).await {
-            Ok(Some(item)) => item,
+        let item = match tokio::time::timeout_at(batches.next_due(), rx.recv()).await {
+            Ok(Some(item)) => Some(item),
             Ok(None) => break,
-            Err(_) => {
-                // Quiet input: send what has gathered.
-                for (table, builder) in builders.iter_mut().enumerate() {
-                    if let Some(body) = builder.take() {
-                        let permit = permits[table].clone().acquire_owned().await.ok();
-                        let acks = std::mem::take(&mut pending_acks[table]);
-                        send(table, body, acks, &mut in_flight, permit);
-                    }
-                }
-                continue;
-            }
+            Err(_) => None,
         };
-        match item {
-            Item::Row { table, json, ack } => {
-                input.tables[table].rows += 1;
-                match builders[table].push(json.as_bytes()) {
-                    Ok(Some(body)) => {
-                        let permit = permits[table].clone().acquire_owned().await.ok();
-                        let acks = std::mem::take(&mut pending_acks[table]);
-                        pending_acks[table].extend(ack);
-                        send(table, body, acks, &mut in_flight, permit);
-                    }
-                    Ok(None) => pending_acks[table].extend(ack),
-                    Err(too_large) => {
-                        let target = &targets[table];
-                        let reason = RejectReason::RowTooLarge {
-                            bytes: too_large.bytes,
-                            limit: too_large.limit,
+        if let Some(item) = item {
+            match item {
+                Item::Row { table, json, ack } => {
+                    input.tables[table].rows += 1;
+                    match batches.push(table, json.as_bytes(), ack) {
+                        Ok(Some((body, acks))) => {
+                            let permit = permits[table].clone().acquire_owned().await.ok();
+                            send(table, body, acks, &mut in_flight, permit);
                         }
-                        .to_string();
-                        if let Ok(row) = RawValue::from_string(json) {
-                            sink.dead_letter_rows(&[DeadLetter::now(
-                                &target.table,
-                                &target.stream,
-                                reason,
-                                row,
-                            )])?;
+                        Ok(None) => {}
+                        Err((too_large, ack)) => {
+                            let target = &targets[table];
+                            let reason = RejectReason::RowTooLarge {
+                                bytes: too_large.bytes,
+                                limit: too_large.limit,
+                            };
+                            match RawValue::from_string(json) {
+                                Ok(row) => sink.dead_letter_rows(&[DeadLetter::now(
+                                    &target.table,
+                                    &target.stream,
+                                    reason.to_string(),
+                                    row,
+                                )])?,
+                                // Mapped rows are JSON by construction; should one not be, it is
+                                // still kept, as refused input.
+                                Err(e) => {
+                                    let r = Rejected {
+                                        pos: crate::record::Position::new(
+                                            target.table.as_str().into(),
+                                            0,
+                                        ),
+                                        reason: RejectReason::Unreadable(format!(
+                                            "{reason}, and not JSON: {e}"
+                                        )),
+                                        raw: e.to_string().into_bytes(),
+                                    };
+                                    append_rejected(&rejected_path, &r).map_err(|error| {
+                                        RunError::Io {
+                                            path: rejected_path.clone(),
+                                            error,
+                                        }
+                                    })?;
+                                }
+                            }
+                            ack_all(ack.into_iter().collect());
                         }
-                        ack_all(ack.into_iter().collect());
                     }
                 }
+                Item::Rejected(mut r, ack) => {
+                    *input.rejected.entry(r.reason.code()).or_default() += 1;
+                    mask_rejected(&setup, &mut r);
+                    append_rejected(&rejected_path, &r).map_err(|error| RunError::Io {
+                        path: rejected_path.clone(),
+                        error,
+                    })?;
+                    ack_all(ack.into_iter().collect());
+                }
             }
-            Item::Rejected(mut r, ack) => {
-                *input.rejected.entry(r.reason.code()).or_default() += 1;
-                mask_rejected(&setup, &mut r);
-                append_rejected(&rejected_path, &r).map_err(|error| RunError::Io {
-                    path: rejected_path.clone(),
-                    error,
-                })?;
-                ack_all(ack.into_iter().collect());
-            }
+        }
+        // Bodies whose first row waited `flush_delay` go now, however busy other tables are.
+        for (table, body, acks) in batches.take_due(tokio::time::Instant::now()) {
+            let permit = permits[table].clone().acquire_owned().await.ok();
+            send(table, body, acks, &mut in_flight, permit);
         }
         // Reap finished deliveries so their errors surface early.
         while let Some(done) = in_flight.try_join_next() {
             done.map_err(|e| RunError::Reader(e.to_string()))??;
         }
     }
-    for (table, builder) in builders.iter_mut().enumerate() {
-        if let Some(body) = builder.take() {
-            let permit = permits[table].clone().acquire_owned().await.ok();
-            let acks = std::mem::take(&mut pending_acks[table]);
-            send(table, body, acks, &mut in_flight, permit);
-        }
+    for (table, body, acks) in batches.take_all() {
+        let permit = permits[table].clone().acquire_owned().await.ok();
+        send(table, body, acks, &mut in_flight, permit);
     }
     while let Some(done) = in_flight.join_next().await {
         done.map_err(|e| RunError::Reader(e.to_string()))??;
@@ -246,17 +326,24 @@ fn map_units(setup: &Setup, mut units: mpsc::Receiver<Unit>, tx: &mpsc::Sender<I
     while let Some(mut unit) = units.blocking_recv() {
         let hold = &unit.ack;
         let mut stopped = false;
-        process_unit_admitting(
-            &mapper,
-            &unit.text,
-            &unit.pos,
-            &mut |fields| unit.dedupe.admit(fields),
-            &mut |out| {
-                if !stopped && tx.blocking_send(item(out, Some(hold.attach()))).is_err() {
-                    stopped = true;
-                }
-            },
-        );
+        match &unit.content {
+            Ok(text) => process_unit_admitting(
+                &mapper,
+                text,
+                &unit.pos,
+                &mut |fields| unit.dedupe.admit(fields),
+                &mut |out| {
+                    if !stopped && tx.blocking_send(item(out, Some(hold.attach()))).is_err() {
+                        stopped = true;
+                    }
+                },
+            ),
+            Err(refused) => {
+                stopped = tx
+                    .blocking_send(Item::Rejected(refused.clone(), Some(hold.attach())))
+                    .is_err();
+            }
+        }
         if stopped {
             // The run is stopping: the blob stays unacknowledged and is read again next time.
             return;
@@ -329,4 +416,62 @@ pub async fn replay(
         });
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_table_is_flushed_by_its_own_age_while_others_stay_busy() {
+        let delay = Duration::from_secs(5);
+        let mut batches = Batches::new(2, 1_000, delay);
+        assert!(batches.push(0, b"{\"quiet\":1}", None).unwrap().is_none());
+        let start = tokio::time::Instant::now();
+        assert_eq!(batches.next_due(), start + delay);
+        // Table 1 gets a row every second: global quiet never happens.
+        for second in 1..=5 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            batches.push(1, b"{\"busy\":1}", None).unwrap();
+            let due = batches.take_due(tokio::time::Instant::now());
+            if second < 5 {
+                assert!(due.is_empty(), "nothing due at {second} s");
+            } else {
+                let tables: Vec<usize> = due.iter().map(|(t, ..)| *t).collect();
+                assert_eq!(tables, [0], "the quiet table's body is 5 s old");
+            }
+        }
+        // Table 1's body opened at 1 s: due at 6 s.
+        assert_eq!(batches.next_due(), start + Duration::from_secs(6));
+        let rest = batches.take_all();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1.rows(), 5);
+    }
+
+    #[test]
+    fn acks_travel_with_the_body_that_holds_their_rows() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let done = Arc::new(AtomicUsize::new(0));
+        let counter = done.clone();
+        let hold = Ack::hold(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut batches = Batches::new(1, 30, Duration::from_secs(5));
+        let row = b"{\"a\":\"0123456789\"}"; // 18 bytes: one per body of 30
+        assert!(batches.push(0, row, Some(hold.attach())).unwrap().is_none());
+        let (body, acks) = batches
+            .push(0, row, Some(hold.attach()))
+            .unwrap()
+            .expect("the first body closed");
+        assert_eq!((body.rows(), acks.len()), (1, 1));
+        hold.ack();
+        ack_all(acks);
+        assert_eq!(done.load(Ordering::SeqCst), 0, "the second row is still out");
+        let (_, _, acks) = batches.take_all().pop().unwrap();
+        ack_all(acks);
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        let (too_large, ack) = batches.push(0, &[b'x'; 40], None).unwrap_err();
+        assert_eq!(too_large.bytes, 40);
+        assert!(ack.is_none());
+    }
 }

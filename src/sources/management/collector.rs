@@ -5,7 +5,7 @@
 //! positions. A tenant whose setup is wrong (credential, consent, tenant id) is reported and
 //! retried later; the other tenants never wait for it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,11 +19,11 @@ use super::config::{AVAILABILITY_HOURS, ManagementConfig, TenantConfig};
 use super::lag::LagBoard;
 use super::positions::{PositionError, PositionStore, TenantPositions};
 use super::rate::RateLimiter;
-use super::seen::{SeenSet, id_key};
+use super::seen::{self, SeenFiles, SeenSet, id_key};
 use super::tracker::Tracker;
 use crate::ack::Ack;
 use crate::decode::Fields;
-use crate::record::Position;
+use crate::record::{Position, RejectReason, Rejected};
 use crate::sinks::retry::RetryPolicy;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -39,7 +39,8 @@ const CLOCK_SKEW_WARN_MS: i64 = 60_000;
 /// One content blob, read and ready to map. The mapper admits each record through `dedupe`,
 /// attaches a handle of `ack` to each row it emits, then releases `ack` itself.
 pub struct Unit {
-    pub text: String,
+    /// The blob's text, or why it could not be read (a record for the refused-input file).
+    pub content: Result<String, Rejected>,
     pub pos: Position,
     pub ack: Ack,
     pub dedupe: BlobDedupe,
@@ -153,6 +154,9 @@ struct Tenant {
     lag: Arc<LagBoard>,
     counters: Arc<Counters>,
     rng: Mutex<fastrand::Rng>,
+    /// Passes in which each blob failed to be read.
+    blob_failures: Mutex<HashMap<String, u32>>,
+    publisher: String,
 }
 
 /// The running collection of every configured tenant.
@@ -234,8 +238,11 @@ struct Prepared {
     tenant_id: String,
     client: ApiClient,
     content_types: Vec<String>,
+    publisher: String,
     positions: TenantPositions,
     seen: SeenSet,
+    /// Where seen ids are written (None in dry-run).
+    seen_files: Option<SeenFiles>,
     settings: Arc<Settings>,
     lag: Arc<LagBoard>,
     counters: Arc<Counters>,
@@ -296,6 +303,11 @@ fn prepare(
         config.dedupe.max_ids_per_tenant,
     )
     .map_err(|e| fail(e.to_string()))?;
+    let seen_files = if settings.options.persist {
+        Some(SeenFiles::open(&seen_dir).map_err(|e| fail(e.to_string()))?)
+    } else {
+        None
+    };
     if loaded.torn_bytes > 0 {
         tracing::warn!(tenant = %label, torn_bytes = loaded.torn_bytes, "seen-id files ended in a partial id (a crash mid-write); cut off");
     }
@@ -305,8 +317,10 @@ fn prepare(
         tenant_id: tenant.tenant_id.clone(),
         client,
         content_types: tenant.content_types(),
+        publisher: tenant.publisher_identifier.clone(),
         positions,
         seen,
+        seen_files,
         settings: settings.clone(),
         lag: lag.clone(),
         counters: counters.clone(),
@@ -339,6 +353,8 @@ async fn run_tenant(
         lag: p.lag.clone(),
         counters: p.counters,
         rng: Mutex::new(fastrand::Rng::new()),
+        blob_failures: Mutex::new(HashMap::new()),
+        publisher: p.publisher,
     });
     let committer = tokio::spawn(commit_loop(Committer {
         label: p.label.clone(),
@@ -346,8 +362,9 @@ async fn run_tenant(
         content_types: tenant.content_types.clone(),
         trackers,
         seen,
-        store,
-        persist: p.settings.options.persist,
+        disk: p
+            .seen_files
+            .map(|files| (Arc::new(Mutex::new(files)), store)),
         lag: p.lag,
         events: event_rx,
     }));
@@ -448,16 +465,23 @@ async fn start_subscription(t: &Tenant, index: usize) -> Result<(), ApiError> {
             tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())).await;
         }
     }
+    // Recorded (and persisted) before asking: a start that succeeded on the service but whose
+    // answer was lost, or a crash right after, still counts for the 15 minutes.
+    tracker(t, index, |tr| tr.set_subscription_started(now_millis()));
+    let _ = t.events.send(CommitEvent::Moved);
     retrying(t, "start subscription", || t.client.start_subscription(ct)).await?;
     Counters::add(&t.counters.subscriptions_started, 1);
     tracing::info!(tenant = %t.label, content_type = %ct, "subscription started");
-    tracker(t, index, |tr| tr.set_subscription_started(now_millis()));
-    let _ = t.events.send(CommitEvent::Moved);
     Ok(())
 }
 
+/// Attempts per call in a single pass (`--once`, dry-run), which must end: with the default
+/// backoff, about a quarter of an hour of trying.
+const ONCE_ATTEMPTS: u64 = 12;
+
 /// Calls until the answer is not "throttled" or "transient", backing off exponentially with
-/// jitter in [step/2, step]: a floor, so a throttling storm never becomes a hot loop.
+/// jitter in [step/2, step]: a floor, so a throttling storm never becomes a hot loop. A
+/// continuous run tries without end; a single pass gives up after [`ONCE_ATTEMPTS`].
 async fn retrying<T, F, Fut>(t: &Tenant, what: &str, mut call: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
@@ -468,7 +492,10 @@ where
     let mut attempt: u64 = 0;
     loop {
         match call().await {
-            Err(e) if e.is_retryable() => {
+            Err(e)
+                if e.is_retryable()
+                    && !(t.settings.options.once && attempt + 1 >= ONCE_ATTEMPTS) =>
+            {
                 attempt += 1;
                 let counter = match e {
                     ApiError::Throttled { .. } => &t.counters.throttled,
@@ -495,8 +522,7 @@ where
 async fn cycle(t: &Arc<Tenant>, index: usize) -> Result<(), ApiError> {
     let ct = t.content_types[index].clone();
     let now = now_millis();
-    let floor =
-        now - i64::try_from(AVAILABILITY_HOURS).unwrap_or(168) * HOUR_MS + AVAILABILITY_MARGIN_MS;
+    let floor = availability_floor(now);
     let (relist_from, committed) = tracker(t, index, |tr| (tr.relist_from(), tr.committed()));
     if let Some(c) = committed
         && c < floor
@@ -512,29 +538,32 @@ async fn cycle(t: &Arc<Tenant>, index: usize) -> Result<(), ApiError> {
     let mut start = relist_from
         .unwrap_or(now - t.settings.lookback_ms)
         .max(floor);
+    tracker(t, index, |tr| tr.begin_pass(start));
     while start < now {
-        let end = (start + MAX_WINDOW_MS).min(now);
-        let items = list_window(t, index, start, end).await?;
+        let end = start.saturating_add(MAX_WINDOW_MS).min(now);
+        let Some((items, listed_to)) = list_window(t, index, start, end).await? else {
+            // Nothing could be listed (the service's clock is behind): try again next poll.
+            break;
+        };
+        let mut items = items;
+        items.sort_by(|a, b| (a.created, &a.content_id).cmp(&(b.created, &b.content_id)));
+        // Registered once each, whatever a listing repeats.
         let fresh: Vec<ContentItem> = tracker(t, index, |tr| {
-            let mut fresh: Vec<ContentItem> = items
-                .into_iter()
-                .filter(|i| !tr.is_known(&i.content_id))
-                .collect();
-            fresh.sort_by(|a, b| (a.created, &a.content_id).cmp(&(b.created, &b.content_id)));
-            fresh.dedup_by(|a, b| a.content_id == b.content_id);
-            for item in &fresh {
-                tr.register(item);
-            }
-            fresh
+            items.into_iter().filter(|i| tr.register(i)).collect()
         });
         if !hand_on(t, index, fresh).await? {
             break;
         }
-        tracker(t, index, |tr| tr.listed(end));
+        tracker(t, index, |tr| tr.listed(listed_to));
         let _ = t.events.send(CommitEvent::Moved);
-        start = end;
+        start = listed_to;
     }
     Ok(())
+}
+
+/// The oldest `contentCreated` the API still serves at `now`, with a margin for the request.
+fn availability_floor(now: i64) -> i64 {
+    now - i64::try_from(AVAILABILITY_HOURS).unwrap_or(168) * HOUR_MS + AVAILABILITY_MARGIN_MS
 }
 
 fn expired_alarm(t: &Tenant, ct: &str, from: i64, to: i64, why: &str) {
@@ -550,15 +579,17 @@ fn expired_alarm(t: &Tenant, ct: &str, from: i64, to: i64, why: &str) {
     );
 }
 
-/// Every page of the listing of `[start, end)`.
+/// Every page of the listing of `[start, end)`, and where the listing really ended (a refused
+/// window is narrowed to the service's limits). None when nothing could be listed.
 async fn list_window(
     t: &Tenant,
     index: usize,
     mut start: i64,
     mut end: i64,
-) -> Result<Vec<ContentItem>, ApiError> {
+) -> Result<Option<(Vec<ContentItem>, i64)>, ApiError> {
     let ct = &t.content_types[index];
     let mut rewindowed = false;
+    let mut started_subscription = false;
     'window: loop {
         let mut url = t.client.listing_url(ct, start, end)?;
         let mut items = Vec::new();
@@ -568,12 +599,17 @@ async fn list_window(
                     items.extend(page);
                     match next {
                         Some(next) => url = next,
-                        None => return Ok(items),
+                        None => return Ok(Some((items, end))),
                     }
                 }
-                Err(ApiError::NoSubscription { code, .. }) => {
+                Err(ApiError::NoSubscription { code, message }) => {
+                    if started_subscription {
+                        // Started, and still not there: leave it to the next pass.
+                        return Err(ApiError::NoSubscription { code, message });
+                    }
                     tracing::warn!(tenant = %t.label, content_type = %ct, code, "no enabled subscription; starting it");
                     start_subscription(t, index).await?;
+                    started_subscription = true;
                     continue 'window;
                 }
                 Err(ApiError::BadWindow {
@@ -581,26 +617,28 @@ async fn list_window(
                 }) if !rewindowed => {
                     rewindowed = true;
                     let local = now_millis();
-                    let server = server_time.unwrap_or(local);
+                    // A Date header more than a week off is not a clock to trust.
+                    let server = server_time
+                        .filter(|s| (s - local).abs() < 7 * 24 * HOUR_MS)
+                        .unwrap_or(local);
                     if (server - local).abs() > CLOCK_SKEW_WARN_MS {
                         tracing::warn!(tenant = %t.label, skew_secs = (local - server) / 1000, "the local clock is off from the Management API's; listing windows are computed from it: fix NTP");
                     }
-                    let floor = server - i64::try_from(AVAILABILITY_HOURS).unwrap_or(168) * HOUR_MS
-                        + AVAILABILITY_MARGIN_MS;
+                    let floor = availability_floor(server);
                     if start < floor {
                         expired_alarm(t, ct, start, floor, "the window started beyond 7 days");
                     }
                     start = start.max(floor);
-                    end = end.min(server).min(start + MAX_WINDOW_MS);
+                    end = end.min(server).min(start.saturating_add(MAX_WINDOW_MS));
                     tracing::warn!(tenant = %t.label, content_type = %ct, code, "listing window refused; listing again inside the service's limits");
                     if start >= end {
-                        return Ok(Vec::new());
+                        return Ok(None);
                     }
                     continue 'window;
                 }
                 Err(ApiError::Expired { .. }) => {
                     expired_alarm(t, ct, start, end, "AF20051 on the listing");
-                    return Ok(Vec::new());
+                    return Ok(Some((Vec::new(), end)));
                 }
                 Err(e) => return Err(e),
             }
@@ -608,12 +646,16 @@ async fn list_window(
     }
 }
 
-/// Fetches blobs a few at a time and hands them on in the given order. Blobs not handed on when
-/// it fails are forgotten, so the next pass lists them again.
 /// A blob being fetched.
 type Fetch = tokio::task::JoinHandle<Result<Vec<u8>, ApiError>>;
 
-/// True when every blob was handed on (false: the run is stopping).
+/// Passes in which a blob may fail to be read before it is refused (kept in the refused-input
+/// file with the reason) so that it stops holding its content type back.
+const BLOB_ATTEMPTS: u32 = 3;
+
+/// Fetches blobs a few at a time and hands them on in the given order. True when every blob was
+/// handed on; false when the run is stopping. Blobs not handed on are forgotten, so the next
+/// pass lists them again; the position can't pass them meanwhile (see `Tracker::begin_pass`).
 async fn hand_on(t: &Arc<Tenant>, index: usize, items: Vec<ContentItem>) -> Result<bool, ApiError> {
     let ct = &t.content_types[index];
     let mut queue: VecDeque<ContentItem> = items.into();
@@ -637,13 +679,17 @@ async fn hand_on(t: &Arc<Tenant>, index: usize, items: Vec<ContentItem>) -> Resu
         let fetched = handle
             .await
             .unwrap_or_else(|e| Err(ApiError::Protocol(format!("fetch task failed: {e}"))));
-        match fetched {
+        let content = match fetched {
             Ok(bytes) => {
                 Counters::add(&t.counters.blobs, 1);
-                if !send_unit(t, index, &item, bytes).await {
-                    queue.push_front(item);
-                    break Ok(false);
+                if let Ok(mut failures) = t.blob_failures.lock() {
+                    failures.remove(&item.content_id);
                 }
+                Ok(match String::from_utf8(bytes) {
+                    Ok(text) => text,
+                    // Bad bytes cost only their record (refused as invalid_utf8), as in files.
+                    Err(e) => crate::sources::file::mark_invalid_utf8(e.into_bytes()),
+                })
             }
             Err(ApiError::Expired { .. }) => {
                 expired_alarm(
@@ -654,16 +700,42 @@ async fn hand_on(t: &Arc<Tenant>, index: usize, items: Vec<ContentItem>) -> Resu
                     "AF20051 on the content blob",
                 );
                 complete_empty(t, index, &item);
+                continue;
             }
             Err(ApiError::TenantSetup(m)) => {
                 queue.push_front(item);
                 break Err(ApiError::TenantSetup(m));
             }
             Err(e) => {
+                let attempts = t
+                    .blob_failures
+                    .lock()
+                    .map(|mut f| {
+                        let n = f.entry(item.content_id.clone()).or_insert(0);
+                        *n += 1;
+                        *n
+                    })
+                    .unwrap_or(BLOB_ATTEMPTS);
+                if attempts < BLOB_ATTEMPTS && !t.settings.options.once {
+                    tracing::warn!(tenant = %t.label, content_type = %ct, content_id = %item.content_id, attempts, error = %e, "content blob could not be read; this pass stops and the next one tries again");
+                    queue.push_front(item);
+                    break Err(e);
+                }
                 Counters::add(&t.counters.failed_blobs, 1);
-                tracing::error!(tenant = %t.label, content_type = %ct, content_id = %item.content_id, error = %e, "content blob could not be read; skipped");
-                complete_empty(t, index, &item);
+                tracing::error!(tenant = %t.label, content_type = %ct, content_id = %item.content_id, attempts, error = %e, "content blob could not be read; refused (kept with the reason in the refused-input file)");
+                Err(Rejected {
+                    pos: blob_position(t, index, &item),
+                    reason: RejectReason::Unreadable(format!(
+                        "content blob {} could not be read after {attempts} attempt(s): {e}; fetch it by hand with the same credentials (PublisherIdentifier={}) before it expires",
+                        item.content_uri, t.publisher
+                    )),
+                    raw: item.content_uri.clone().into_bytes(),
+                })
             }
+        };
+        if !send_unit(t, index, &item, content).await {
+            queue.push_front(item);
+            break Ok(false);
         }
     };
     for (item, handle) in fetching {
@@ -678,13 +750,19 @@ async fn hand_on(t: &Arc<Tenant>, index: usize, items: Vec<ContentItem>) -> Resu
     result
 }
 
-/// Hands a fetched blob to the mapper; false when the run is stopping.
-async fn send_unit(t: &Tenant, index: usize, item: &ContentItem, bytes: Vec<u8>) -> bool {
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
-        // Bad bytes cost only their record (refused as invalid_utf8), as in files.
-        Err(e) => crate::sources::file::mark_invalid_utf8(e.into_bytes()),
-    };
+fn blob_position(t: &Tenant, index: usize, item: &ContentItem) -> Position {
+    let source: Arc<str> =
+        format!("{}/{}/{}", t.label, t.content_types[index], item.content_id).into();
+    Position::new(source, 1)
+}
+
+/// Hands a fetched (or refused) blob to the mapper; false when the run is stopping.
+async fn send_unit(
+    t: &Tenant,
+    index: usize,
+    item: &ContentItem,
+    content: Result<String, Rejected>,
+) -> bool {
     let admitted = Arc::new(Mutex::new(Vec::new()));
     let events = t.events.clone();
     let done = CommitEvent::BlobDone {
@@ -696,11 +774,9 @@ async fn send_unit(t: &Tenant, index: usize, item: &ContentItem, bytes: Vec<u8>)
     let ack = Ack::hold(move || {
         let _ = events.send(done);
     });
-    let source: Arc<str> =
-        format!("{}/{}/{}", t.label, t.content_types[index], item.content_id).into();
     let unit = Unit {
-        text,
-        pos: Position::new(source, 1),
+        content,
+        pos: blob_position(t, index, item),
         ack,
         dedupe: BlobDedupe {
             seen: t.seen.clone(),
@@ -711,7 +787,7 @@ async fn send_unit(t: &Tenant, index: usize, item: &ContentItem, bytes: Vec<u8>)
     t.out.send(unit).await.is_ok()
 }
 
-/// A blob that yields nothing (expired, unreadable) but must not hold the position back.
+/// A blob that yields nothing (expired) but must not hold the position back.
 fn complete_empty(t: &Tenant, index: usize, item: &ContentItem) {
     let _ = t.events.send(CommitEvent::BlobDone {
         content_type: index,
@@ -727,67 +803,63 @@ struct Committer {
     content_types: Vec<String>,
     trackers: Arc<Mutex<Vec<Tracker>>>,
     seen: Arc<Mutex<SeenSet>>,
-    store: Arc<PositionStore>,
-    persist: bool,
+    /// The disk side (None in dry-run): seen-id files and positions.
+    disk: Option<(Arc<Mutex<SeenFiles>>, Arc<PositionStore>)>,
     lag: Arc<LagBoard>,
     events: mpsc::UnboundedReceiver<CommitEvent>,
 }
 
 /// Applies completions in batches (whatever arrived together), then makes them durable: seen
 /// ids flushed first, positions replaced after, so a crash between the two only means blobs
-/// read again and their records recognised as seen.
+/// read again and their records recognised as seen. Locks are held only for the in-memory
+/// part; the disk work runs on a blocking thread with none held.
 async fn commit_loop(mut c: Committer) {
     let mut batch = Vec::new();
     while c.events.recv_many(&mut batch, 4096).await > 0 {
         let events = std::mem::take(&mut batch);
+        let (oldest, writes, positions) = apply(&c, events);
+        let now = now_millis();
+        for (ct, oldest) in c.content_types.iter().zip(oldest) {
+            if let Some(oldest) = oldest {
+                c.lag.update(&c.label, ct, oldest, now);
+            }
+        }
+        let Some((files, store)) = c.disk.clone() else {
+            continue;
+        };
         let label = c.label.clone();
-        let tenant_id = c.tenant_id.clone();
-        let content_types = c.content_types.clone();
-        let trackers = c.trackers.clone();
-        let seen = c.seen.clone();
-        let store = c.store.clone();
-        let persist = c.persist;
         let written = tokio::task::spawn_blocking(move || {
-            commit(
-                &trackers,
-                &seen,
-                &store,
-                persist,
-                &tenant_id,
-                &content_types,
-                events,
-            )
+            let mut problems = Vec::new();
+            if let Err(e) = files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(writes)
+            {
+                // The ids are missing on disk only: a restart could send their duplicates.
+                problems.push(format!("{e} (duplicates possible after a restart)"));
+            }
+            if let Err(e) = store.save(&positions) {
+                problems.push(e.to_string());
+            }
+            problems
         })
         .await
-        .unwrap_or_else(|e| Err(format!("commit task failed: {e}")));
-        match written {
-            Ok(oldest) => {
-                let now = now_millis();
-                for (ct, oldest) in c.content_types.iter().zip(oldest) {
-                    if let Some(oldest) = oldest {
-                        c.lag.update(&label, ct, oldest, now);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(tenant = %label, error = %e, "positions could not be written; collection goes on, and a restart would read some content again");
-            }
+        .unwrap_or_else(|e| vec![format!("commit task failed: {e}")]);
+        for problem in written {
+            tracing::error!(tenant = %label, error = %problem, "collection state could not be written; collection goes on, and a restart would read some content again");
         }
     }
 }
 
-/// Returns each content type's oldest unacknowledged content time, for the lag.
-fn commit(
-    trackers: &Mutex<Vec<Tracker>>,
-    seen: &Mutex<SeenSet>,
-    store: &PositionStore,
-    persist: bool,
-    tenant_id: &str,
-    content_types: &[String],
+/// The in-memory part of a commit: every completion applied (none is dropped, whatever the
+/// disk does later). Returns each content type's oldest unacknowledged content time (for the
+/// lag), the seen ids to write and the positions to save.
+fn apply(
+    c: &Committer,
     events: Vec<CommitEvent>,
-) -> Result<Vec<Option<i64>>, String> {
-    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let mut trackers = trackers.lock().unwrap_or_else(|e| e.into_inner());
+) -> (Vec<Option<i64>>, seen::Writes, TenantPositions) {
+    let mut seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
+    let mut trackers = c.trackers.lock().unwrap_or_else(|e| e.into_inner());
     for event in events {
         if let CommitEvent::BlobDone {
             content_type,
@@ -797,25 +869,20 @@ fn commit(
         } = event
         {
             let keys = std::mem::take(&mut *admitted.lock().unwrap_or_else(|e| e.into_inner()));
-            seen.commit(created, &keys).map_err(|e| e.to_string())?;
+            seen.commit(created, &keys);
             trackers[content_type].complete(&content_id);
         }
     }
+    seen.expire(now_millis());
     let oldest = trackers.iter().map(Tracker::oldest_unacked).collect();
-    if persist {
-        seen.expire(now_millis()).map_err(|e| e.to_string())?;
-        seen.sync().map_err(|e| e.to_string())?;
-        let positions = TenantPositions {
-            tenant_id: tenant_id.to_string(),
-            content_types: content_types
-                .iter()
-                .zip(trackers.iter())
-                .filter_map(|(ct, tr)| tr.position().map(|p| (ct.clone(), p)))
-                .collect(),
-        };
-        drop(trackers);
-        drop(seen);
-        store.save(&positions).map_err(|e| e.to_string())?;
-    }
-    Ok(oldest)
+    let positions = TenantPositions {
+        tenant_id: c.tenant_id.clone(),
+        content_types: c
+            .content_types
+            .iter()
+            .zip(trackers.iter())
+            .filter_map(|(ct, tr)| tr.position().map(|p| (ct.clone(), p)))
+            .collect(),
+    };
+    (oldest, seen.take_writes(), positions)
 }

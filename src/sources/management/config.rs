@@ -168,8 +168,20 @@ impl ManagementConfig {
                 self.initial_lookback_hours
             ));
         }
-        if self.dedupe.retention_days < 7 {
-            return Err("management_api.dedupe.retention_days must be at least 7: duplicates can come back for as long as content is served".into());
+        if self.relist_overlap_minutes > AVAILABILITY_HOURS * 60 {
+            return Err(format!(
+                "management_api.relist_overlap_minutes is {}; it must be at most {} (7 days)",
+                self.relist_overlap_minutes,
+                AVAILABILITY_HOURS * 60
+            ));
+        }
+        if self.poll_interval_ms < 100 || self.poll_interval_ms > 86_400_000 {
+            return Err(
+                "management_api.poll_interval_ms must be between 100 and 86400000 (a day)".into(),
+            );
+        }
+        if self.dedupe.retention_days < 7 || self.dedupe.retention_days > 366 {
+            return Err("management_api.dedupe.retention_days must be between 7 (duplicates can come back for as long as content is served) and 366".into());
         }
         if self.blob_concurrency == 0 || self.requests_per_minute == 0 {
             return Err(

@@ -26,9 +26,10 @@ pub enum PositionError {
 /// One content type's position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContentPosition {
-    /// Every listed blob created before this time is safe downstream.
+    /// Every listed blob created before this time is safe downstream; None before the first
+    /// listing completed (only a subscription start is recorded then).
     #[serde(with = "iso_millis")]
-    pub committed: i64,
+    pub committed: Option<i64>,
     /// Blobs created at or after `committed` minus the relist overlap that are already safe:
     /// content id → created. A relisting skips them.
     #[serde(default)]
@@ -115,13 +116,19 @@ impl PositionStore {
 mod iso_millis {
     use super::*;
 
-    pub fn serialize<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_unix_millis(*ms))
+    pub fn serialize<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_str(&format_unix_millis(*ms)),
+            None => s.serialize_none(),
+        }
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        let text = String::deserialize(d)?;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
         parse_unix_millis(&text)
+            .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a date-time")))
     }
 }
@@ -143,7 +150,7 @@ mod tests {
         p.content_types.insert(
             "Audit.Exchange".into(),
             ContentPosition {
-                committed: 1_700_000_000_123,
+                committed: Some(1_700_000_000_123),
                 done: [("blob-1".to_string(), 1_700_000_000_000)].into(),
                 subscription_started: Some(1_699_999_000_000),
             },

@@ -26,15 +26,16 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(position: Option<&ContentPosition>, overlap_ms: i64) -> Self {
         let p = position.cloned().unwrap_or_default();
+        let committed = p.committed.unwrap_or(i64::MIN);
         Self {
-            committed: p.committed,
-            listed_to: p.committed,
+            committed,
+            listed_to: committed,
             pending: BTreeSet::new(),
             pending_by_id: HashMap::new(),
             done: p.done,
             overlap_ms,
             subscription_started: p.subscription_started,
-            started: position.is_some(),
+            started: p.committed.is_some(),
         }
     }
 
@@ -45,7 +46,7 @@ impl Tracker {
 
     /// Where the next listing starts: the overlap before the committed position.
     pub fn relist_from(&self) -> Option<i64> {
-        self.committed().map(|c| c - self.overlap_ms)
+        self.committed().map(|c| c.saturating_sub(self.overlap_ms))
     }
 
     /// True for a blob already in flight or safe: a relisting must not send it again.
@@ -53,13 +54,22 @@ impl Tracker {
         self.pending_by_id.contains_key(content_id) || self.done.contains_key(content_id)
     }
 
-    pub fn register(&mut self, item: &ContentItem) {
+    /// A pass starts listing at `start`: until its windows are listed again, the position must
+    /// not move past `start`, or a late blob found below the old listing end, still in flight,
+    /// could be passed over (and lost by a crash).
+    pub fn begin_pass(&mut self, start: i64) {
+        self.listed_to = self.listed_to.min(start);
+    }
+
+    /// Registers a listed blob as in flight; false (and nothing changes) if it is known already.
+    pub fn register(&mut self, item: &ContentItem) -> bool {
         if self.is_known(&item.content_id) {
-            return;
+            return false;
         }
         self.pending.insert((item.created, item.content_id.clone()));
         self.pending_by_id
             .insert(item.content_id.clone(), item.created);
+        true
     }
 
     /// A registered blob that will not be handed on after all (its window was abandoned): the
@@ -73,10 +83,7 @@ impl Tracker {
     /// Every blob created before `to` is registered (or known).
     pub fn listed(&mut self, to: i64) {
         self.listed_to = self.listed_to.max(to);
-        if !self.started {
-            self.started = true;
-            self.committed = i64::MIN;
-        }
+        self.started = true;
         self.advance();
     }
 
@@ -91,13 +98,16 @@ impl Tracker {
     }
 
     fn advance(&mut self) {
+        if !self.started {
+            return;
+        }
         let bound = self.pending.first().map_or(self.listed_to, |(created, _)| {
             (*created).min(self.listed_to)
         });
         if bound > self.committed {
             self.committed = bound;
         }
-        let keep_from = self.committed - self.overlap_ms;
+        let keep_from = self.committed.saturating_sub(self.overlap_ms);
         self.done.retain(|_, created| *created >= keep_from);
     }
 
@@ -122,10 +132,10 @@ impl Tracker {
         self.subscription_started = Some(at);
     }
 
-    /// What to persist; None before anything was committed.
+    /// What to persist; None before anything happened.
     pub fn position(&self) -> Option<ContentPosition> {
-        (self.started && self.committed != i64::MIN).then(|| ContentPosition {
-            committed: self.committed,
+        (self.started || self.subscription_started.is_some()).then(|| ContentPosition {
+            committed: self.committed(),
             done: self.done.clone(),
             subscription_started: self.subscription_started,
         })
@@ -164,7 +174,7 @@ mod tests {
         assert!(t.is_known("d"));
         assert!(!t.is_known("c"));
         let p = t.position().unwrap();
-        assert_eq!(p.committed, 1_000);
+        assert_eq!(p.committed, Some(1_000));
         assert_eq!(p.done.keys().collect::<Vec<_>>(), ["d"]);
     }
 
@@ -195,5 +205,48 @@ mod tests {
         assert_eq!(t.committed(), Some(100));
         let restored = Tracker::new(t.position().as_ref(), 0);
         assert_eq!(restored.committed(), Some(100));
+    }
+
+    #[test]
+    fn a_late_blob_found_by_a_pass_holds_the_position_until_it_is_safe() {
+        let mut t = Tracker::new(None, 100);
+        t.register(&item("slow", 500));
+        t.listed(10_000);
+        assert_eq!(t.committed(), Some(500));
+        // The next pass relists from 400 and finds a late blob at 700; meanwhile the slow blob
+        // completes. The position must stay below the late blob until it is safe.
+        t.begin_pass(t.relist_from().unwrap());
+        assert!(t.register(&item("late", 700)));
+        t.complete("slow");
+        assert_eq!(t.committed(), Some(500));
+        t.listed(10_500);
+        assert_eq!(t.committed(), Some(700));
+        // Forgotten (the pass failed): the position still can't pass it.
+        t.begin_pass(t.relist_from().unwrap());
+        t.forget("late");
+        assert_eq!(t.committed(), Some(700));
+        assert!(
+            t.register(&item("late", 700)),
+            "found again by the next pass"
+        );
+        assert!(
+            !t.register(&item("late", 701)),
+            "registered once, whatever its time"
+        );
+        t.listed(11_000);
+        t.complete("late");
+        assert_eq!(t.committed(), Some(11_000));
+    }
+
+    #[test]
+    fn a_subscription_start_is_kept_before_any_listing() {
+        let mut t = Tracker::new(None, 0);
+        assert!(t.position().is_none());
+        t.set_subscription_started(42);
+        let p = t.position().unwrap();
+        assert_eq!((p.committed, p.subscription_started), (None, Some(42)));
+        let restored = Tracker::new(Some(&p), 0);
+        assert_eq!(restored.committed(), None, "still a first start");
+        assert_eq!(restored.subscription_started(), Some(42));
     }
 }
