@@ -466,7 +466,11 @@ mod tests {
         assert_eq!((body.rows(), acks.len()), (1, 1));
         hold.ack();
         ack_all(acks);
-        assert_eq!(done.load(Ordering::SeqCst), 0, "the second row is still out");
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            0,
+            "the second row is still out"
+        );
         let (_, _, acks) = batches.take_all().pop().unwrap();
         ack_all(acks);
         assert_eq!(done.load(Ordering::SeqCst), 1);
