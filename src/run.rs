@@ -78,11 +78,16 @@ fn ack_all(acks: Vec<Ack>) {
     }
 }
 
-/// Appends a refused record, flushed to disk: its source may commit past it once this returns.
-fn append_rejected(path: &Path, r: &Rejected) -> std::io::Result<()> {
+/// Appends a refused record; `durable` flushes it to disk first, for a source that commits its
+/// position past the record once this returns (files commit nothing, and a flood of refused
+/// lines should not cost a disk flush each).
+fn append_rejected(path: &Path, r: &Rejected, durable: bool) -> std::io::Result<()> {
     let mut file = crate::private_fs::append(path)?;
     file.write_all(rejected_line(r).as_bytes())?;
-    file.sync_data()
+    if durable {
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// A closed body and the acknowledgements of its rows.
@@ -248,12 +253,12 @@ pub async fn run(
                                         )),
                                         raw: e.to_string().into_bytes(),
                                     };
-                                    append_rejected(&rejected_path, &r).map_err(|error| {
-                                        RunError::Io {
+                                    append_rejected(&rejected_path, &r, ack.is_some()).map_err(
+                                        |error| RunError::Io {
                                             path: rejected_path.clone(),
                                             error,
-                                        }
-                                    })?;
+                                        },
+                                    )?;
                                 }
                             }
                             ack_all(ack.into_iter().collect());
@@ -263,9 +268,11 @@ pub async fn run(
                 Item::Rejected(mut r, ack) => {
                     *input.rejected.entry(r.reason.code()).or_default() += 1;
                     mask_rejected(&setup, &mut r);
-                    append_rejected(&rejected_path, &r).map_err(|error| RunError::Io {
-                        path: rejected_path.clone(),
-                        error,
+                    append_rejected(&rejected_path, &r, ack.is_some()).map_err(|error| {
+                        RunError::Io {
+                            path: rejected_path.clone(),
+                            error,
+                        }
                     })?;
                     ack_all(ack.into_iter().collect());
                 }
