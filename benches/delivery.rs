@@ -17,55 +17,16 @@ use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
 use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
 
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "common/records.rs"]
 mod records;
+
+use measure::{EMULATOR_THREAD, cpu_seconds, peak_rss_mb};
 
 const AUTHORITY: &str = "https://login.emulator.test";
 const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
-const EMULATOR_THREAD: &str = "emulator";
-
-/// CPU seconds (user + system) of this process's threads, split by whether a thread is the
-/// emulator's: from /proc/self/task/*/stat (fields 14 and 15, in clock ticks of 1/100 s).
-fn cpu_seconds() -> (f64, f64) {
-    let mut emulator = 0.0;
-    let mut total = 0.0;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return (0.0, 0.0);
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
-            .sum();
-        let seconds = ticks / 100.0;
-        total += seconds;
-        if name.starts_with(EMULATOR_THREAD) {
-            emulator += seconds;
-        }
-    }
-    (total, emulator)
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 fn main() {
     // `cargo test --benches` runs benches as tests with --bench absent: keep that quick.

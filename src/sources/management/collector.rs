@@ -127,6 +127,7 @@ struct Settings {
     lookback_ms: i64,
     overlap_ms: i64,
     blob_concurrency: usize,
+    commit_interval: Duration,
     options: CollectorOptions,
 }
 
@@ -187,6 +188,7 @@ impl Collector {
                 * HOUR_MS,
             overlap_ms: i64::try_from(config.relist_overlap_minutes).unwrap_or(0) * 60_000,
             blob_concurrency: config.blob_concurrency.max(1),
+            commit_interval: Duration::from_millis(config.commit_interval_ms),
             options,
         });
         let lag = Arc::new(LagBoard::default());
@@ -367,6 +369,7 @@ async fn run_tenant(
             .map(|files| (Arc::new(Mutex::new(files)), store)),
         lag: p.lag,
         events: event_rx,
+        interval: p.settings.commit_interval,
     }));
     let mut workers = JoinSet::new();
     for index in 0..tenant.content_types.len() {
@@ -807,6 +810,7 @@ struct Committer {
     disk: Option<(Arc<Mutex<SeenFiles>>, Arc<PositionStore>)>,
     lag: Arc<LagBoard>,
     events: mpsc::UnboundedReceiver<CommitEvent>,
+    interval: Duration,
 }
 
 /// Applies completions in batches (whatever arrived together), then makes them durable: seen
@@ -815,7 +819,19 @@ struct Committer {
 /// part; the disk work runs on a blocking thread with none held.
 async fn commit_loop(mut c: Committer) {
     let mut batch = Vec::new();
-    while c.events.recv_many(&mut batch, 4096).await > 0 {
+    let mut last_write: Option<tokio::time::Instant> = None;
+    loop {
+        // At most one disk commit per interval: completions arriving meanwhile are gathered
+        // into it (a crash then re-sends at most that much more).
+        if let Some(at) = last_write {
+            tokio::time::sleep_until(at + c.interval).await;
+        }
+        if c.events.recv_many(&mut batch, 65_536).await == 0 {
+            break;
+        }
+        while let Ok(more) = c.events.try_recv() {
+            batch.push(more);
+        }
         let events = std::mem::take(&mut batch);
         let (oldest, writes, positions) = apply(&c, events);
         let now = now_millis();
@@ -827,6 +843,7 @@ async fn commit_loop(mut c: Committer) {
         let Some((files, store)) = c.disk.clone() else {
             continue;
         };
+        last_write = Some(tokio::time::Instant::now());
         let label = c.label.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut problems = Vec::new();

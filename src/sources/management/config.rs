@@ -139,6 +139,10 @@ pub struct ManagementConfig {
     /// Client-side ceiling of requests per tenant per minute (the API's baseline is 2,000).
     pub requests_per_minute: u32,
     pub dedupe: DedupeConfig,
+    /// The shortest time between two writes of a tenant's positions: completions arriving
+    /// meanwhile share one write. After a crash, rows acknowledged in the last interval are
+    /// sent again (on top of those in flight).
+    pub commit_interval_ms: u64,
     /// Allows `http://127.0.0.1` endpoints (the emulator); HTTPS is required otherwise.
     pub allow_plain_http_loopback: bool,
 }
@@ -154,6 +158,7 @@ impl Default for ManagementConfig {
             blob_concurrency: 8,
             requests_per_minute: 2_000,
             dedupe: DedupeConfig::default(),
+            commit_interval_ms: 250,
             allow_plain_http_loopback: false,
         }
     }
@@ -174,6 +179,9 @@ impl ManagementConfig {
                 self.relist_overlap_minutes,
                 AVAILABILITY_HOURS * 60
             ));
+        }
+        if self.commit_interval_ms > 60_000 {
+            return Err("management_api.commit_interval_ms must be at most 60000".into());
         }
         if self.poll_interval_ms < 100 || self.poll_interval_ms > 86_400_000 {
             return Err(
