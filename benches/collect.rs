@@ -10,13 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use m365_emulator::{BlobSpec, Config, Emulator, MgmtTenant};
+use m365_emulator::{BlobSpec, Emulator, MgmtTenant};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
 use m365_sentinel::run::{Intake, RunOptions, run};
 use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
+use m365_sentinel::sources::management::config::ALL_CONTENT_TYPES as CONTENT_TYPES;
 use m365_sentinel::sources::management::{Collector, CollectorOptions};
 
 #[path = "common/measure.rs"]
@@ -24,18 +25,9 @@ mod measure;
 #[path = "common/records.rs"]
 mod records;
 
-use measure::{EMULATOR_THREAD, cpu_seconds, peak_rss_mb};
+use measure::{CLIENT, SECRET, TENANT, cpu_seconds, emulator_config, emulator_runtime, report};
 
-const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
-const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
 const PUBLISHER: &str = "99999999-8888-4777-8666-555555555555";
-const CONTENT_TYPES: [&str; 5] = [
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-];
 const BLOB_RECORDS: usize = 100;
 
 fn main() {
@@ -51,26 +43,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let emulator_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(EMULATOR_THREAD)
-        .enable_all()
-        .build()
-        .expect("emulator runtime");
+    let emulator_rt = emulator_runtime();
     let emulator = emulator_rt
-        .block_on(Emulator::start_tls(Config {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT.into(),
-            client_secret: "bench-secret".into(),
-            dcr_immutable_id: "dcr-bench".into(),
-            streams: Default::default(),
-            token_lifetime: Duration::from_secs(3600),
-            accept_undeclared_streams: true,
-            keep_rows: false,
-            workspace_id: "00000000-0000-4000-8000-000000000003".into(),
-            shared_key: "ZW11bGF0b3Itd29ya3NwYWNlLWtleQ==".into(),
-            client_certificate_pem: None,
-        }))
+        .block_on(Emulator::start_tls(emulator_config()))
         .expect("emulator");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -83,7 +58,7 @@ fn main() {
     for (t, tenant) in tenants.iter().enumerate() {
         emulator.add_mgmt_tenant(MgmtTenant {
             tenant_id: tenant.clone(),
-            client_secret: "bench-secret".into(),
+            client_secret: SECRET.into(),
             page_size: 200,
             next_page_header: "NextPageUri",
             subscriptions_enabled: true,
@@ -114,7 +89,7 @@ fn main() {
             emulator.add_blobs(tenant, blobs.collect::<Vec<_>>());
         }
     }
-    std::fs::write(dir.path().join("secret"), "bench-secret").expect("secret");
+    std::fs::write(dir.path().join("secret"), SECRET).expect("secret");
     std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem().expect("ca")).expect("ca");
     let config = format!(
         "http:\n  ca_bundle: {dir}/ca.pem\nmanagement_api:\n  state_dir: {dir}/state\n  initial_lookback_hours: 24\n  requests_per_minute: {rpm}\n  tenants:\n{tenant_yaml}",
@@ -212,22 +187,7 @@ fn main() {
     let emulator_cpu = emulator_after - emulator_before;
     let connector_cpu = (cpu_after - cpu_before) - emulator_cpu;
     assert_eq!(emulator.accepted_count(), n, "every record delivered once");
-    let s = &stats.sink;
-    let fill = s.bytes_uncompressed as f64 / (s.requests.max(1) as f64 * 1_000_000.0);
     let blobs = counters.blobs.load(std::sync::atomic::Ordering::Relaxed);
     println!("records:                   {n} in {blobs} blobs, 3 tenants x 5 content types");
-    println!("wall:                      {wall:.2} s");
-    println!("connector CPU:             {connector_cpu:.2} s (emulator {emulator_cpu:.2} s)");
-    println!(
-        "records per CPU-second:    {:.0}",
-        n as f64 / connector_cpu.max(0.01)
-    );
-    println!("peak RSS (whole process):  {:.0} MB", peak_rss_mb());
-    println!(
-        "requests:                  {} ({} bytes gzip of {}), average fill {:.1}%",
-        s.requests,
-        s.bytes_sent,
-        s.bytes_uncompressed,
-        fill * 100.0
-    );
+    report(n, wall, connector_cpu, emulator_cpu, &stats.sink);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::http::Transport;
-use m365_emulator::{Config, Emulator, ToEmulator};
+use m365_emulator::{Emulator, ToEmulator};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
@@ -22,11 +22,9 @@ mod measure;
 #[path = "common/records.rs"]
 mod records;
 
-use measure::{EMULATOR_THREAD, cpu_seconds, peak_rss_mb};
+use measure::{CLIENT, SECRET, TENANT, cpu_seconds, emulator_config, emulator_runtime, report};
 
 const AUTHORITY: &str = "https://login.emulator.test";
-const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
-const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
 
 fn main() {
     // `cargo test --benches` runs benches as tests with --bench absent: keep that quick.
@@ -46,29 +44,12 @@ fn main() {
         }
         out.flush().expect("input flushed");
     }
-    std::fs::write(dir.path().join("secret"), "bench-secret").expect("secret written");
+    std::fs::write(dir.path().join("secret"), SECRET).expect("secret written");
 
     // The emulator gets its own runtime and threads, so its CPU can be told apart.
-    let emulator_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(EMULATOR_THREAD)
-        .enable_all()
-        .build()
-        .expect("emulator runtime");
+    let emulator_rt = emulator_runtime();
     let emulator = emulator_rt
-        .block_on(Emulator::start(Config {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT.into(),
-            client_secret: "bench-secret".into(),
-            dcr_immutable_id: "dcr-bench".into(),
-            streams: Default::default(),
-            token_lifetime: Duration::from_secs(3600),
-            accept_undeclared_streams: true,
-            keep_rows: false,
-            workspace_id: "00000000-0000-4000-8000-000000000003".into(),
-            shared_key: "ZW11bGF0b3Itd29ya3NwYWNlLWtleQ==".into(),
-            client_certificate_pem: None,
-        }))
+        .block_on(Emulator::start(emulator_config()))
         .expect("emulator");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -133,21 +114,6 @@ fn main() {
     let emulator_cpu = emulator_after - emulator_before;
     let connector_cpu = (cpu_after - cpu_before) - emulator_cpu;
     assert_eq!(emulator.accepted_count(), n, "every record delivered");
-    let s = &stats.sink;
-    let fill = s.bytes_uncompressed as f64 / (s.requests.max(1) as f64 * 1_000_000.0);
     println!("records:                   {n}");
-    println!("wall:                      {wall:.2} s");
-    println!("connector CPU:             {connector_cpu:.2} s (emulator {emulator_cpu:.2} s)");
-    println!(
-        "records per CPU-second:    {:.0}",
-        n as f64 / connector_cpu.max(0.01)
-    );
-    println!("peak RSS (whole process):  {:.0} MB", peak_rss_mb());
-    println!(
-        "requests:                  {} ({} bytes gzip of {}), average fill {:.1}%",
-        s.requests,
-        s.bytes_sent,
-        s.bytes_uncompressed,
-        fill * 100.0
-    );
+    report(n, wall, connector_cpu, emulator_cpu, &stats.sink);
 }

@@ -223,6 +223,16 @@ fn spawn(args: &[&str], config: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
+/// The arguments of `run --once` with `config`.
+fn once(config: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--once".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+}
+
 /// Runs the binary to its end, off the async runtime so the emulator keeps answering.
 async fn run_to_end(args: Vec<String>) -> std::process::Output {
     run_to_end_with(args, Vec::new()).await
@@ -451,13 +461,7 @@ async fn an_af429_storm_slows_collection_without_a_hot_loop_or_loss() {
     emulator.throttle_for(storm);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&emulator, dir.path(), None);
-    let out = run_to_end(vec![
-        "run".into(),
-        "--once".into(),
-        "--config".into(),
-        config.display().to_string(),
-    ])
-    .await;
+    let out = run_to_end(once(&config)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let (counts, rows) = arrivals(&emulator);
@@ -482,13 +486,7 @@ async fn a_tenant_with_a_wrong_secret_is_reported_and_the_others_complete() {
     let content = make_content(&emulator, &[0, 1, 2], 3_000, 30, false);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&emulator, dir.path(), Some(1));
-    let out = run_to_end(vec![
-        "run".into(),
-        "--once".into(),
-        "--config".into(),
-        config.display().to_string(),
-    ])
-    .await;
+    let out = run_to_end(once(&config)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(4), "{stdout}\n{stderr}");
@@ -602,12 +600,7 @@ async fn a_refused_window_is_listed_again_inside_the_services_limits() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&emulator, dir.path(), None);
     let out = run_to_end_with(
-        vec![
-            "run".into(),
-            "--once".into(),
-            "--config".into(),
-            config.display().to_string(),
-        ],
+        once(&config),
         vec![(
             "M365_SENTINEL__MANAGEMENT_API__INITIAL_LOOKBACK_HOURS",
             "168".into(),
@@ -637,13 +630,7 @@ async fn a_subscription_is_never_started_twice_within_fifteen_minutes() {
     make_content(&emulator, &[0], 300, 10, false);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&emulator, dir.path(), None);
-    let once = vec![
-        "run".into(),
-        "--once".into(),
-        "--config".into(),
-        config.display().to_string(),
-    ];
-    let out = run_to_end(once).await;
+    let out = run_to_end(once(&config)).await;
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         emulator.subscription(TENANTS[0], "Audit.Exchange"),

@@ -1,4 +1,5 @@
-//! What the benchmarks measure: CPU per thread group and peak memory, from /proc.
+//! What the benchmarks share: the emulator on its own runtime (so its CPU can be told apart),
+//! CPU per thread group and peak memory from /proc, and the report.
 
 /// Threads of the emulator's runtime are named with this prefix, so their CPU can be told apart.
 pub const EMULATOR_THREAD: &str = "emulator";
@@ -43,4 +44,60 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A runtime of one thread for the emulator, its threads named [`EMULATOR_THREAD`].
+pub fn emulator_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(EMULATOR_THREAD)
+        .enable_all()
+        .build()
+        .expect("emulator runtime")
+}
+
+pub const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+pub const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
+pub const SECRET: &str = "bench-secret";
+
+/// An emulator that takes any stream and only counts rows.
+pub fn emulator_config() -> m365_emulator::Config {
+    m365_emulator::Config {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT.into(),
+        client_secret: SECRET.into(),
+        dcr_immutable_id: "dcr-bench".into(),
+        streams: Default::default(),
+        token_lifetime: std::time::Duration::from_secs(3600),
+        accept_undeclared_streams: true,
+        keep_rows: false,
+        workspace_id: "00000000-0000-4000-8000-000000000003".into(),
+        shared_key: "ZW11bGF0b3Itd29ya3NwYWNlLWtleQ==".into(),
+        client_certificate_pem: None,
+    }
+}
+
+/// Prints what a delivery run measured.
+pub fn report(
+    n: usize,
+    wall: f64,
+    connector_cpu: f64,
+    emulator_cpu: f64,
+    s: &m365_sentinel::sinks::workspace::SinkStats,
+) {
+    let fill = s.bytes_uncompressed as f64 / (s.requests.max(1) as f64 * 1_000_000.0);
+    println!("wall:                      {wall:.2} s");
+    println!("connector CPU:             {connector_cpu:.2} s (emulator {emulator_cpu:.2} s)");
+    println!(
+        "records per CPU-second:    {:.0}",
+        n as f64 / connector_cpu.max(0.01)
+    );
+    println!("peak RSS (whole process):  {:.0} MB", peak_rss_mb());
+    println!(
+        "requests:                  {} ({} bytes gzip of {}), average fill {:.1}%",
+        s.requests,
+        s.bytes_sent,
+        s.bytes_uncompressed,
+        fill * 100.0
+    );
 }
