@@ -475,6 +475,8 @@ async fn an_af429_storm_slows_collection_without_a_hot_loop_or_loss() {
         .count();
     // 15 workers back off from 100 ms, doubling up to 2 s, never less than half a step: at most
     // 7 attempts each fit into 3 s. A hot loop would make thousands.
+    let total = emulator.mgmt_requests().len();
+    eprintln!("AF429 storm of {storm:?}: {throttled} throttled answers, {total} requests in all");
     assert!(throttled >= 15, "the storm was felt: {throttled}");
     assert!(throttled <= 15 * 8, "{throttled} throttled requests");
     assert!(stderr.contains("AF429"), "the throttling is logged");
