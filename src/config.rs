@@ -43,6 +43,9 @@ pub struct Config {
     /// The Office 365 Management Activity API: tenants to collect the audit log of.
     #[serde(default)]
     pub management_api: crate::sources::management::ManagementConfig,
+    /// The on-disk queue between mapping and delivery (`run`).
+    #[serde(default)]
+    pub spool: crate::spool::SpoolConfig,
 }
 
 /// The workspace side: the Logs Ingestion API and the identity that may write to it.
@@ -385,6 +388,7 @@ impl Config {
             }
         }
         self.management_api.validate()?;
+        self.spool.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(
                 "log.level is not a valid filter; use error, warn, info, debug, trace or tracing directives such as m365_sentinel=debug".into(),

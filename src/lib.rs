@@ -20,4 +20,5 @@ pub mod run;
 pub mod schema;
 pub mod sinks;
 pub mod sources;
+pub mod spool;
 pub mod stats;

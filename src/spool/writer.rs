@@ -1,0 +1,241 @@
+//! The append side, on one blocking thread: a batch of rows (whatever the mapper produced
+//! meanwhile) is framed per stream, written with one write per stream, flushed to disk with one
+//! fsync per touched file (group commit), then published to the readers. Only then may the
+//! rows be acknowledged to their sources.
+//!
+//! When the spool is at its budget the writer waits for delivery to free room, and so the
+//! mapper and the sources behind it wait too. A full disk (or any write error) is reported,
+//! the partial write cut back, and the write tried again with backoff: nothing is dropped.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Segment, Spool, SpoolError, SyncPolicy, io_err, segment};
+use crate::private_fs;
+
+/// A test hook standing in for a full disk: while set, writes fail with ENOSPC.
+#[doc(hidden)]
+pub static INJECT_DISK_FULL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+struct Active {
+    seq: u64,
+    file: File,
+    len: u64,
+}
+
+pub struct SpoolWriter {
+    spool: Arc<Spool>,
+    active: Vec<Option<Active>>,
+    /// Framed rows of the batch being built, per stream.
+    pending: Vec<Vec<u8>>,
+    pending_bytes: u64,
+}
+
+impl SpoolWriter {
+    pub fn new(spool: Arc<Spool>) -> Self {
+        let streams = spool.streams.len();
+        Self {
+            spool,
+            active: (0..streams).map(|_| None).collect(),
+            pending: vec![Vec::new(); streams],
+            pending_bytes: 0,
+        }
+    }
+
+    /// Adds a row to the batch.
+    pub fn push(&mut self, stream: usize, row: &[u8]) {
+        let before = self.pending[stream].len();
+        segment::encode(&mut self.pending[stream], row);
+        self.pending_bytes += (self.pending[stream].len() - before) as u64;
+    }
+
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
+    /// Makes the batch durable (per the sync policy) and visible to the readers. Waits for
+    /// room first. Errors only when the spool is stopping: the batch was then not written, and
+    /// its rows must not be acknowledged.
+    pub fn commit(&mut self) -> Result<(), SpoolError> {
+        if self.pending_bytes == 0 {
+            return Ok(());
+        }
+        self.wait_for_room()?;
+        let mut touched = Vec::new();
+        let mut new_dir_entries = false;
+        for stream in 0..self.pending.len() {
+            if self.pending[stream].is_empty() {
+                continue;
+            }
+            let data = std::mem::take(&mut self.pending[stream]);
+            new_dir_entries |= self.write_with_retry(stream, &data)?;
+            touched.push((stream, data.len() as u64));
+        }
+        if self.spool.sync == SyncPolicy::Always {
+            for (stream, _) in &touched {
+                if let Some(active) = &self.active[*stream] {
+                    let path = self.spool.streams[*stream].segment_path(active.seq);
+                    self.retry_io(|| active.file.sync_data(), &path)?;
+                }
+                if new_dir_entries {
+                    let dir = &self.spool.streams[*stream].dir;
+                    self.retry_io(|| private_fs::sync_dir(dir), dir)?;
+                }
+            }
+        }
+        let mut written = 0;
+        for (stream, bytes) in touched {
+            written += bytes;
+            let s = &self.spool.streams[stream];
+            let Some(active) = &self.active[stream] else {
+                continue;
+            };
+            {
+                let mut state = s.lock();
+                match state.segments.back_mut() {
+                    Some(seg) if seg.seq == active.seq => seg.published = active.len,
+                    _ => state.segments.push_back(Segment {
+                        seq: active.seq,
+                        published: active.len,
+                    }),
+                }
+            }
+            s.published.notify_one();
+        }
+        {
+            let mut used = self
+                .spool
+                .usage
+                .bytes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *used += written;
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn wait_for_room(&self) -> Result<(), SpoolError> {
+        let usage = &self.spool.usage;
+        let mut used = usage.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        // An empty spool always takes a batch, whatever its size.
+        while *used > 0 && *used + self.pending_bytes > usage.max {
+            if !usage.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    used = *used,
+                    max = usage.max,
+                    "spool full (spool.max_bytes): collection pauses until delivery frees room"
+                );
+            }
+            if self.spool.is_stopping() {
+                return Err(SpoolError::Stopping);
+            }
+            used = usage
+                .freed
+                .wait_timeout(used, Duration::from_millis(500))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        if usage.full.swap(false, Ordering::Relaxed) {
+            tracing::info!("spool has room again: collection resumes");
+        }
+        Ok(())
+    }
+
+    /// Appends `data` to the stream's active segment (rolling to a new one when it is full);
+    /// true when a new segment file was created.
+    fn write_with_retry(&mut self, stream: usize, data: &[u8]) -> Result<bool, SpoolError> {
+        let s = self.spool.streams[stream].clone();
+        let mut created = false;
+        let roll = self.active[stream]
+            .as_ref()
+            .is_none_or(|a| a.len > 0 && a.len + data.len() as u64 > self.spool.segment_bytes);
+        if roll {
+            // Never a number a reader's cursor could already point into.
+            let seq = match &self.active[stream] {
+                Some(a) => a.seq + 1,
+                None => {
+                    let state = s.lock();
+                    state
+                        .segments
+                        .back()
+                        .map_or(state.cursor.seq + 1, |seg| seg.seq + 1)
+                }
+            };
+            // A segment left by an earlier run is never appended to: its end may be torn.
+            let path = s.segment_path(seq);
+            let file = self.retry_io(
+                || {
+                    private_fs::private_options()
+                        .create_new(true)
+                        .append(true)
+                        .open(&path)
+                },
+                &path,
+            )?;
+            self.active[stream] = Some(Active { seq, file, len: 0 });
+            created = true;
+        }
+        let Some(active) = self.active[stream].as_mut() else {
+            return Ok(created);
+        };
+        let path = s.segment_path(active.seq);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let result = if INJECT_DISK_FULL.load(Ordering::Relaxed) {
+                Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+            } else {
+                active.file.write_all(data)
+            };
+            match result {
+                Ok(()) => {
+                    active.len += data.len() as u64;
+                    if self.spool.usage.full.swap(false, Ordering::Relaxed) {
+                        tracing::info!("spool writes again: collection resumes");
+                    }
+                    return Ok(created);
+                }
+                Err(error) => {
+                    // Cut back a partial write, so the file holds only whole records.
+                    let _ = active.file.set_len(active.len);
+                    self.spool.usage.full.store(true, Ordering::Relaxed);
+                    tracing::error!(path = %path.display(), error = %error, retry_ms = delay.as_millis() as u64, "spool write failed (disk full?); collection pauses, nothing is dropped, retrying");
+                    if self.spool.is_stopping() {
+                        return Err(SpoolError::Stopping);
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn retry_io<T>(
+        &self,
+        mut op: impl FnMut() -> std::io::Result<T>,
+        path: &std::path::Path,
+    ) -> Result<T, SpoolError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(io_err(path)(e));
+                }
+                Err(e) => {
+                    self.spool.usage.full.store(true, Ordering::Relaxed);
+                    tracing::error!(path = %path.display(), error = %e, "spool I/O failed; retrying");
+                    if self.spool.is_stopping() {
+                        return Err(SpoolError::Stopping);
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
