@@ -95,9 +95,7 @@ impl StreamReader {
         let stream = self.stream().clone();
         let state = stream.lock();
         loop {
-            let Some(seg) = state.segments.iter().find(|s| s.seq >= self.next.seq) else {
-                return None;
-            };
+            let seg = state.segments.iter().find(|s| s.seq >= self.next.seq)?;
             if seg.seq > self.next.seq {
                 self.next = Pos {
                     seq: seg.seq,
