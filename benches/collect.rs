@@ -151,6 +151,9 @@ fn main() {
         flush_delay: Duration::from_secs(1),
         concurrency: 4,
         dlq_dir: dir.path().join("dlq"),
+        spool: None,
+        shutdown: m365_sentinel::shutdown::Shutdown::never(),
+        shutdown_deadline: Duration::from_secs(25),
     };
     let (cpu_before, emulator_before) = cpu_seconds();
     let started = Instant::now();
@@ -164,6 +167,7 @@ fn main() {
                 once: true,
                 max_blob_bytes: setup.config.input.max_document_bytes,
                 retry: setup.config.retry_policy(),
+                shutdown: m365_sentinel::shutdown::Shutdown::never(),
             },
             tx,
         )

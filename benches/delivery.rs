@@ -2,6 +2,8 @@
 //! real sink (tokens from azure_identity). Reports records per CPU-second of the connector (the
 //! process's CPU minus the emulator's own threads), peak RSS (of the whole process, emulator
 //! included, so an upper bound) and the average request fill.
+//! Runs the memory-only path, then the spooled path (`DELIVERY_BENCH_SPOOL=off|on` for one),
+//! and prints their ratio.
 //! Run: `cargo bench --bench delivery` (N records: `DELIVERY_BENCH_RECORDS`, default 300,000).
 
 use std::sync::Arc;
@@ -87,33 +89,82 @@ fn main() {
         tables: Default::default(),
         allow_plain_http_loopback: true,
     };
-    let targets = setup
+    let targets: Vec<_> = setup
         .schemas
         .tables
         .iter()
         .map(|t| config.target(t).expect("target"))
         .collect();
-    let options = RunOptions {
-        flush_delay: Duration::from_secs(5),
-        concurrency: 4,
-        dlq_dir: dir.path().join("dlq"),
+    let modes: &[bool] = match std::env::var("DELIVERY_BENCH_SPOOL").as_deref() {
+        Ok("on") => &[true],
+        Ok("off") => &[false],
+        _ => &[false, true],
     };
-    let (cpu_before, emulator_before) = cpu_seconds();
-    let started = Instant::now();
-    let stats = runtime
-        .block_on(run(
-            setup,
-            Intake::Files(vec![input]),
-            sink,
-            targets,
-            options,
-        ))
-        .expect("run");
-    let wall = started.elapsed().as_secs_f64();
-    let (cpu_after, emulator_after) = cpu_seconds();
-    let emulator_cpu = emulator_after - emulator_before;
-    let connector_cpu = (cpu_after - cpu_before) - emulator_cpu;
-    assert_eq!(emulator.accepted_count(), n, "every record delivered");
-    println!("records:                   {n}");
-    report(n, wall, connector_cpu, emulator_cpu, &stats.sink);
+    let mut rates = Vec::new();
+    for &spooled in modes {
+        let spool = spooled.then(|| {
+            let streams: Vec<String> = setup
+                .schemas
+                .tables
+                .iter()
+                .map(|t| t.stream.clone())
+                .collect();
+            let config = m365_sentinel::spool::SpoolConfig {
+                dir: dir.path().join("spool"),
+                ..Default::default()
+            };
+            m365_sentinel::spool::Spool::open(&config, &streams).expect("spool")
+        });
+        let options = RunOptions {
+            flush_delay: Duration::from_secs(5),
+            concurrency: 4,
+            dlq_dir: dir.path().join("dlq"),
+            spool,
+            shutdown: m365_sentinel::shutdown::Shutdown::never(),
+            shutdown_deadline: Duration::from_secs(25),
+        };
+        let accepted_before = emulator.accepted_count();
+        let sink_before = sink.stats();
+        let (cpu_before, emulator_before) = cpu_seconds();
+        let started = Instant::now();
+        let stats = runtime
+            .block_on(run(
+                setup.clone(),
+                Intake::Files(vec![input.clone()]),
+                sink.clone(),
+                targets.clone(),
+                options,
+            ))
+            .expect("run");
+        let wall = started.elapsed().as_secs_f64();
+        let (cpu_after, emulator_after) = cpu_seconds();
+        let emulator_cpu = emulator_after - emulator_before;
+        let connector_cpu = (cpu_after - cpu_before) - emulator_cpu;
+        assert_eq!(
+            emulator.accepted_count() - accepted_before,
+            n,
+            "every record delivered"
+        );
+        println!(
+            "--- spool {} (fsync policy: always) ---",
+            if spooled { "on" } else { "off" }
+        );
+        println!("records:                   {n}");
+        println!("records per second (wall): {:.0}", n as f64 / wall);
+        let s = &stats.sink;
+        let this_run = m365_sentinel::sinks::workspace::SinkStats {
+            requests: s.requests - sink_before.requests,
+            bytes_sent: s.bytes_sent - sink_before.bytes_sent,
+            bytes_uncompressed: s.bytes_uncompressed - sink_before.bytes_uncompressed,
+            ..s.clone()
+        };
+        report(n, wall, connector_cpu, emulator_cpu, &this_run);
+        rates.push(n as f64 / wall);
+    }
+    if let [off, on] = rates[..] {
+        println!(
+            "spool on / spool off:      {:.0}% of the memory-only throughput",
+            on / off * 100.0
+        );
+    }
 }

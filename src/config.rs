@@ -69,9 +69,17 @@ pub struct SinkConfig {
     /// Requests in flight at once, per stream.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// A partly filled body is sent after this long without new rows.
+    /// A partly filled body is sent this long after its first row.
     #[serde(default = "default_flush_delay_ms")]
     pub flush_delay_ms: u64,
+    /// On SIGTERM, requests in flight get this long to finish (under Kubernetes' 30 s grace
+    /// period); what is not delivered by then stays in the spool.
+    #[serde(default = "default_shutdown_deadline_secs")]
+    pub shutdown_deadline_secs: u64,
+}
+
+fn default_shutdown_deadline_secs() -> u64 {
+    25
 }
 
 fn default_concurrency() -> usize {

@@ -18,6 +18,7 @@ pub mod redact;
 pub mod route;
 pub mod run;
 pub mod schema;
+pub mod shutdown;
 pub mod sinks;
 pub mod sources;
 pub mod spool;

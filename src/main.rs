@@ -11,10 +11,12 @@ use m365_sentinel::config::LogFormat;
 use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::{Setup, dry_run, dry_run_units};
 use m365_sentinel::run::{Intake, RunOptions, run as deliver_input};
+use m365_sentinel::shutdown::Shutdown;
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
 use m365_sentinel::sources::management::{
     Collector, CollectorOptions, Counters, TenantReport, Unit,
 };
+use m365_sentinel::spool::Spool;
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 const EXIT_REJECTED: u8 = 3;
@@ -189,6 +191,7 @@ fn start_collector(
     setup: &Setup,
     persist: bool,
     once: bool,
+    shutdown: Shutdown,
 ) -> anyhow::Result<(Collector, tokio::sync::mpsc::Receiver<Unit>)> {
     let config = &setup.config.management_api;
     let http = m365_sentinel::http_client::build(&setup.config.http)?;
@@ -198,6 +201,7 @@ fn start_collector(
         once,
         max_blob_bytes: setup.config.input.max_document_bytes,
         retry: setup.config.retry_policy(),
+        shutdown,
     };
     let collector = Collector::start(config, http, options, tx)?;
     Ok((collector, rx))
@@ -232,6 +236,25 @@ fn report_tenants(reports: Option<&[TenantReport]>) -> Option<ExitCode> {
         );
         ExitCode::from(EXIT_TENANTS_FAILED)
     })
+}
+
+/// Sets the shutdown flag on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn stop_on_signal(trigger: m365_sentinel::shutdown::Trigger) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("stopping: intake stops, requests in flight get the shutdown deadline");
+    trigger.stop();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -305,15 +328,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let management = input.is_empty() && !setup.config.management_api.tenants.is_empty();
             let (sink, targets, _) = sink_from(&setup)?;
             let sink_config = setup.config.sink.clone().context("sink")?;
+            let spool = if setup.config.spool.enabled {
+                let streams: Vec<String> = setup
+                    .schemas
+                    .tables
+                    .iter()
+                    .map(|t| t.stream.clone())
+                    .collect();
+                Some(Spool::open(&setup.config.spool, &streams)?)
+            } else {
+                None
+            };
+            let rt = runtime()?;
+            let (trigger, shutdown) = m365_sentinel::shutdown::channel();
+            rt.spawn(stop_on_signal(trigger));
             let options = RunOptions {
                 flush_delay: Duration::from_millis(sink_config.flush_delay_ms.max(1)),
                 concurrency: sink_config.concurrency,
                 dlq_dir: setup.config.dlq.dir.clone(),
+                spool,
+                shutdown: shutdown.clone(),
+                shutdown_deadline: Duration::from_secs(sink_config.shutdown_deadline_secs),
             };
-            let rt = runtime()?;
             let (stats, reports) = if management {
                 rt.block_on(async {
-                    let (collector, units) = start_collector(&setup, true, once)?;
+                    let (collector, units) = start_collector(&setup, true, once, shutdown)?;
                     let counters = collector.counters.clone();
                     let stats = deliver_input(
                         setup.clone(),
@@ -355,6 +394,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.retries,
                 s.dead_lettered
             );
+            if stats.stopped {
+                println!(
+                    "stopped on a signal; what was not delivered stays in {} and goes first at the next start",
+                    if setup.config.spool.enabled {
+                        "the spool"
+                    } else {
+                        "its source (positions were not committed past it)"
+                    }
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(code) = report_tenants(reports.as_deref()) {
                 return Ok(code);
             }
@@ -417,7 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stats = if input.is_empty() && !setup.config.management_api.tenants.is_empty() {
                 let rt = runtime()?;
                 let (collector, mut units) =
-                    rt.block_on(async { start_collector(&setup, false, true) })?;
+                    rt.block_on(async { start_collector(&setup, false, true, Shutdown::never()) })?;
                 let counters = collector.counters.clone();
                 let mapping_setup = setup.clone();
                 let mapping_out = out.clone();

@@ -397,6 +397,9 @@ async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input(
         flush_delay: Duration::from_millis(200),
         concurrency: 2,
         dlq_dir: dlq_dir.clone(),
+        spool: None,
+        shutdown: m365_sentinel::shutdown::Shutdown::never(),
+        shutdown_deadline: Duration::from_secs(25),
     };
     let inputs = vec![
         dir.path().join("in.ndjson"),
@@ -647,7 +650,7 @@ fn binary_config(emulator: &Emulator) -> (tempfile::TempDir, std::path::PathBuf)
     std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
     std::fs::write(dir.path().join("secret"), "s3cret-for-tests").unwrap();
     let config = format!(
-        "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: dcr-0123456789abcdef\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {CLIENT}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nretry:\n  min_delay_ms: 10\n  max_delay_secs: 1\n",
+        "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: dcr-0123456789abcdef\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {CLIENT}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nspool:\n  dir: {dir}/spool\nretry:\n  min_delay_ms: 10\n  max_delay_secs: 1\n",
         url = emulator.url(),
         dir = dir.path().display()
     );

@@ -199,7 +199,7 @@ fn write_config_with(
         ));
     }
     let config = format!(
-        "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {DCR}\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {CLIENT}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 200\n  concurrency: {CONCURRENCY}\nbatch:\n  max_body_bytes: 100000\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nretry:\n  min_delay_ms: 100\n  max_delay_secs: 2\nmanagement_api:\n  state_dir: {dir}/state\n  poll_interval_ms: 300\n  initial_lookback_hours: 96\n  blob_concurrency: 4\n{management_extra}  tenants:\n{tenants}",
+        "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {DCR}\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {CLIENT}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 200\n  concurrency: {CONCURRENCY}\nbatch:\n  max_body_bytes: 100000\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nspool:\n  dir: {dir}/spool\nretry:\n  min_delay_ms: 100\n  max_delay_secs: 2\nmanagement_api:\n  state_dir: {dir}/state\n  poll_interval_ms: 300\n  initial_lookback_hours: 96\n  blob_concurrency: 4\n{management_extra}  tenants:\n{tenants}",
         dir = dir.display()
     );
     let path = dir.join("config.yaml");

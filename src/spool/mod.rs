@@ -181,6 +181,11 @@ pub struct Spool {
     sync: SyncPolicy,
     segment_bytes: u64,
     stopping: AtomicBool,
+    /// Wakes [`Spool::drained`] when a delivery moved a cursor.
+    progress: tokio::sync::Notify,
+    /// Set when no more rows will be written in this run: readers send partial bodies at once
+    /// instead of waiting out the flush delay.
+    intake_done: tokio::sync::watch::Sender<bool>,
     pub recovery: Vec<StreamRecovery>,
 }
 
@@ -223,6 +228,8 @@ impl Spool {
             sync: config.sync,
             segment_bytes: config.segment_bytes(),
             stopping: AtomicBool::new(false),
+            progress: tokio::sync::Notify::new(),
+            intake_done: tokio::sync::watch::channel(false).0,
             recovery,
         }))
     }
@@ -248,6 +255,43 @@ impl Spool {
         self.usage.freed.notify_all();
         for s in &self.streams {
             s.published.notify_waiters();
+        }
+    }
+
+    /// No more rows will be written in this run.
+    pub fn finish_intake(&self) {
+        self.intake_done.send_replace(true);
+    }
+
+    /// Watches [`Spool::finish_intake`].
+    pub fn intake_done(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.intake_done.subscribe()
+    }
+
+    /// True when every row written so far was delivered.
+    pub fn is_drained(&self) -> bool {
+        self.streams.iter().all(|s| {
+            let state = s.lock();
+            let cursor = state.cursor;
+            state.ranges.is_empty()
+                && state.segments.iter().all(|seg| {
+                    seg.seq < cursor.seq
+                        || (seg.seq == cursor.seq && seg.published <= cursor.offset)
+                        || (seg.seq > cursor.seq && seg.published == 0)
+                })
+        })
+    }
+
+    /// Returns once every row written so far was delivered.
+    pub async fn drained(&self) {
+        loop {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if self.is_drained() {
+                return;
+            }
+            progress.await;
         }
     }
 

@@ -55,6 +55,11 @@ impl StreamReader {
         &self.stream().name
     }
 
+    /// Watches the end of this run's intake.
+    pub fn intake_done(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.spool.intake_done()
+    }
+
     pub fn acker(&self) -> Acker {
         Acker {
             spool: self.spool.clone(),
@@ -223,6 +228,7 @@ impl Acker {
         if freed > 0 {
             self.spool.freed(freed);
         }
+        self.spool.progress.notify_waiters();
     }
 
     /// Writes the cursor now (when stopping).

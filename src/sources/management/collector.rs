@@ -112,6 +112,8 @@ pub struct CollectorOptions {
     pub once: bool,
     pub max_blob_bytes: usize,
     pub retry: RetryPolicy,
+    /// Set on SIGTERM: workers stop listing and fetching, and hand nothing more on.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 /// How each tenant ended (only in `once` mode does a tenant end).
@@ -404,13 +406,16 @@ async fn content_worker(t: Arc<Tenant>, index: usize) -> Result<(), String> {
         };
         match result {
             Ok(()) => {}
+            Err(_) if t.settings.options.shutdown.is_set() => return Ok(()),
             Err(ApiError::TenantSetup(message)) => {
                 let message = format!("tenant {} ({ct}): {message}", t.label);
                 tracing::error!(tenant = %t.label, content_type = %ct, error = %message, "tenant cannot be collected");
                 if t.settings.options.once {
                     return Err(message);
                 }
-                tokio::time::sleep(t.settings.options.retry.max_delay).await;
+                if !t.pause(t.settings.options.retry.max_delay).await {
+                    return Ok(());
+                }
                 continue;
             }
             Err(e) if t.settings.options.once => {
@@ -422,10 +427,21 @@ async fn content_worker(t: Arc<Tenant>, index: usize) -> Result<(), String> {
                 tracing::warn!(tenant = %t.label, content_type = %ct, error = %e, "collection pass failed; trying again at the next poll");
             }
         }
-        if t.settings.options.once || t.out.is_closed() {
+        if t.settings.options.once || t.out.is_closed() || !t.pause(t.settings.poll_interval).await
+        {
             return Ok(());
         }
-        tokio::time::sleep(t.settings.poll_interval).await;
+    }
+}
+
+impl Tenant {
+    /// Waits `delay`; false (at once) when the run is stopping.
+    async fn pause(&self, delay: Duration) -> bool {
+        let mut shutdown = self.settings.options.shutdown.clone();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => !shutdown.is_set(),
+            () = shutdown.wait() => false,
+        }
     }
 }
 
@@ -465,7 +481,9 @@ async fn start_subscription(t: &Tenant, index: usize) -> Result<(), ApiError> {
         let wait = START_SPACING_MS - (now_millis() - at);
         if wait > 0 {
             tracing::info!(tenant = %t.label, content_type = %ct, wait_secs = wait / 1000, "subscription started recently; waiting before starting it again");
-            tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())).await;
+            if !t.pause(Duration::from_millis(wait.unsigned_abs())).await {
+                return Err(ApiError::Transient("stopping".into()));
+            }
         }
     }
     // Recorded (and persisted) before asking: a start that succeeded on the service but whose
@@ -514,7 +532,9 @@ where
                 if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(tenant = %t.label, call = what, attempt, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
                 }
-                tokio::time::sleep(delay).await;
+                if !t.pause(delay).await {
+                    return Err(ApiError::Transient("stopping".into()));
+                }
             }
             other => return other,
         }
@@ -787,6 +807,9 @@ async fn send_unit(
             counters: t.counters.clone(),
         },
     };
+    if t.settings.options.shutdown.is_set() {
+        return false;
+    }
     t.out.send(unit).await.is_ok()
 }
 

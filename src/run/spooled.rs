@@ -1,0 +1,266 @@
+//! The spooled path: a writer thread puts rows into the spool and acknowledges them to their
+//! sources once durable; each stream is delivered from the spool by a task of its own, in FIFO
+//! order, `concurrency` requests at a time, so a failing table holds only itself.
+//!
+//! Ending: when the intake is exhausted the run waits until the spool is drained; on the
+//! shutdown flag the writer stops taking rows, and deliveries in flight get the deadline; what
+//! is left stays in the spool for the next start, where it is delivered before anything new.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{Item, Refusals, RunError, RunOptions, ack_all, finish_in_flight};
+use crate::ack::Ack;
+use crate::pipeline::Setup;
+use crate::shutdown::Shutdown;
+use crate::sinks::batch::BodyBuilder;
+use crate::sinks::workspace::{SinkError, Target, WorkspaceSink};
+use crate::spool::{Pos, Spool, SpoolError, SpoolWriter, StreamReader};
+use crate::stats::Stats;
+
+/// A batch is committed (one fsync per touched stream) once it holds this much, or when the
+/// mapper has nothing more right now.
+const BATCH_BYTES: u64 = 512 << 10;
+
+pub(super) async fn deliver(
+    setup: &Arc<Setup>,
+    rx: mpsc::Receiver<Item>,
+    spool: Arc<Spool>,
+    sink: &Arc<WorkspaceSink>,
+    targets: &[Target],
+    options: &RunOptions,
+    refusals: Refusals,
+) -> Result<(Stats, bool), RunError> {
+    for r in &spool.recovery {
+        if r.records_cut > 0 {
+            tracing::error!(stream = %r.stream, records_cut = r.records_cut, bytes_cut = r.bytes_cut, damage = ?r.damage, "the spool was damaged; the intact rows are kept and the damaged ones cut out");
+        }
+        if r.rows > 0 {
+            tracing::info!(stream = %r.stream, rows = r.rows, bytes = r.bytes, "rows left in the spool by the last run are delivered first");
+        }
+    }
+    // Delivery first: what the last run left goes before anything new.
+    let limit = setup.config.batch.max_body_bytes;
+    let mut streams = JoinSet::new();
+    for (index, target) in targets.iter().enumerate() {
+        streams.spawn(deliver_stream(
+            spool.reader(index),
+            sink.clone(),
+            target.clone(),
+            limit,
+            options.flush_delay,
+            options.concurrency.max(1),
+            options.shutdown.clone(),
+            options.shutdown_deadline,
+        ));
+    }
+    let writer_spool = spool.clone();
+    let writer_shutdown = options.shutdown.clone();
+    let writer_targets = targets.to_vec();
+    let writer_setup = setup.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        write_loop(
+            &writer_setup,
+            rx,
+            writer_spool,
+            &writer_targets,
+            &refusals,
+            &writer_shutdown,
+        )
+    });
+    let mut shutdown = options.shutdown.clone();
+    let input = tokio::select! {
+        written = writer => Some(written.map_err(|e| RunError::Reader(e.to_string()))??),
+        () = shutdown.wait() => None,
+    };
+    let stopped = input.is_none() || options.shutdown.is_set();
+    if !stopped {
+        // The intake is exhausted: deliver everything, then stop the readers.
+        spool.finish_intake();
+        tokio::select! {
+            () = spool.drained() => {}
+            () = shutdown.wait() => {}
+        }
+    }
+    spool.stop();
+    while let Some(done) = streams.join_next().await {
+        done.map_err(|e| RunError::Reader(e.to_string()))??;
+    }
+    let input = input.unwrap_or_else(|| Stats::for_tables(&setup.schemas, limit));
+    Ok((input, stopped || options.shutdown.is_set()))
+}
+
+/// Takes rows from the mapper in batches into the spool; acknowledges them once committed.
+fn write_loop(
+    setup: &Setup,
+    mut rx: mpsc::Receiver<Item>,
+    spool: Arc<Spool>,
+    targets: &[Target],
+    refusals: &Refusals,
+    shutdown: &Shutdown,
+) -> Result<Stats, RunError> {
+    let limit = setup.config.batch.max_body_bytes;
+    let mut input = Stats::for_tables(&setup.schemas, limit);
+    let mut writer = SpoolWriter::new(spool);
+    let mut acks: Vec<Ack> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Item::Row { table, json, ack } => {
+                    input.tables[table].rows += 1;
+                    // A row that can never fit a request is dead-lettered now, not spooled.
+                    if json.len() + 2 > limit {
+                        let too_large = crate::sinks::batch::RowTooLarge {
+                            bytes: json.len(),
+                            limit,
+                        };
+                        refusals.too_large(&targets[table], json, too_large, ack)?;
+                    } else {
+                        writer.push(table, json.as_bytes());
+                        acks.extend(ack);
+                    }
+                }
+                Item::Rejected(r, ack) => refusals.rejected(r, ack, &mut input)?,
+            }
+            if writer.pending_bytes() < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        match writer.commit() {
+            Ok(()) => ack_all(acks.drain(..)),
+            // Not written: its rows stay unacknowledged and their sources read them again.
+            Err(SpoolError::Stopping) => break,
+            Err(e) => return Err(e.into()),
+        }
+        if shutdown.is_set() {
+            break;
+        }
+    }
+    Ok(input)
+}
+
+/// Delivers one stream from the spool until the spool stops (or the shutdown flag is set).
+#[allow(clippy::too_many_arguments)]
+async fn deliver_stream(
+    mut reader: StreamReader,
+    sink: Arc<WorkspaceSink>,
+    target: Target,
+    limit: usize,
+    flush_delay: Duration,
+    concurrency: usize,
+    mut shutdown: Shutdown,
+    deadline: Duration,
+) -> Result<(), RunError> {
+    let acker = reader.acker();
+    let mut intake_done = reader.intake_done();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut in_flight: JoinSet<Result<(), SinkError>> = JoinSet::new();
+    let mut builder = BodyBuilder::new(limit);
+    // The stream range of the body being built, and when its first row came.
+    let mut range: Option<(Pos, Pos)> = None;
+    let mut opened: Option<Instant> = None;
+    let far = Duration::from_secs(86_400);
+    macro_rules! dispatch {
+        ($body:expr, $start:expr, $end:expr) => {{
+            let body = $body;
+            let (start, end) = ($start, $end);
+            acker.begin(start, end);
+            let permit = permits.clone().acquire_owned().await.ok();
+            let (sink, target, acker) = (sink.clone(), target.clone(), acker.clone());
+            in_flight.spawn(async move {
+                let _permit = permit;
+                sink.deliver(&target, body).await?;
+                acker.delivered(start);
+                Ok(())
+            });
+        }};
+    }
+    loop {
+        let due = opened.map_or_else(|| Instant::now() + far, |o| o + flush_delay);
+        tokio::select! {
+            biased;
+            () = shutdown.wait() => break,
+            taken = reader.take(limit) => {
+                let Some(taken) = taken else { break };
+                for (bytes, start, end) in &taken.rows {
+                    let row = &taken.bytes[bytes.clone()];
+                    match builder.push(row) {
+                        Ok(Some(body)) => {
+                            if let Some((first, last)) = range.take() {
+                                dispatch!(body, first, last);
+                            }
+                            opened = Some(Instant::now());
+                            range = Some((*start, *end));
+                        }
+                        Ok(None) => {
+                            range = Some((range.map_or(*start, |(first, _)| first), *end));
+                            opened.get_or_insert_with(Instant::now);
+                        }
+                        // Spooled under a larger batch.max_body_bytes than now: it goes to the
+                        // dead-letter store, after the rows before it.
+                        Err(too_large) => {
+                            if let (Some(body), Some((first, last))) = (builder.take(), range.take()) {
+                                dispatch!(body, first, last);
+                            }
+                            opened = None;
+                            acker.begin(*start, *end);
+                            dead_letter(&sink, &target, row, too_large)?;
+                            acker.delivered(*start);
+                        }
+                    }
+                }
+            }
+            // Nothing more is coming in this run (and nothing is readable now, or the branch
+            // above would have won): the partial body need not wait out the delay.
+            true = async { intake_done.wait_for(|done| *done).await.is_ok() }, if opened.is_some() => {
+                if let (Some(body), Some((start, end))) = (builder.take(), range.take()) {
+                    dispatch!(body, start, end);
+                }
+                opened = None;
+            }
+            () = tokio::time::sleep_until(due), if opened.is_some() => {
+                if let (Some(body), Some((start, end))) = (builder.take(), range.take()) {
+                    dispatch!(body, start, end);
+                }
+                opened = None;
+            }
+        }
+        while let Some(done) = in_flight.try_join_next() {
+            done.map_err(|e| RunError::Reader(e.to_string()))??;
+        }
+    }
+    // The body being built stays in the spool; requests in flight get the deadline.
+    let until = shutdown.is_set().then(|| Instant::now() + deadline);
+    let result = finish_in_flight(&mut in_flight, until).await;
+    acker.flush();
+    tracing::debug!(stream = %reader.name(), "stream delivery stopped");
+    result
+}
+
+fn dead_letter(
+    sink: &WorkspaceSink,
+    target: &Target,
+    row: &[u8],
+    too_large: crate::sinks::batch::RowTooLarge,
+) -> Result<(), RunError> {
+    let reason = crate::record::RejectReason::RowTooLarge {
+        bytes: too_large.bytes,
+        limit: too_large.limit,
+    };
+    let text = String::from_utf8_lossy(row).into_owned();
+    let raw = serde_json::value::RawValue::from_string(text)
+        .or_else(|_| serde_json::value::to_raw_value(&String::from_utf8_lossy(row)))
+        .map_err(|e| RunError::Reader(format!("a spooled row could not be kept: {e}")))?;
+    sink.dead_letter_rows(&[crate::dlq::DeadLetter::now(
+        &target.table,
+        &target.stream,
+        reason.to_string(),
+        raw,
+    )])?;
+    Ok(())
+}
