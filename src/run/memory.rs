@@ -88,6 +88,17 @@ impl Batches {
     }
 }
 
+/// A request slot of the stream, or None once the run is stopping.
+async fn slot(
+    permits: &Arc<Semaphore>,
+    shutdown: &mut crate::shutdown::Shutdown,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        permit = permits.clone().acquire_owned() => permit.ok(),
+        () = shutdown.wait() => None,
+    }
+}
+
 /// Delivers what arrives on `rx` until it closes (or the shutdown flag is set); returns the input
 /// counts and whether it stopped on the flag.
 pub(super) async fn deliver(
@@ -142,8 +153,11 @@ pub(super) async fn deliver(
                 input.tables[table].rows += 1;
                 match batches.push(table, json.as_bytes(), ack) {
                     Ok(Some((body, acks))) => {
-                        let permit = permits[table].clone().acquire_owned().await.ok();
-                        send(table, body, acks, &mut in_flight, permit);
+                        let Some(permit) = slot(&permits[table], &mut shutdown).await else {
+                            stopped = true;
+                            break;
+                        };
+                        send(table, body, acks, &mut in_flight, Some(permit));
                     }
                     Ok(None) => {}
                     Err((too_large, ack)) => {
@@ -156,18 +170,31 @@ pub(super) async fn deliver(
         }
         // Bodies whose first row waited `flush_delay` go now, however busy other tables are.
         for (table, body, acks) in batches.take_due(tokio::time::Instant::now()) {
-            let permit = permits[table].clone().acquire_owned().await.ok();
-            send(table, body, acks, &mut in_flight, permit);
+            let Some(permit) = slot(&permits[table], &mut shutdown).await else {
+                stopped = true;
+                break;
+            };
+            send(table, body, acks, &mut in_flight, Some(permit));
+        }
+        if stopped {
+            break;
         }
         // Reap finished deliveries so their errors surface early.
         while let Some(done) = in_flight.try_join_next() {
             done.map_err(|e| RunError::Reader(e.to_string()))??;
         }
     }
-    // What was gathered goes too: its sources have not committed past it either way.
+    // What was gathered goes too, as far as request slots allow when stopping (its sources
+    // have not committed past it either way).
     for (table, body, acks) in batches.take_all() {
-        let permit = permits[table].clone().acquire_owned().await.ok();
-        send(table, body, acks, &mut in_flight, permit);
+        let permit = if stopped {
+            permits[table].clone().try_acquire_owned().ok()
+        } else {
+            permits[table].clone().acquire_owned().await.ok()
+        };
+        if permit.is_some() {
+            send(table, body, acks, &mut in_flight, permit);
+        }
     }
     let deadline = stopped.then(|| tokio::time::Instant::now() + options.shutdown_deadline);
     super::finish_in_flight(&mut in_flight, deadline).await?;

@@ -165,12 +165,17 @@ async fn deliver_stream(
     let mut range: Option<(Pos, Pos)> = None;
     let mut opened: Option<Instant> = None;
     let far = Duration::from_secs(86_400);
+    // Sends a body once a request slot is free; stopping while waiting for one leaves the body
+    // unsent (its rows stay in the spool) and ends the loop.
     macro_rules! dispatch {
         ($body:expr, $start:expr, $end:expr) => {{
             let body = $body;
             let (start, end) = ($start, $end);
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.ok(),
+                () = shutdown.wait() => break,
+            };
             acker.begin(start, end);
-            let permit = permits.clone().acquire_owned().await.ok();
             let (sink, target, acker) = (sink.clone(), target.clone(), acker.clone());
             in_flight.spawn(async move {
                 let _permit = permit;

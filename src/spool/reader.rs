@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use super::{Pos, Spool, StreamSpool, segment, write_cursor};
 
-/// The cursor is written at most this often while deliveries run (and always when stopping):
-/// after a crash, rows delivered since are sent again.
-const CURSOR_INTERVAL: Duration = Duration::from_millis(200);
-
 /// Rows read from the spool: their bytes, and each row's range in `bytes` with its start and
 /// end position in the stream.
 #[derive(Debug, Default)]
@@ -200,10 +196,9 @@ impl Acker {
                     deleted.push(seg);
                 }
             }
-            let due = state
-                .cursor_written
-                .is_none_or(|at| at.elapsed() >= CURSOR_INTERVAL);
-            if state.cursor_dirty && (due || !deleted.is_empty()) {
+            // Written after every delivery that moved it (one small atomic write per request
+            // body): after a crash, only requests in flight are sent again.
+            if state.cursor_dirty {
                 state.cursor_dirty = false;
                 state.cursor_written = Some(Instant::now());
                 write = Some(cursor);

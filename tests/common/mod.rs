@@ -4,6 +4,7 @@
 
 pub mod azure;
 pub mod columns;
+pub mod management;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -55,7 +55,17 @@ pub(crate) async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fault = shared.state().faults.pop_front();
+    let fault = {
+        let mut state = shared.state();
+        // An outage answers everything with its status, queued faults untouched.
+        match state.outage {
+            Some(status) => Some(Fault::Status {
+                status,
+                retry_after: None,
+            }),
+            None => state.faults.pop_front(),
+        }
+    };
     if fault == Some(Fault::Reset) {
         drop_connection();
     }

@@ -106,6 +106,8 @@ struct State {
     issued_tokens: Vec<Issued>,
     mgmt: management::MgmtState,
     faults: VecDeque<Fault>,
+    /// While set, every ingestion request is answered with this status (a workspace outage).
+    outage: Option<u16>,
     /// Rows whose JSON text contains this are refused with a 400, as a poison row.
     poison: Option<String>,
     accepted: Vec<(String, serde_json::Value)>,
@@ -222,6 +224,11 @@ impl Emulator {
     /// Queues misbehaviours for the next requests, in order.
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
         self.shared.state().faults.extend(faults);
+    }
+
+    /// Answers every ingestion request with `status` until called with None: an outage.
+    pub fn set_outage(&self, status: Option<u16>) {
+        self.shared.state().outage = status;
     }
 
     /// Refuses (400) any request holding a row whose text contains `marker`; None lifts it.

@@ -1,0 +1,325 @@
+//! The spool end to end, through the binary: collection from the Management API emulator goes
+//! on through a workspace outage, pauses at the spool's budget and on a full disk, survives
+//! SIGKILL at twenty points and stops cleanly on SIGTERM, and the next start delivers what the
+//! spool kept before anything new.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::management::*;
+use m365_emulator::Emulator;
+
+/// Bytes of spool files on disk.
+fn spool_bytes(dir: &Path) -> u64 {
+    let Ok(streams) = std::fs::read_dir(dir.join("spool")) else {
+        return 0;
+    };
+    streams
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path()).ok())
+        .flatten()
+        .flatten()
+        .filter(|f| f.path().extension().is_some_and(|e| e == "seg"))
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn blobs_fetched(emulator: &Emulator) -> usize {
+    emulator
+        .mgmt_requests()
+        .iter()
+        .filter(|r| r.op == "blob" && r.status == 200)
+        .count()
+}
+
+fn ingestion_requests(emulator: &Emulator) -> usize {
+    emulator.requests().len()
+}
+
+fn log_has(log: &Path, text: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|l| l.contains(text))
+}
+
+/// Every record once: nothing lost, nothing twice.
+fn assert_exactly_once(emulator: &Emulator, content: &Content, log: &Path) {
+    let (counts, rows) = arrivals(emulator);
+    let missing = content
+        .records
+        .keys()
+        .filter(|id| !counts.contains_key(*id))
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "lost records\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    assert_eq!(counts.len(), content.records.len());
+    let twice = counts.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "records delivered twice");
+    assert_rows_match(&rows, content);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_twenty_points_nothing_is_lost_and_duplicates_stay_bounded() {
+    let emulator = emulator_with_tenants([false, false, false]).await;
+    let content = make_content(&emulator, &[0, 1, 2], 100_000, 60, true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(&emulator, dir.path(), None, "  commit_interval_ms: 0\n", "");
+    let log = dir.path().join("log.txt");
+    let mut rng = fastrand::Rng::with_seed(20);
+    let mut kill_points: Vec<usize> = (0..20).map(|_| rng.usize(500..98_000)).collect();
+    kill_points.sort_unstable();
+    for point in &kill_points {
+        let mut child = spawn(&["run"], &config, &log);
+        wait_for("the kill point", Duration::from_secs(300), || {
+            emulator.accepted_count() >= *point
+        })
+        .await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let child = spawn(&["run"], &config, &log);
+    wait_for("every record", Duration::from_secs(300), || {
+        let (counts, _) = arrivals(&emulator);
+        content.records.keys().all(|id| counts.contains_key(id))
+    })
+    .await;
+    stop_after_three_rounds(&emulator, child).await;
+
+    let (counts, rows) = arrivals(&emulator);
+    assert_eq!(
+        counts.len(),
+        content.records.len(),
+        "nothing lost, nothing foreign"
+    );
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    // What a kill can send again: the requests in flight (CONCURRENCY bodies of at most
+    // BATCH_ROWS_BOUND rows; the spool's cursor is written after every delivery), and on the
+    // intake side the rows spooled whose blobs' positions were not yet written (at most two
+    // writer batches of 512 KB, about 840 rows each at these row sizes, plus the two blobs
+    // a batch boundary cuts through).
+    let per_kill = CONCURRENCY * BATCH_ROWS_BOUND + 2 * 840 + 2 * content.max_blob_records;
+    eprintln!(
+        "20 kills: {} rows accepted, {duplicates} duplicates (bound {}), {} distinct",
+        rows.len(),
+        20 * per_kill,
+        counts.len()
+    );
+    assert!(duplicates <= 20 * per_kill, "{duplicates} duplicates");
+    assert_rows_match(&rows, &content);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_goes_on_through_a_workspace_outage_and_everything_arrives_after() {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    let content = make_content(&emulator, &[0, 1, 2], 20_000, 30, false);
+    emulator.set_outage(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&emulator, dir.path(), None);
+    let log = dir.path().join("log.txt");
+    let child = spawn(&["run"], &config, &log);
+    // Every blob is read while the workspace refuses everything.
+    wait_for("collection to finish", Duration::from_secs(120), || {
+        blobs_fetched(&emulator) >= content.blobs
+    })
+    .await;
+    let retried = ingestion_requests(&emulator);
+    wait_for("the sink to keep trying", Duration::from_secs(60), || {
+        ingestion_requests(&emulator) >= retried + 10
+    })
+    .await;
+    assert_eq!(emulator.accepted_count(), 0);
+    assert!(
+        spool_bytes(dir.path()) > 20_000 * 500,
+        "the rows wait in the spool"
+    );
+    emulator.set_outage(None);
+    wait_for("every record", Duration::from_secs(120), || {
+        emulator.accepted_count() >= content.records.len()
+    })
+    .await;
+    stop_after_three_rounds(&emulator, child).await;
+    assert_exactly_once(&emulator, &content, &log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_pauses_collection_which_resumes_when_delivery_frees_room() {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    // About 20 MB of rows against a 4 MiB budget.
+    let content = make_content(&emulator, &[0, 1, 2], 30_000, 30, false);
+    emulator.set_outage(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(&emulator, dir.path(), None, "", "  max_bytes: 4194304\n");
+    let log = dir.path().join("log.txt");
+    let child = spawn(&["run"], &config, &log);
+    wait_for("the spool to fill", Duration::from_secs(120), || {
+        log_has(&log, "spool full")
+    })
+    .await;
+    let at_full = blobs_fetched(&emulator);
+    let retried = ingestion_requests(&emulator);
+    wait_for("time to pass", Duration::from_secs(60), || {
+        ingestion_requests(&emulator) >= retried + 15
+    })
+    .await;
+    let later = blobs_fetched(&emulator);
+    // Paused: at most what was already on its way (4 fetches per tenant, 2 blobs queued
+    // for the mapper, and what the mapper and the writer hold) was read after the spool filled.
+    assert!(later <= at_full + 3 * 4 + 8 + 8, "{at_full} then {later}");
+    assert!(
+        later < content.blobs,
+        "collection did not finish: it paused"
+    );
+    let on_disk = spool_bytes(dir.path());
+    assert!(
+        on_disk <= 4_194_304 + (512 << 10) + 64 * 1024,
+        "{on_disk} bytes"
+    );
+    emulator.set_outage(None);
+    wait_for("every record", Duration::from_secs(180), || {
+        emulator.accepted_count() >= content.records.len()
+    })
+    .await;
+    stop_after_three_rounds(&emulator, child).await;
+    assert!(log_has(&log, "collection resumes"));
+    assert_exactly_once(&emulator, &content, &log);
+}
+
+/// A tmpfs of a given size, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN), as on the CI machines"
+        );
+        Self(path.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_collection_loses_nothing_and_recovers_when_space_returns() {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    let content = make_content(&emulator, &[0, 1, 2], 20_000, 30, false);
+    emulator.set_outage(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    // A 3 MiB disk under an 8 GiB budget: the disk fills first.
+    let disk = Tmpfs::mount(&dir.path().join("spool"), "3m");
+    let config = write_config(&emulator, dir.path(), None);
+    let log = dir.path().join("log.txt");
+    let child = spawn(&["run"], &config, &log);
+    wait_for("the disk to fill", Duration::from_secs(120), || {
+        log_has(&log, "spool write failed (disk full?)")
+    })
+    .await;
+    let at_full = blobs_fetched(&emulator);
+    let retried = ingestion_requests(&emulator);
+    wait_for("time to pass", Duration::from_secs(60), || {
+        ingestion_requests(&emulator) >= retried + 15
+    })
+    .await;
+    assert!(blobs_fetched(&emulator) <= at_full + 3 * 4 + 8 + 8);
+    assert!(blobs_fetched(&emulator) < content.blobs, "paused");
+    // Space returns, then the workspace.
+    disk.resize("64m");
+    emulator.set_outage(None);
+    wait_for("every record", Duration::from_secs(180), || {
+        emulator.accepted_count() >= content.records.len()
+    })
+    .await;
+    stop_after_three_rounds(&emulator, child).await;
+    assert!(log_has(&log, "spool writes again"));
+    assert_exactly_once(&emulator, &content, &log);
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_the_next_start_delivers_the_spool_before_new_content() {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    let old = make_content(&emulator, &[0, 1, 2], 10_000, 30, false);
+    emulator.set_outage(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&emulator, dir.path(), None);
+    let log = dir.path().join("log.txt");
+    let deadline = [("M365_SENTINEL__SINK__SHUTDOWN_DEADLINE_SECS", "2")];
+    let mut child = spawn_with(&["run"], &config, &log, &deadline);
+    wait_for("collection to finish", Duration::from_secs(120), || {
+        blobs_fetched(&emulator) >= old.blobs
+    })
+    .await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "within the deadline"
+    );
+    assert!(log_has(&log, "stopped on a signal"));
+    assert_eq!(emulator.accepted_count(), 0);
+    assert!(spool_bytes(dir.path()) > 0, "the rows wait in the spool");
+
+    // New content arrives meanwhile; the workspace is back.
+    let new = make_content_aged(&emulator, &[0], 600, 1_000..60_000, false, 500_000);
+    let new_ids: Vec<String> = new.records.keys().cloned().collect();
+    assert!(new_ids.iter().all(|id| !old.records.contains_key(id)));
+    emulator.set_outage(None);
+    let child = spawn(&["run"], &config, &log);
+    wait_for("everything", Duration::from_secs(120), || {
+        emulator.accepted_count() >= old.records.len() + new_ids.len()
+    })
+    .await;
+    stop_after_three_rounds(&emulator, child).await;
+    let (counts, rows) = arrivals(&emulator);
+    assert!(old.records.keys().all(|id| counts.get(id) == Some(&1)));
+    // The spool went first: every old row was accepted before any new one.
+    let position = |id: &str| rows.iter().position(|r| r["OfficeId"] == id);
+    let last_old = old
+        .records
+        .keys()
+        .filter_map(|id| position(id))
+        .max()
+        .unwrap();
+    let first_new = new_ids.iter().filter_map(|id| position(id)).min().unwrap();
+    assert!(
+        last_old < first_new,
+        "old rows up to {last_old}, new from {first_new}"
+    );
+}
