@@ -59,23 +59,24 @@ pub(super) async fn deliver(
         ));
     }
     let writer_spool = spool.clone();
-    let writer_shutdown = options.shutdown.clone();
     let writer_targets = targets.to_vec();
     let writer_setup = setup.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        write_loop(
-            &writer_setup,
-            rx,
-            writer_spool,
-            &writer_targets,
-            &refusals,
-            &writer_shutdown,
-        )
+        write_loop(&writer_setup, rx, writer_spool, &writer_targets, &refusals)
     });
     let mut shutdown = options.shutdown.clone();
+    let mut writer = writer;
     let input = tokio::select! {
-        written = writer => Some(written.map_err(|e| RunError::Reader(e.to_string()))??),
-        () = shutdown.wait() => None,
+        written = &mut writer => Some(written.map_err(|e| RunError::Reader(e.to_string()))??),
+        () = shutdown.wait() => {
+            // Intake stops at the sources; what they already handed on is written (a local,
+            // quick write) so their blobs complete and their positions move, unless the spool
+            // can't take it before the deadline.
+            match tokio::time::timeout(options.shutdown_deadline, &mut writer).await {
+                Ok(written) => Some(written.map_err(|e| RunError::Reader(e.to_string()))??),
+                Err(_) => None,
+            }
+        }
     };
     let stopped = input.is_none() || options.shutdown.is_set();
     if !stopped {
@@ -101,7 +102,6 @@ fn write_loop(
     spool: Arc<Spool>,
     targets: &[Target],
     refusals: &Refusals,
-    shutdown: &Shutdown,
 ) -> Result<Stats, RunError> {
     let limit = setup.config.batch.max_body_bytes;
     let mut input = Stats::for_tables(&setup.schemas, limit);
@@ -136,9 +136,6 @@ fn write_loop(
             // Not written: its rows stay unacknowledged and their sources read them again.
             Err(SpoolError::Stopping) => break,
             Err(e) => return Err(e.into()),
-        }
-        if shutdown.is_set() {
-            break;
         }
     }
     Ok(input)
