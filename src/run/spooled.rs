@@ -24,7 +24,7 @@ use crate::stats::Stats;
 
 /// A batch is committed (one fsync per touched stream) once it holds this much, or when the
 /// mapper has nothing more right now.
-const BATCH_BYTES: u64 = 512 << 10;
+const BATCH_BYTES: u64 = 2 << 20;
 
 pub(super) async fn deliver(
     setup: &Arc<Setup>,
@@ -188,8 +188,9 @@ async fn deliver_stream(
             biased;
             () = shutdown.wait() => break,
             taken = reader.take(limit) => {
-                let Some(taken) = taken else { break };
-                for (bytes, start, end) in &taken.rows {
+                let Some(mut taken) = taken else { break };
+                let rows = std::mem::take(&mut taken.rows);
+                for (bytes, start, end) in &rows {
                     let row = &taken.bytes[bytes.clone()];
                     match builder.push(row) {
                         Ok(Some(body)) => {
@@ -216,6 +217,7 @@ async fn deliver_stream(
                         }
                     }
                 }
+                reader.recycle(taken.bytes);
             }
             // Nothing more is coming in this run (and nothing is readable now, or the branch
             // above would have won): the partial body need not wait out the delay.

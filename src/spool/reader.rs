@@ -23,6 +23,9 @@ pub struct StreamReader {
     index: usize,
     next: Pos,
     file: Option<(u64, std::fs::File)>,
+    /// A buffer given back by [`StreamReader::recycle`]: reads reuse it instead of allocating
+    /// (and freeing) a megabyte each time.
+    spare: Vec<u8>,
 }
 
 /// Marks ranges delivered; cheap to clone into delivery tasks.
@@ -40,6 +43,7 @@ impl StreamReader {
             index,
             next,
             file: None,
+            spare: Vec::new(),
         }
     }
 
@@ -54,6 +58,11 @@ impl StreamReader {
     /// Watches the end of this run's intake.
     pub fn intake_done(&self) -> tokio::sync::watch::Receiver<bool> {
         self.spool.intake_done()
+    }
+
+    /// Gives the buffer of a [`Taken`] back for the next read.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        self.spare = bytes;
     }
 
     pub fn acker(&self) -> Acker {
@@ -128,16 +137,13 @@ impl StreamReader {
         };
         let available = (end - self.next.offset) as usize;
         let mut want = available.min(max_bytes.max(segment::HEADER_BYTES));
-        let mut bytes = vec![0u8; want];
-        file.seek(SeekFrom::Start(self.next.offset))?;
-        file.read_exact(&mut bytes)?;
+        let mut bytes = std::mem::take(&mut self.spare);
+        read_at(file, self.next.offset, want, &mut bytes)?;
         // A record longer than what was read: read the whole of it.
-        if segment::record_at(&bytes, 0).is_none() && want < available {
+        if segment::record_at(&bytes, 0).is_none() && want < available && bytes.len() >= 8 {
             let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
             want = (segment::HEADER_BYTES + len).min(available);
-            bytes.resize(want, 0);
-            file.seek(SeekFrom::Start(self.next.offset))?;
-            file.read_exact(&mut bytes)?;
+            read_at(file, self.next.offset, want, &mut bytes)?;
         }
         let mut taken = Taken::default();
         let mut at = 0;
@@ -164,6 +170,23 @@ impl StreamReader {
         taken.bytes = bytes;
         Ok(taken)
     }
+}
+
+/// Reads `len` bytes at `offset` into `bytes` (replacing its content), without zeroing first.
+fn read_at(
+    file: &mut std::fs::File,
+    offset: u64,
+    len: usize,
+    bytes: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    bytes.clear();
+    bytes.reserve(len);
+    file.seek(SeekFrom::Start(offset))?;
+    let read = (&mut *file).take(len as u64).read_to_end(bytes)?;
+    if read < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+    }
+    Ok(())
 }
 
 impl Acker {

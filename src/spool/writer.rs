@@ -16,11 +16,6 @@ use std::time::Duration;
 use super::{Segment, Spool, SpoolError, SyncPolicy, io_err, segment};
 use crate::private_fs;
 
-/// A test hook standing in for a full disk: while set, writes fail with ENOSPC.
-#[doc(hidden)]
-pub static INJECT_DISK_FULL: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
 struct Active {
     seq: u64,
     file: File,
@@ -186,12 +181,7 @@ impl SpoolWriter {
         let path = s.segment_path(active.seq);
         let mut delay = Duration::from_millis(100);
         loop {
-            let result = if INJECT_DISK_FULL.load(Ordering::Relaxed) {
-                Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
-            } else {
-                active.file.write_all(data)
-            };
-            match result {
+            match active.file.write_all(data) {
                 Ok(()) => {
                     active.len += data.len() as u64;
                     if self.spool.usage.full.swap(false, Ordering::Relaxed) {
