@@ -377,6 +377,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ))?;
                 (stats, None)
             };
+            // Threads still reading (stdin, a fetch in flight) must not hold the exit.
+            rt.shutdown_timeout(Duration::from_secs(2));
             let s = &stats.sink;
             println!(
                 "{}{} row(s) mapped, {} input record(s) refused; delivered {} row(s) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",

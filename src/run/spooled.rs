@@ -1,6 +1,8 @@
 //! The spooled path: a writer thread puts rows into the spool and acknowledges them to their
 //! sources once durable; each stream is delivered from the spool by a task of its own, in FIFO
-//! order, `concurrency` requests at a time, so a failing table holds only itself.
+//! order, `concurrency` requests at a time, so a failing table does not hold up the others'
+//! delivery. (The disk budget is shared: a table failing for long fills it, and then intake
+//! pauses for all, as it must to lose nothing.)
 //!
 //! Ending: when the intake is exhausted the run waits until the spool is drained; on the
 //! shutdown flag the writer stops taking rows, and deliveries in flight get the deadline; what
@@ -64,14 +66,41 @@ pub(super) async fn deliver(
     let writer = tokio::task::spawn_blocking(move || {
         write_loop(&writer_setup, rx, writer_spool, &writer_targets, &refusals)
     });
+    let result = supervise(&spool, &mut streams, writer, options).await;
+    spool.stop();
+    let (input, stopped) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            // A stream could not go on (its dead letters can't be written): the run ends with
+            // that error instead of waiting for a stream nobody reads.
+            streams.abort_all();
+            return Err(e);
+        }
+    };
+    while let Some(done) = streams.join_next().await {
+        done.map_err(|e| RunError::Reader(e.to_string()))??;
+    }
+    let input = input.unwrap_or_else(|| Stats::for_tables(&setup.schemas, limit));
+    Ok((input, stopped || options.shutdown.is_set()))
+}
+
+/// Waits for the intake to end (or the shutdown flag) and, at the end of the intake, for the
+/// spool to drain, while watching the stream tasks: one failing ends the run.
+async fn supervise(
+    spool: &Spool,
+    streams: &mut JoinSet<Result<(), RunError>>,
+    mut writer: tokio::task::JoinHandle<Result<Stats, RunError>>,
+    options: &RunOptions,
+) -> Result<(Option<Stats>, bool), RunError> {
     let mut shutdown = options.shutdown.clone();
-    let mut writer = writer;
     let input = tokio::select! {
         written = &mut writer => Some(written.map_err(|e| RunError::Reader(e.to_string()))??),
+        failed = first_failure(streams) => return Err(failed),
         () = shutdown.wait() => {
             // Intake stops at the sources; what they already handed on is written (a local,
-            // quick write) so their blobs complete and their positions move, unless the spool
-            // can't take it before the deadline.
+            // quick write) so their blobs complete and their positions move. A full spool
+            // does not wait for room now.
+            spool.stop_waiting_for_room();
             match tokio::time::timeout(options.shutdown_deadline, &mut writer).await {
                 Ok(written) => Some(written.map_err(|e| RunError::Reader(e.to_string()))??),
                 Err(_) => None,
@@ -84,15 +113,23 @@ pub(super) async fn deliver(
         spool.finish_intake();
         tokio::select! {
             () = spool.drained() => {}
+            failed = first_failure(streams) => return Err(failed),
             () = shutdown.wait() => {}
         }
     }
-    spool.stop();
-    while let Some(done) = streams.join_next().await {
-        done.map_err(|e| RunError::Reader(e.to_string()))??;
-    }
-    let input = input.unwrap_or_else(|| Stats::for_tables(&setup.schemas, limit));
     Ok((input, stopped || options.shutdown.is_set()))
+}
+
+/// The first error of a stream task; pending for ever while none fails.
+async fn first_failure(streams: &mut JoinSet<Result<(), RunError>>) -> RunError {
+    loop {
+        match streams.join_next().await {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => return e,
+            Some(Err(e)) => return RunError::Reader(e.to_string()),
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// Takes rows from the mapper in batches into the spool; acknowledges them once committed.

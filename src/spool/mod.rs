@@ -7,7 +7,8 @@
 //! Layout: one directory per stream, holding numbered segment files of framed, checksummed
 //! records (`segment.rs`) and a `cursor` file: everything before the cursor was delivered.
 //! Appends go to the last segment; a segment is deleted once the cursor passed it. Per stream
-//! the order is FIFO; streams are independent, so a failing table does not hold the others.
+//! the order is FIFO; streams are delivered independently, so a failing table does not hold up
+//! the others' delivery (the disk budget is shared, though).
 //!
 //! Why a segment log of our own rather than an embedded database (redb, sled): the access pattern
 //! is exactly an append-only FIFO per stream with one reader, which a log does with one
@@ -138,6 +139,9 @@ pub(crate) struct StreamSpool {
     state: Mutex<StreamState>,
     /// Wakes the reader when rows are published.
     published: tokio::sync::Notify,
+    /// The cursor last written to disk; held while writing, so concurrent deliveries write
+    /// one at a time and never move it back.
+    persisted: Mutex<Pos>,
 }
 
 impl StreamSpool {
@@ -181,6 +185,8 @@ pub struct Spool {
     sync: SyncPolicy,
     segment_bytes: u64,
     stopping: AtomicBool,
+    /// Set when stopping: a writer drains what it has but no longer waits for room.
+    no_waiting: AtomicBool,
     /// Wakes [`Spool::drained`] when a delivery moved a cursor.
     progress: tokio::sync::Notify,
     /// Set when no more rows will be written in this run: readers send partial bodies at once
@@ -207,12 +213,14 @@ impl Spool {
             }
             let dir = config.dir.join(name);
             private_fs::private_dir(&dir).map_err(io_err(&dir))?;
+            private_fs::sync_dir(&config.dir).map_err(io_err(&config.dir))?;
             let (state, found) = recover_stream(&dir, name)?;
             total += found.bytes_on_disk;
             recovery.push(found.report);
             spools.push(Arc::new(StreamSpool {
                 name: name.clone(),
                 dir,
+                persisted: Mutex::new(state.cursor),
                 state: Mutex::new(state),
                 published: tokio::sync::Notify::new(),
             }));
@@ -228,6 +236,7 @@ impl Spool {
             sync: config.sync,
             segment_bytes: config.segment_bytes(),
             stopping: AtomicBool::new(false),
+            no_waiting: AtomicBool::new(false),
             progress: tokio::sync::Notify::new(),
             intake_done: tokio::sync::watch::channel(false).0,
             recovery,
@@ -255,6 +264,20 @@ impl Spool {
         self.usage.freed.notify_all();
         for s in &self.streams {
             s.published.notify_waiters();
+        }
+    }
+
+    /// From now on a writer that finds the spool full gives up instead of waiting.
+    pub fn stop_waiting_for_room(&self) {
+        self.no_waiting.store(true, Ordering::SeqCst);
+        self.usage.freed.notify_all();
+    }
+
+    /// Sleeps up to `delay`, less if the spool is stopped meanwhile.
+    fn nap(&self, delay: std::time::Duration) {
+        let used = self.usage.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_stopping() {
+            let _ = self.usage.freed.wait_timeout(used, delay);
         }
     }
 
@@ -319,8 +342,11 @@ fn recover_stream(dir: &Path, name: &str) -> Result<(StreamState, Found), SpoolE
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Only names this spool writes (20 digits): anything else is not ours to read.
+        let ours = name.len() == 24 && name.as_bytes()[..20].iter().all(u8::is_ascii_digit);
         if let Some(seq) = name
             .strip_suffix(".seg")
+            .filter(|_| ours)
             .and_then(|s| s.parse::<u64>().ok())
         {
             seqs.push(seq);
@@ -414,6 +440,22 @@ fn read_cursor(dir: &Path) -> Option<Pos> {
         seq: seq.parse().ok()?,
         offset: offset.parse().ok()?,
     })
+}
+
+impl StreamSpool {
+    /// Writes `cursor` unless a later one was written already.
+    fn persist_cursor(&self, cursor: Pos) {
+        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        if cursor <= *persisted {
+            return;
+        }
+        match write_cursor(&self.dir, cursor) {
+            Ok(()) => *persisted = cursor,
+            Err(e) => {
+                tracing::error!(stream = %self.name, error = %e, "spool cursor could not be written; a restart would send some rows again");
+            }
+        }
+    }
 }
 
 fn write_cursor(dir: &Path, pos: Pos) -> std::io::Result<()> {

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Pos, Spool, StreamSpool, segment, write_cursor};
+use super::{Pos, Spool, StreamSpool, segment};
 
 /// Rows read from the spool: their bytes, and each row's range in `bytes` with its start and
 /// end position in the stream.
@@ -159,7 +159,7 @@ impl StreamReader {
             taken.rows.push((payload, start, end));
             at = record_end;
         }
-        if taken.rows.is_empty() && at < bytes.len() && want == available {
+        if taken.rows.is_empty() && !bytes.is_empty() {
             // Published bytes that don't frame: only damage after start-up could do this.
             return Err(std::io::Error::other(format!(
                 "segment {seq} is damaged at offset {}",
@@ -227,10 +227,8 @@ impl Acker {
                 write = Some(cursor);
             }
         }
-        if let Some(cursor) = write
-            && let Err(e) = write_cursor(&self.stream.dir, cursor)
-        {
-            tracing::error!(stream = %self.stream.name, error = %e, "spool cursor could not be written; a restart would send some rows again");
+        if let Some(cursor) = write {
+            self.stream.persist_cursor(cursor);
         }
         let mut freed = 0;
         for seg in deleted {
@@ -260,8 +258,6 @@ impl Acker {
             state.cursor_written = Some(Instant::now());
             state.cursor
         };
-        if let Err(e) = write_cursor(&self.stream.dir, cursor) {
-            tracing::error!(stream = %self.stream.name, error = %e, "spool cursor could not be written");
-        }
+        self.stream.persist_cursor(cursor);
     }
 }

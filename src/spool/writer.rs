@@ -28,6 +28,8 @@ pub struct SpoolWriter {
     /// Framed rows of the batch being built, per stream.
     pending: Vec<Vec<u8>>,
     pending_bytes: u64,
+    /// The lowest number the next new segment of each stream may take.
+    next_seq: Vec<u64>,
 }
 
 impl SpoolWriter {
@@ -38,6 +40,7 @@ impl SpoolWriter {
             active: (0..streams).map(|_| None).collect(),
             pending: vec![Vec::new(); streams],
             pending_bytes: 0,
+            next_seq: vec![0; streams],
         }
     }
 
@@ -61,26 +64,13 @@ impl SpoolWriter {
         }
         self.wait_for_room()?;
         let mut touched = Vec::new();
-        let mut new_dir_entries = false;
         for stream in 0..self.pending.len() {
             if self.pending[stream].is_empty() {
                 continue;
             }
             let data = std::mem::take(&mut self.pending[stream]);
-            new_dir_entries |= self.write_with_retry(stream, &data)?;
+            self.write_durably(stream, &data)?;
             touched.push((stream, data.len() as u64));
-        }
-        if self.spool.sync == SyncPolicy::Always {
-            for (stream, _) in &touched {
-                if let Some(active) = &self.active[*stream] {
-                    let path = self.spool.streams[*stream].segment_path(active.seq);
-                    self.retry_io(|| active.file.sync_data(), &path)?;
-                }
-                if new_dir_entries {
-                    let dir = &self.spool.streams[*stream].dir;
-                    self.retry_io(|| private_fs::sync_dir(dir), dir)?;
-                }
-            }
         }
         let mut written = 0;
         for (stream, bytes) in touched {
@@ -114,8 +104,10 @@ impl SpoolWriter {
         Ok(())
     }
 
-    fn wait_for_room(&self) -> Result<(), SpoolError> {
-        let usage = &self.spool.usage;
+    fn wait_for_room(&mut self) -> Result<(), SpoolError> {
+        self.release_delivered_tails();
+        let spool = self.spool.clone();
+        let usage = &spool.usage;
         let mut used = usage.bytes.lock().unwrap_or_else(|e| e.into_inner());
         // An empty spool always takes a batch, whatever its size.
         while *used > 0 && *used + self.pending_bytes > usage.max {
@@ -126,7 +118,7 @@ impl SpoolWriter {
                     "spool full (spool.max_bytes): collection pauses until delivery frees room"
                 );
             }
-            if self.spool.is_stopping() {
+            if self.spool.is_stopping() || self.spool.no_waiting.load(Ordering::SeqCst) {
                 return Err(SpoolError::Stopping);
             }
             used = usage
@@ -134,11 +126,100 @@ impl SpoolWriter {
                 .wait_timeout(used, Duration::from_millis(500))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
+            // Deliveries may have finished a stream's last segment, which only the writer can
+            // let go of (by moving on to a new one).
+            drop(used);
+            self.release_delivered_tails();
+            used = usage.bytes.lock().unwrap_or_else(|e| e.into_inner());
         }
         if usage.full.swap(false, Ordering::Relaxed) {
             tracing::info!("spool has room again: collection resumes");
         }
         Ok(())
+    }
+
+    /// Deletes each stream's last segment when everything in it was delivered: readers delete
+    /// only segments before the one being written, so without this a delivered last segment
+    /// would hold its room until more rows came for that stream.
+    fn release_delivered_tails(&mut self) {
+        let mut freed = 0;
+        for (stream, s) in self.spool.streams.iter().enumerate() {
+            let released = {
+                let mut state = s.lock();
+                let cursor = state.cursor;
+                match state.segments.back() {
+                    Some(last)
+                        if last.published > 0
+                            && state.ranges.is_empty()
+                            && cursor.seq == last.seq
+                            && cursor.offset >= last.published =>
+                    {
+                        state.segments.pop_back()
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(seg) = released {
+                if self.active[stream]
+                    .as_ref()
+                    .is_some_and(|a| a.seq == seg.seq)
+                {
+                    self.active[stream] = None;
+                }
+                let path = s.segment_path(seg.seq);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::error!(path = %path.display(), error = %e, "delivered spool segment could not be deleted");
+                }
+                freed += seg.published;
+                // The next segment of this stream gets a later number than any before.
+                self.next_seq[stream] = self.next_seq[stream].max(seg.seq + 1);
+            }
+        }
+        if freed > 0 {
+            self.spool.freed(freed);
+        }
+    }
+
+    /// Writes `data` and, under `sync: always`, flushes it to disk. A flush that fails may have
+    /// lost the written pages without a later flush saying so, so the data is written again,
+    /// into a new segment, rather than the flush retried.
+    fn write_durably(&mut self, stream: usize, data: &[u8]) -> Result<(), SpoolError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let created = self.write_with_retry(stream, data)?;
+            if self.spool.sync == SyncPolicy::Os {
+                return Ok(());
+            }
+            let s = self.spool.streams[stream].clone();
+            let Some(active) = self.active[stream].as_mut() else {
+                return Ok(());
+            };
+            let flushed = active.file.sync_data().and_then(|()| {
+                if created {
+                    private_fs::sync_dir(&s.dir)
+                } else {
+                    Ok(())
+                }
+            });
+            match flushed {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    let path = s.segment_path(active.seq);
+                    // What this batch added is given up with its segment; the rows before it
+                    // were flushed already.
+                    active.len -= data.len() as u64;
+                    let _ = active.file.set_len(active.len);
+                    self.active[stream] = None;
+                    self.spool.usage.full.store(true, Ordering::Relaxed);
+                    tracing::error!(path = %path.display(), error = %error, "spool flush failed; writing the batch again into a new segment");
+                    if self.spool.is_stopping() {
+                        return Err(SpoolError::Stopping);
+                    }
+                    self.spool.nap(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
 
     /// Appends `data` to the stream's active segment (rolling to a new one when it is full);
@@ -160,7 +241,9 @@ impl SpoolWriter {
                         .back()
                         .map_or(state.cursor.seq + 1, |seg| seg.seq + 1)
                 }
-            };
+            }
+            .max(self.next_seq[stream]);
+            self.next_seq[stream] = seq + 1;
             // A segment left by an earlier run is never appended to: its end may be torn.
             let path = s.segment_path(seq);
             let file = self.retry_io(
@@ -190,14 +273,25 @@ impl SpoolWriter {
                     return Ok(created);
                 }
                 Err(error) => {
-                    // Cut back a partial write, so the file holds only whole records.
-                    let _ = active.file.set_len(active.len);
+                    // Cut back a partial write, so the file holds only whole records; if even
+                    // that fails, the next attempt goes to a new segment.
+                    if active.file.set_len(active.len).is_err() {
+                        let seq = active.seq;
+                        self.active[stream] = None;
+                        self.next_seq[stream] = self.next_seq[stream].max(seq + 1);
+                        tracing::error!(path = %path.display(), error = %error, "spool write failed and could not be cut back; going on in a new segment");
+                        if self.spool.is_stopping() {
+                            return Err(SpoolError::Stopping);
+                        }
+                        self.spool.nap(delay);
+                        return self.write_with_retry(stream, data);
+                    }
                     self.spool.usage.full.store(true, Ordering::Relaxed);
                     tracing::error!(path = %path.display(), error = %error, retry_ms = delay.as_millis() as u64, "spool write failed (disk full?); collection pauses, nothing is dropped, retrying");
                     if self.spool.is_stopping() {
                         return Err(SpoolError::Stopping);
                     }
-                    std::thread::sleep(delay);
+                    self.spool.nap(delay);
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
@@ -222,7 +316,7 @@ impl SpoolWriter {
                     if self.spool.is_stopping() {
                         return Err(SpoolError::Stopping);
                     }
-                    std::thread::sleep(delay);
+                    self.spool.nap(delay);
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }

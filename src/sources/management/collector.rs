@@ -699,9 +699,18 @@ async fn hand_on(t: &Arc<Tenant>, index: usize, items: Vec<ContentItem>) -> Resu
         let Some((item, handle)) = fetching.pop_front() else {
             break Ok(true);
         };
-        let fetched = handle
-            .await
-            .unwrap_or_else(|e| Err(ApiError::Protocol(format!("fetch task failed: {e}"))));
+        let mut shutdown = t.settings.options.shutdown.clone();
+        let mut handle = handle;
+        let fetched = tokio::select! {
+            joined = &mut handle => {
+                joined.unwrap_or_else(|e| Err(ApiError::Protocol(format!("fetch task failed: {e}"))))
+            }
+            () = shutdown.wait() => {
+                handle.abort();
+                queue.push_front(item);
+                break Ok(false);
+            }
+        };
         let content = match fetched {
             Ok(bytes) => {
                 Counters::add(&t.counters.blobs, 1);
