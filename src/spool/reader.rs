@@ -243,6 +243,9 @@ impl Acker {
         }
         if freed > 0 {
             self.spool.freed(freed);
+        } else if self.spool.is_full() {
+            // A writer waiting for room can now let go of a last segment delivered to its end.
+            self.spool.usage.freed.notify_all();
         }
         self.spool.progress.notify_waiters();
     }

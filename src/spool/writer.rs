@@ -105,12 +105,19 @@ impl SpoolWriter {
     }
 
     fn wait_for_room(&mut self) -> Result<(), SpoolError> {
-        self.release_delivered_tails();
         let spool = self.spool.clone();
         let usage = &spool.usage;
         let mut used = usage.bytes.lock().unwrap_or_else(|e| e.into_inner());
         // An empty spool always takes a batch, whatever its size.
         while *used > 0 && *used + self.pending_bytes > usage.max {
+            // Short of room: first let go of last segments delivered to their end (only then:
+            // otherwise each batch would start a new segment).
+            drop(used);
+            self.release_delivered_tails();
+            used = usage.bytes.lock().unwrap_or_else(|e| e.into_inner());
+            if *used == 0 || *used + self.pending_bytes <= usage.max {
+                break;
+            }
             if !usage.full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     used = *used,
@@ -126,11 +133,6 @@ impl SpoolWriter {
                 .wait_timeout(used, Duration::from_millis(500))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
-            // Deliveries may have finished a stream's last segment, which only the writer can
-            // let go of (by moving on to a new one).
-            drop(used);
-            self.release_delivered_tails();
-            used = usage.bytes.lock().unwrap_or_else(|e| e.into_inner());
         }
         if usage.full.swap(false, Ordering::Relaxed) {
             tracing::info!("spool has room again: collection resumes");
