@@ -370,3 +370,23 @@ fn all_committed_since(dir: &Path, since: i64) -> bool {
         })
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_spool_off_rows_go_from_memory_and_sources_commit_on_delivery() {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    let content = make_content(&emulator, &[0, 1, 2], 3_000, 30, false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(&emulator, dir.path(), None, "", "  enabled: false\n");
+    let out = run_to_end(once(&config)).await;
+    let log = dir.path().join("log.txt");
+    std::fs::write(&log, &out.stderr).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("spool").exists(), "no spool written");
+    assert_exactly_once(&emulator, &content, &log);
+    assert!(all_committed_since(dir.path(), now_ms() - 120_000));
+}
