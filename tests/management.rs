@@ -91,24 +91,7 @@ async fn killed_five_times_nothing_is_lost_and_duplicates_stay_bounded() {
     let mut rng = fastrand::Rng::with_seed(11);
     let mut kill_points: Vec<usize> = (0..5).map(|_| rng.usize(1_000..48_000)).collect();
     kill_points.sort_unstable();
-    for point in &kill_points {
-        let mut child = spawn(&["run"], &config, &log);
-        wait_for("the kill point", Duration::from_secs(240), || {
-            emulator.accepted_count() >= *point
-        })
-        .await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-    let child = spawn(&["run"], &config, &log);
-    wait_for("every record", Duration::from_secs(240), || {
-        let (counts, _) = arrivals(&emulator);
-        content.records.keys().all(|id| counts.contains_key(id))
-    })
-    .await;
-    stop_after_three_rounds(&emulator, child).await;
-
-    let (counts, rows) = arrivals(&emulator);
+    let (counts, rows) = kill_loop(&emulator, &content, &config, &log, &kill_points).await;
     assert_eq!(
         counts.len(),
         content.records.len(),

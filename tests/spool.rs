@@ -64,6 +64,43 @@ async fn fetching_plateau(emulator: &Emulator) -> usize {
     }
 }
 
+/// Waits for `sign` in the log, then for fetching to stop; checks collection paused short of
+/// the end. Returns the blobs fetched by then.
+async fn assert_paused(emulator: &Emulator, content: &Content, dir: &Path, sign: &str) -> usize {
+    let log = dir.join("log.txt");
+    wait_for(sign, Duration::from_secs(120), || log_has(&log, sign)).await;
+    // Paused: once what was on its way (blobs being fetched, queued for the mapper, rows
+    // waiting for the writer) is held, nothing more is read.
+    let paused_at = fetching_plateau(emulator).await;
+    eprintln!(
+        "paused at {paused_at} of {} blobs, {} bytes in the spool",
+        content.blobs,
+        spool_bytes(dir)
+    );
+    assert!(
+        paused_at < content.blobs,
+        "collection paused: {paused_at} of {} blobs",
+        content.blobs
+    );
+    paused_at
+}
+
+/// Lifts the outage, waits for every record, stops the run and checks each arrived once.
+async fn assert_all_delivered_after(
+    emulator: &Emulator,
+    content: &Content,
+    child: std::process::Child,
+    log: &Path,
+) {
+    emulator.set_outage(None);
+    wait_for("every record", Duration::from_secs(180), || {
+        emulator.accepted_count() >= content.records.len()
+    })
+    .await;
+    stop_after_three_rounds(emulator, child).await;
+    assert_exactly_once(emulator, content, log);
+}
+
 /// Every record once: nothing lost, nothing twice.
 fn assert_exactly_once(emulator: &Emulator, content: &Content, log: &Path) {
     let (counts, rows) = arrivals(emulator);
@@ -94,24 +131,7 @@ async fn killed_at_twenty_points_nothing_is_lost_and_duplicates_stay_bounded() {
     let mut rng = fastrand::Rng::with_seed(20);
     let mut kill_points: Vec<usize> = (0..20).map(|_| rng.usize(500..98_000)).collect();
     kill_points.sort_unstable();
-    for point in &kill_points {
-        let mut child = spawn(&["run"], &config, &log);
-        wait_for("the kill point", Duration::from_secs(300), || {
-            emulator.accepted_count() >= *point
-        })
-        .await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-    let child = spawn(&["run"], &config, &log);
-    wait_for("every record", Duration::from_secs(300), || {
-        let (counts, _) = arrivals(&emulator);
-        content.records.keys().all(|id| counts.contains_key(id))
-    })
-    .await;
-    stop_after_three_rounds(&emulator, child).await;
-
-    let (counts, rows) = arrivals(&emulator);
+    let (counts, rows) = kill_loop(&emulator, &content, &config, &log, &kill_points).await;
     assert_eq!(
         counts.len(),
         content.records.len(),
@@ -177,36 +197,14 @@ async fn a_full_spool_pauses_collection_which_resumes_when_delivery_frees_room()
     let config = write_config_with(&emulator, dir.path(), None, "", "  max_bytes: 4194304\n");
     let log = dir.path().join("log.txt");
     let child = spawn(&["run"], &config, &log);
-    wait_for("the spool to fill", Duration::from_secs(120), || {
-        log_has(&log, "spool full")
-    })
-    .await;
-    // Paused: once what was on its way when the spool filled (blobs being fetched, queued for
-    // the mapper, rows waiting for the writer) is held, nothing more is read.
-    let paused_at = fetching_plateau(&emulator).await;
-    eprintln!(
-        "paused at {paused_at} of {} blobs, {} bytes in the spool",
-        content.blobs,
-        spool_bytes(dir.path())
-    );
-    assert!(
-        paused_at < content.blobs,
-        "collection paused: {paused_at} of {} blobs",
-        content.blobs
-    );
+    assert_paused(&emulator, &content, dir.path(), "spool full").await;
     let on_disk = spool_bytes(dir.path());
     assert!(
         on_disk <= 4_194_304 + (512 << 10) + 64 * 1024,
         "{on_disk} bytes"
     );
-    emulator.set_outage(None);
-    wait_for("every record", Duration::from_secs(180), || {
-        emulator.accepted_count() >= content.records.len()
-    })
-    .await;
-    stop_after_three_rounds(&emulator, child).await;
+    assert_all_delivered_after(&emulator, &content, child, &log).await;
     assert!(log_has(&log, "collection resumes"));
-    assert_exactly_once(&emulator, &content, &log);
 }
 
 /// A tmpfs of a given size, unmounted when dropped.
@@ -254,31 +252,17 @@ async fn a_full_disk_pauses_collection_loses_nothing_and_recovers_when_space_ret
     let config = write_config(&emulator, dir.path(), None);
     let log = dir.path().join("log.txt");
     let child = spawn(&["run"], &config, &log);
-    wait_for("the disk to fill", Duration::from_secs(120), || {
-        log_has(&log, "spool write failed (disk full?)")
-    })
+    assert_paused(
+        &emulator,
+        &content,
+        dir.path(),
+        "spool write failed (disk full?)",
+    )
     .await;
-    let paused_at = fetching_plateau(&emulator).await;
-    eprintln!(
-        "paused at {paused_at} of {} blobs, {} bytes in the spool",
-        content.blobs,
-        spool_bytes(dir.path())
-    );
-    assert!(
-        paused_at < content.blobs,
-        "collection paused: {paused_at} of {} blobs",
-        content.blobs
-    );
     // Space returns, then the workspace.
     disk.resize("64m");
-    emulator.set_outage(None);
-    wait_for("every record", Duration::from_secs(180), || {
-        emulator.accepted_count() >= content.records.len()
-    })
-    .await;
-    stop_after_three_rounds(&emulator, child).await;
+    assert_all_delivered_after(&emulator, &content, child, &log).await;
     assert!(log_has(&log, "spool writes again"));
-    assert_exactly_once(&emulator, &content, &log);
     drop(disk);
 }
 

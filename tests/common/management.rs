@@ -361,3 +361,31 @@ pub fn assert_publisher_on_every_call(emulator: &Emulator) {
         "calls without PublisherIdentifier: {without:?}"
     );
 }
+
+/// Runs the binary, SIGKILLs it each time delivery reached the next of `kill_points` (rows the
+/// ingestion emulator accepted), then lets a last run deliver everything. Returns what arrived.
+pub async fn kill_loop(
+    emulator: &Emulator,
+    content: &Content,
+    config: &Path,
+    log: &Path,
+    kill_points: &[usize],
+) -> (BTreeMap<String, usize>, Vec<Value>) {
+    for point in kill_points {
+        let mut child = spawn(&["run"], config, log);
+        wait_for("the kill point", Duration::from_secs(300), || {
+            emulator.accepted_count() >= *point
+        })
+        .await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let child = spawn(&["run"], config, log);
+    wait_for("every record", Duration::from_secs(300), || {
+        let (counts, _) = arrivals(emulator);
+        content.records.keys().all(|id| counts.contains_key(id))
+    })
+    .await;
+    stop_after_three_rounds(emulator, child).await;
+    arrivals(emulator)
+}
