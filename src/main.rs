@@ -82,10 +82,35 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Azure-side definitions generated from the schemas (regenerate after editing them).
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
     /// The dead-letter store: rows the workspace refused for good.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// An ARM template: one custom table per schema and a data collection rule (kind Direct)
+    /// with a stream and a data flow per table. Deploy with `az deployment group create`.
+    Dcr {
+        #[command(flatten)]
+        common: Common,
+        /// Write here instead of stdout.
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+    },
+    /// KQL functions `<Table>_All` uniting each Sentinel table with its `_CL` twin.
+    Kql {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
     },
 }
 
@@ -421,6 +446,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .display()
                 );
                 return Ok(ExitCode::from(EXIT_REJECTED));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { action } => {
+            let (out, text) = match action {
+                SchemaAction::Dcr { common, out } => {
+                    let setup = load(&common)?;
+                    let template = m365_sentinel::schema::azure::arm_template(&setup.schemas);
+                    (out, serde_json::to_string_pretty(&template)? + "\n")
+                }
+                SchemaAction::Kql { common, out } => {
+                    let setup = load(&common)?;
+                    (
+                        out,
+                        m365_sentinel::schema::azure::kql_functions(&setup.schemas),
+                    )
+                }
+            };
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }

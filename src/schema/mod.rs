@@ -2,6 +2,7 @@
 //! raw fields they come from. Loaded from `schemas/` at start-up so users change mappings without a
 //! rebuild; a copy of the shipped files is embedded as the default.
 
+pub mod azure;
 mod load;
 mod types;
 
