@@ -154,6 +154,7 @@ fn main() {
         spool: None,
         shutdown: m365_sentinel::shutdown::Shutdown::never(),
         shutdown_deadline: Duration::from_secs(25),
+        live: Default::default(),
     };
     let (cpu_before, emulator_before) = cpu_seconds();
     let started = Instant::now();

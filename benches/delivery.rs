@@ -122,6 +122,7 @@ fn main() {
             spool,
             shutdown: m365_sentinel::shutdown::Shutdown::never(),
             shutdown_deadline: Duration::from_secs(25),
+            live: Default::default(),
         };
         let accepted_before = emulator.accepted_count();
         let sink_before = sink.stats();

@@ -46,6 +46,16 @@ pub struct Config {
     /// The on-disk queue between mapping and delivery (`run`).
     #[serde(default)]
     pub spool: crate::spool::SpoolConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The health and metrics endpoint of `run`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` serving /healthz, /readyz and /metrics (e.g. `0.0.0.0:9464`); off when unset.
+    pub listen: Option<String>,
 }
 
 /// The workspace side: the Logs Ingestion API and the identity that may write to it.

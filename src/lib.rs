@@ -23,3 +23,4 @@ pub mod sinks;
 pub mod sources;
 pub mod spool;
 pub mod stats;
+pub mod telemetry;

@@ -367,6 +367,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             let (trigger, shutdown) = m365_sentinel::shutdown::channel();
             rt.spawn(stop_on_signal(trigger));
+            let live = Arc::new(m365_sentinel::telemetry::LiveCounts::default());
+            let mut telemetry = m365_sentinel::telemetry::Telemetry::new(
+                sink.clone(),
+                live.clone(),
+                setup.config.batch.max_body_bytes,
+            );
+            telemetry.spool = spool.clone();
             let options = RunOptions {
                 flush_delay: Duration::from_millis(sink_config.flush_delay_ms.max(1)),
                 concurrency: sink_config.concurrency,
@@ -374,10 +381,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spool,
                 shutdown: shutdown.clone(),
                 shutdown_deadline: Duration::from_secs(sink_config.shutdown_deadline_secs),
+                live,
+            };
+            let listen = setup.config.metrics.listen.clone();
+            let serve = |telemetry: m365_sentinel::telemetry::Telemetry| -> anyhow::Result<()> {
+                if let Some(addr) = &listen {
+                    let listener = rt
+                        .block_on(tokio::net::TcpListener::bind(addr))
+                        .with_context(|| format!("metrics.listen {addr}: cannot listen there"))?;
+                    rt.spawn(m365_sentinel::telemetry::serve(
+                        listener,
+                        Arc::new(telemetry),
+                    ));
+                }
+                Ok(())
             };
             let (stats, reports) = if management {
+                let (collector, units) =
+                    rt.block_on(async { start_collector(&setup, true, once, shutdown) })?;
+                telemetry.lag = Some(collector.lag.clone());
+                telemetry.collector = Some(collector.counters.clone());
+                serve(telemetry)?;
                 rt.block_on(async {
-                    let (collector, units) = start_collector(&setup, true, once, shutdown)?;
                     let counters = collector.counters.clone();
                     let stats = deliver_input(
                         setup.clone(),
@@ -392,6 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::Ok((stats, Some(reports)))
                 })?
             } else {
+                serve(telemetry)?;
                 let inputs = inputs_or_config(input, &setup)?;
                 let stats = rt.block_on(deliver_input(
                     setup.clone(),

@@ -150,7 +150,7 @@ pub(super) async fn deliver(
         };
         match item {
             Some(Item::Row { table, json, ack }) => {
-                input.tables[table].rows += 1;
+                refusals.mapped(table, &mut input);
                 match batches.push(table, json.as_bytes(), ack) {
                     Ok(Some((body, acks))) => {
                         let Some(permit) = slot(&permits[table], &mut shutdown).await else {

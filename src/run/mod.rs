@@ -60,6 +60,8 @@ pub struct RunOptions {
     /// Set on SIGTERM: intake stops, deliveries in flight get `shutdown_deadline`.
     pub shutdown: Shutdown,
     pub shutdown_deadline: Duration,
+    /// Counts kept as the run goes, for the metrics endpoint.
+    pub live: Arc<crate::telemetry::LiveCounts>,
 }
 
 /// What the run did: input side (rows mapped per table, refusals) and delivery side.
@@ -110,6 +112,7 @@ fn append_rejected(path: &Path, r: &Rejected, durable: bool) -> std::io::Result<
 /// Where what can't be sent goes, on either path: rows over the request limit to the
 /// dead-letter store, refused input records to the refused-input file. Acknowledged after.
 struct Refusals {
+    live: Arc<crate::telemetry::LiveCounts>,
     setup: Arc<Setup>,
     sink: Arc<WorkspaceSink>,
     rejected_path: PathBuf,
@@ -156,10 +159,18 @@ impl Refusals {
         input: &mut Stats,
     ) -> Result<(), RunError> {
         *input.rejected.entry(r.reason.code()).or_default() += 1;
+        self.live.rejected(r.reason.code());
         mask_rejected(&self.setup, &mut r);
         self.write(&r, ack.is_some())?;
         ack_all(ack);
         Ok(())
+    }
+
+    /// Counts a mapped row.
+    fn mapped(&self, table: usize, input: &mut Stats) {
+        input.tables[table].rows += 1;
+        self.live
+            .row(&self.setup.schemas.tables[table].output_table);
     }
 
     fn write(&self, r: &Rejected, durable: bool) -> Result<(), RunError> {
@@ -180,6 +191,7 @@ pub async fn run(
     // The directory of refused input (0700, as the dead letters').
     crate::dlq::DeadLetterStore::open(&options.dlq_dir).map_err(SinkError::from)?;
     let refusals = Refusals {
+        live: options.live.clone(),
         setup: setup.clone(),
         sink: sink.clone(),
         rejected_path: options.dlq_dir.join(REJECTED_INPUT_FILE),

@@ -149,7 +149,7 @@ fn write_loop(
         while let Some(item) = next.take() {
             match item {
                 Item::Row { table, json, ack } => {
-                    input.tables[table].rows += 1;
+                    refusals.mapped(table, &mut input);
                     // A row that can never fit a request is dead-lettered now, not spooled.
                     if json.len() + 2 > limit {
                         let too_large = crate::sinks::batch::RowTooLarge {

@@ -51,7 +51,10 @@ impl WorkspaceSink {
                 let token = credential
                     .get_token(&[scope.as_str()], None)
                     .await
-                    .map_err(|e| format!("token request failed: {e}"))?;
+                    .map_err(|e| {
+                        self.count(|s| s.token_failures += 1);
+                        format!("token request failed: {e}")
+                    })?;
                 let gzip = body.gzip().map_err(|e| format!("gzip failed: {e}"))?;
                 // Only incompressible data grows under gzip; then the plain body goes.
                 let (payload, encoding) = if gzip.len() <= body.bytes.len() {
@@ -110,6 +113,7 @@ impl WorkspaceSink {
             s.bytes_uncompressed += body.bytes.len() as u64;
         });
         let status = response.status().as_u16();
+        self.count(|s| *s.responses_by_status.entry(status).or_default() += 1);
         let header = |name: &str| {
             response
                 .headers()
@@ -164,7 +168,14 @@ impl WorkspaceSink {
     /// Stores rows refused for good (by the service, or too large to send at all).
     pub fn dead_letter_rows(&self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         self.dlq.append(letters)?;
-        self.count(|s| s.dead_lettered += letters.len() as u64);
+        self.count(|s| {
+            s.dead_lettered += letters.len() as u64;
+            for letter in letters {
+                *s.dead_lettered_by_table
+                    .entry(letter.table.clone())
+                    .or_default() += 1;
+            }
+        });
         Ok(())
     }
 
@@ -189,7 +200,12 @@ impl WorkspaceSink {
                 };
                 match classify(answer.status) {
                     Verdict::Delivered => {
-                        self.count(|s| s.delivered_rows += body.rows() as u64);
+                        self.count(|s| {
+                            s.delivered_rows += body.rows() as u64;
+                            *s.delivered_by_table
+                                .entry(target.table.clone())
+                                .or_default() += body.rows() as u64;
+                        });
                         self.report(None);
                         break;
                     }

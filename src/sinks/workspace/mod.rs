@@ -58,6 +58,14 @@ pub struct SinkStats {
     pub dead_lettered: u64,
     pub bytes_uncompressed: u64,
     pub bytes_sent: u64,
+    /// Rows delivered per output table.
+    pub delivered_by_table: std::collections::BTreeMap<String, u64>,
+    /// Rows dead-lettered per output table.
+    pub dead_lettered_by_table: std::collections::BTreeMap<String, u64>,
+    /// Answers per HTTP status.
+    pub responses_by_status: std::collections::BTreeMap<u16, u64>,
+    /// Token requests that failed (wrong secret, missing role, Entra unreachable).
+    pub token_failures: u64,
 }
 
 pub struct WorkspaceSink {

@@ -1,0 +1,393 @@
+//! What the process tells Kubernetes and Prometheus: `/healthz` (the runtime is alive),
+//! `/readyz` (ready to deliver: the sink is not failing authorisation or configuration), and
+//! `/metrics` in the Prometheus text format. Metrics are read at scrape time from the stages'
+//! own counters (prometheus-client's `Collector`), so the hot path keeps its plain atomics.
+//! No label carries a secret or record content: tables, statuses, reasons, tenant labels and
+//! content types only.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::sinks::workspace::WorkspaceSink;
+use crate::sources::management::Counters;
+use crate::sources::management::lag::LagBoard;
+use crate::spool::Spool;
+
+/// Counts the run keeps as it goes (the end-of-run `Stats` are for the summary).
+#[derive(Debug, Default)]
+pub struct LiveCounts {
+    /// Rows mapped, per output table.
+    pub rows: Mutex<BTreeMap<String, u64>>,
+    /// Records refused, per reason code.
+    pub rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl LiveCounts {
+    pub fn row(&self, table: &str) {
+        if let Ok(mut rows) = self.rows.lock() {
+            match rows.get_mut(table) {
+                Some(n) => *n += 1,
+                None => {
+                    rows.insert(table.to_string(), 1);
+                }
+            }
+        }
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        if let Ok(mut rejected) = self.rejected.lock() {
+            *rejected.entry(reason).or_default() += 1;
+        }
+    }
+}
+
+/// Everything a scrape reads.
+pub struct Telemetry {
+    pub sink: Arc<WorkspaceSink>,
+    pub spool: Option<Arc<Spool>>,
+    pub lag: Option<Arc<LagBoard>>,
+    pub collector: Option<Arc<Counters>>,
+    pub live: Arc<LiveCounts>,
+    pub max_body_bytes: usize,
+    heartbeat: AtomicU64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    pub fn new(sink: Arc<WorkspaceSink>, live: Arc<LiveCounts>, max_body_bytes: usize) -> Self {
+        Self {
+            sink,
+            spool: None,
+            lag: None,
+            collector: None,
+            live,
+            max_body_bytes,
+            heartbeat: AtomicU64::new(now_secs()),
+        }
+    }
+
+    /// Alive: the runtime ran the heartbeat task within the last 30 seconds.
+    pub fn alive(&self) -> bool {
+        now_secs().saturating_sub(self.heartbeat.load(Ordering::Relaxed)) < 30
+    }
+
+    /// Ready, or why not.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(problem) = self.sink.problem() {
+            return Err(problem);
+        }
+        Ok(())
+    }
+
+    fn beat(&self) {
+        self.heartbeat.store(now_secs(), Ordering::Relaxed);
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A counter family with one label.
+fn counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (String, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (value_label, value) in values {
+        let labels = [(label, value_label.as_str())];
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Telemetry {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.sink.stats();
+        let live_rows = self.live.rows.lock().map(|r| r.clone()).unwrap_or_default();
+        counters(
+            &mut e,
+            "m365_sentinel_rows_mapped",
+            "Rows mapped, per output table.",
+            "table",
+            live_rows,
+        )?;
+        let rejected = self
+            .live
+            .rejected
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        counters(
+            &mut e,
+            "m365_sentinel_records_rejected",
+            "Input records refused, per reason.",
+            "reason",
+            rejected.into_iter().map(|(k, v)| (k.to_string(), v)),
+        )?;
+        counters(
+            &mut e,
+            "m365_sentinel_rows_delivered",
+            "Rows the workspace accepted, per output table.",
+            "table",
+            s.delivered_by_table.clone(),
+        )?;
+        counters(
+            &mut e,
+            "m365_sentinel_rows_dead_lettered",
+            "Rows refused for good (in the dead-letter store), per output table.",
+            "table",
+            s.dead_lettered_by_table.clone(),
+        )?;
+        counters(
+            &mut e,
+            "m365_sentinel_responses",
+            "Workspace answers, per HTTP status.",
+            "status",
+            s.responses_by_status
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v)),
+        )?;
+        counter(
+            &mut e,
+            "m365_sentinel_requests",
+            "Requests sent to the workspace.",
+            s.requests,
+        )?;
+        counter(
+            &mut e,
+            "m365_sentinel_retries",
+            "Requests sent again (throttling, 5xx, timeouts, refused tokens).",
+            s.retries,
+        )?;
+        counter(
+            &mut e,
+            "m365_sentinel_splits",
+            "Bodies split (413) or bisected (400).",
+            s.splits,
+        )?;
+        counter(
+            &mut e,
+            "m365_sentinel_bytes_sent",
+            "Bytes sent on the wire (gzip).",
+            s.bytes_sent,
+        )?;
+        counter(
+            &mut e,
+            "m365_sentinel_bytes_uncompressed",
+            "Bytes of the request bodies before gzip.",
+            s.bytes_uncompressed,
+        )?;
+        counter(
+            &mut e,
+            "m365_sentinel_token_failures",
+            "Token requests that failed.",
+            s.token_failures,
+        )?;
+        let fill = if s.requests == 0 {
+            0.0
+        } else {
+            s.bytes_uncompressed as f64 / (s.requests as f64 * self.max_body_bytes as f64)
+        };
+        gauge(
+            &mut e,
+            "m365_sentinel_batch_fill_ratio",
+            "Average request body size over the limit.",
+            fill,
+        )?;
+        gauge(
+            &mut e,
+            "m365_sentinel_ready",
+            "1 when the sink is delivering (see /readyz).",
+            f64::from(u8::from(self.ready().is_ok())),
+        )?;
+        if let Some(spool) = &self.spool {
+            gauge(
+                &mut e,
+                "m365_sentinel_spool_bytes",
+                "Bytes in the spool on disk.",
+                spool.bytes() as f64,
+            )?;
+            gauge(
+                &mut e,
+                "m365_sentinel_spool_full",
+                "1 while collection pauses for a full spool or disk.",
+                f64::from(u8::from(spool.is_full())),
+            )?;
+        }
+        if let Some(c) = &self.collector {
+            let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            counter(
+                &mut e,
+                "m365_sentinel_management_blobs",
+                "Content blobs read from the Management Activity API.",
+                n(&c.blobs),
+            )?;
+            counter(
+                &mut e,
+                "m365_sentinel_management_duplicates",
+                "Records skipped as already seen (by Id).",
+                n(&c.duplicates),
+            )?;
+            counter(
+                &mut e,
+                "m365_sentinel_management_throttled",
+                "Throttled answers (AF429, 429).",
+                n(&c.throttled),
+            )?;
+            counter(
+                &mut e,
+                "m365_sentinel_management_failed_blobs",
+                "Blobs that could not be read and were refused.",
+                n(&c.failed_blobs),
+            )?;
+        }
+        if let Some(lag) = &self.lag {
+            let snapshot = lag.snapshot();
+            let mut family = e.encode_descriptor(
+                "m365_sentinel_management_lag_seconds",
+                "Age of the oldest content not yet safe downstream, per tenant and content type.",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for l in &snapshot {
+                let labels = [
+                    ("tenant", l.tenant.as_str()),
+                    ("content_type", l.content_type.as_str()),
+                ];
+                ConstGauge::new(l.lag_ms as f64 / 1000.0).encode(family.encode_family(&labels)?)?;
+            }
+            let mut family = e.encode_descriptor(
+                "m365_sentinel_management_expired",
+                "Content expired before it was read, per tenant and content type.",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for l in &snapshot {
+                let labels = [
+                    ("tenant", l.tenant.as_str()),
+                    ("content_type", l.content_type.as_str()),
+                ];
+                ConstCounter::new(l.expired).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(telemetry.clone()));
+    let registry = Arc::new(registry);
+    let beat = telemetry.clone();
+    tokio::spawn(async move {
+        loop {
+            beat.beat();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let (live, ready) = (telemetry.clone(), telemetry.clone());
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let alive = live.alive();
+                async move {
+                    if alive {
+                        (StatusCode::OK, "ok\n".to_string())
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "stalled\n".to_string())
+                    }
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let state = ready.ready();
+                async move {
+                    match state {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let mut text = String::new();
+                let result = prometheus_client::encoding::text::encode(&mut text, &registry);
+                async move {
+                    match result {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        ),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [("content-type", "text/plain")],
+                            "metrics could not be encoded\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the health and metrics endpoint stopped");
+    }
+}
