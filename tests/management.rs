@@ -315,3 +315,49 @@ async fn a_subscription_is_never_started_twice_within_fifteen_minutes() {
         "no second start within 15 minutes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_the_tenants_and_together_collect_each_once() {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    let content = make_content(&emulator, &[0, 1, 2], 3_000, 30, false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&emulator, dir.path(), None);
+    let mut delivered = Vec::new();
+    for index in ["0", "1"] {
+        let before = emulator.accepted_count();
+        let out = run_to_end_with(
+            once(&config),
+            vec![
+                ("M365_SENTINEL__MANAGEMENT_API__SHARD__COUNT", "2".into()),
+                ("M365_SENTINEL__MANAGEMENT_API__SHARD__INDEX", index.into()),
+            ],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        delivered.push(emulator.accepted_count() - before);
+    }
+    let (counts, _) = arrivals(&emulator);
+    assert_eq!(counts.len(), content.records.len());
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "no tenant collected by both"
+    );
+    assert!(
+        delivered.iter().all(|n| *n > 0),
+        "both replicas had tenants: {delivered:?}"
+    );
+    // Every tenant was listed (by one replica or the other: no duplicates above).
+    let requests = emulator.mgmt_requests();
+    for tenant in TENANTS {
+        let listings = requests
+            .iter()
+            .filter(|r| r.tenant == tenant && r.op == "content")
+            .count();
+        assert!(listings > 0, "{tenant}");
+    }
+}

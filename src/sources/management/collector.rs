@@ -101,6 +101,8 @@ pub enum CollectorError {
     Positions(#[from] PositionError),
     #[error(transparent)]
     Seen(#[from] super::seen::SeenError),
+    #[error("{0}")]
+    Shard(String),
 }
 
 /// How a run uses the collector.
@@ -195,8 +197,19 @@ impl Collector {
         });
         let lag = Arc::new(LagBoard::default());
         let counters = Arc::new(Counters::default());
+        let pod_name = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok();
+        let (shard, shards) = config
+            .shard
+            .resolve(pod_name.as_deref())
+            .map_err(CollectorError::Shard)?;
         let mut tenants = JoinSet::new();
         for tenant in &config.tenants {
+            if !super::config::shard_owns(&tenant.tenant_id, shard, shards) {
+                tracing::debug!(tenant = %tenant.label(), shard, shards, "tenant belongs to another replica");
+                continue;
+            }
             let prepared = prepare(tenant, config, &http, &store, &settings, &lag, &counters);
             let out = out.clone();
             let store = store.clone();

@@ -143,6 +143,9 @@ pub struct ManagementConfig {
     /// meanwhile share one write. After a crash, rows acknowledged in the last interval are
     /// sent again (on top of those in flight).
     pub commit_interval_ms: u64,
+    /// Splitting the tenants over several replicas (a StatefulSet): each takes the tenants
+    /// whose hash modulo `count` is its ordinal, so no two replicas poll the same tenant.
+    pub shard: ShardConfig,
     /// Allows `http://127.0.0.1` endpoints (the emulator); HTTPS is required otherwise.
     pub allow_plain_http_loopback: bool,
 }
@@ -159,14 +162,80 @@ impl Default for ManagementConfig {
             requests_per_minute: 2_000,
             dedupe: DedupeConfig::default(),
             commit_interval_ms: 250,
+            shard: ShardConfig::default(),
             allow_plain_http_loopback: false,
         }
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardConfig {
+    /// Replicas sharing the tenants.
+    pub count: u32,
+    /// This replica's ordinal; when unset, the number after the last '-' of the pod name
+    /// (POD_NAME, else HOSTNAME: a StatefulSet names its pods `<name>-<ordinal>`).
+    pub index: Option<u32>,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            index: None,
+        }
+    }
+}
+
+impl ShardConfig {
+    /// This replica's (index, count), from the config or the pod name.
+    pub fn resolve(&self, pod_name: Option<&str>) -> Result<(u32, u32), String> {
+        if self.count <= 1 {
+            return Ok((0, 1));
+        }
+        let index = match self.index {
+            Some(i) => i,
+            None => pod_name
+                .and_then(|n| n.rsplit_once('-'))
+                .and_then(|(_, ordinal)| ordinal.parse().ok())
+                .ok_or_else(|| {
+                    "management_api.shard.count is above 1 but this replica's ordinal is unknown: set management_api.shard.index, or run in a StatefulSet (pod name <name>-<ordinal> in POD_NAME or HOSTNAME)".to_string()
+                })?,
+        };
+        if index >= self.count {
+            return Err(format!(
+                "management_api.shard.index {index} is not below shard.count {}",
+                self.count
+            ));
+        }
+        Ok((index, self.count))
+    }
+}
+
+/// True when the replica `index` of `count` collects `tenant_id`: a stable hash (SHA-256 of
+/// the lowercase id), the same in every replica and every version.
+pub fn shard_owns(tenant_id: &str, index: u32, count: u32) -> bool {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(tenant_id.to_ascii_lowercase().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) % u64::from(count.max(1)) == u64::from(index)
+}
+
 impl ManagementConfig {
     /// Problems a start-up must refuse, each naming the setting.
     pub fn validate(&self) -> Result<(), String> {
+        if self.shard.count == 0 {
+            return Err("management_api.shard.count must be at least 1".into());
+        }
+        if let Some(i) = self.shard.index
+            && i >= self.shard.count
+        {
+            return Err(format!(
+                "management_api.shard.index {i} is not below shard.count {}",
+                self.shard.count
+            ));
+        }
         if self.initial_lookback_hours == 0 || self.initial_lookback_hours > AVAILABILITY_HOURS {
             return Err(format!(
                 "management_api.initial_lookback_hours is {}; it must be between 1 and {AVAILABILITY_HOURS} (the API serves 7 days)",
@@ -240,4 +309,46 @@ pub fn is_guid(s: &str) -> bool {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_hexdigit(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tenant_belongs_to_exactly_one_replica() {
+        let tenants: Vec<String> = (0..60)
+            .map(|i| format!("aaaaaaaa-0000-4000-8000-{i:012}"))
+            .collect();
+        for count in 1..=4 {
+            let mut per_replica = vec![0; count as usize];
+            for t in &tenants {
+                let owners: Vec<u32> = (0..count).filter(|i| shard_owns(t, *i, count)).collect();
+                assert_eq!(owners.len(), 1, "{t} with {count} replicas");
+                per_replica[owners[0] as usize] += 1;
+            }
+            assert!(per_replica.iter().all(|n| *n > 0), "{per_replica:?}");
+        }
+        // Stable: case does not matter, and the assignment is fixed by the id alone.
+        let t = "7D1C2B3A-4E5F-4A6B-8C7D-9E0F1A2B3C4D";
+        assert_eq!(shard_owns(t, 0, 3), shard_owns(&t.to_lowercase(), 0, 3));
+    }
+
+    #[test]
+    fn the_ordinal_comes_from_the_config_or_the_pod_name() {
+        let shard = |count, index| ShardConfig { count, index };
+        assert_eq!(shard(1, None).resolve(None), Ok((0, 1)));
+        assert_eq!(shard(3, None).resolve(Some("m365-sentinel-2")), Ok((2, 3)));
+        assert_eq!(
+            shard(3, Some(1)).resolve(Some("m365-sentinel-2")),
+            Ok((1, 3))
+        );
+        assert!(
+            shard(3, None)
+                .resolve(Some("laptop"))
+                .unwrap_err()
+                .contains("shard.index")
+        );
+        assert!(shard(3, None).resolve(Some("m365-sentinel-5")).is_err());
+    }
 }
