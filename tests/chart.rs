@@ -1,0 +1,270 @@
+//! The Helm chart, rendered by Helm's own engine (helm-python-sdk embeds the Helm v4 Go SDK)
+//! and every manifest validated with kubernetes-validate --strict against Kubernetes 1.29 and
+//! 1.33, for the default values and the files in helm/m365-sentinel/ci. The Python tools live
+//! in .venv (created here from helm/tests/requirements.txt when missing; .ci/run creates it too).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const VERSIONS: [&str; 2] = ["1.29", "1.33"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python, created once per test run if it is missing.
+fn python() -> &'static PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = root().join(".venv");
+        let python = venv.join("bin/python");
+        let ready = |p: &Path| {
+            Command::new(p)
+                .args(["-c", "import helm_python, kubernetes_validate, yaml"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ready(&python) {
+            let made = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 runs");
+            assert!(made.success(), "python3 -m venv .venv failed");
+            let installed = Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "-r"])
+                .arg(root().join("helm/tests/requirements.txt"))
+                .status()
+                .expect("pip runs");
+            assert!(
+                installed.success(),
+                "pip install -r helm/tests/requirements.txt failed"
+            );
+        }
+        assert!(
+            ready(&python),
+            "the chart tools are not importable from .venv"
+        );
+        python
+    })
+}
+
+/// Rendered manifests by template, or the reason rendering or validation failed.
+fn render(values: &str) -> Result<Value, String> {
+    let out = Command::new(python())
+        .arg(root().join("helm/tests/render.py"))
+        .arg(root().join("helm/m365-sentinel"))
+        .arg(values)
+        .args(VERSIONS)
+        .output()
+        .expect("render.py runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn render_yaml(yaml: &str) -> Result<Value, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    render(&file.display().to_string())
+}
+
+fn manifest<'a>(rendered: &'a Value, template: &str) -> &'a Value {
+    &rendered[format!("m365-sentinel/templates/{template}")][0]
+}
+
+#[test]
+fn the_default_and_every_ci_values_file_render_and_validate_on_1_29_and_1_33() {
+    let mut files = vec!["-".to_string()];
+    for entry in std::fs::read_dir(root().join("helm/m365-sentinel/ci")).unwrap() {
+        files.push(entry.unwrap().path().display().to_string());
+    }
+    assert!(files.len() >= 5, "default plus at least four values files");
+    for file in files {
+        let rendered = render(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            rendered
+                .get("m365-sentinel/templates/statefulset.yaml")
+                .is_some(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn the_statefulset_is_locked_down_probed_persistent_and_rolls_on_config_changes() {
+    let rendered = render("-").unwrap();
+    let sts = manifest(&rendered, "statefulset.yaml");
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "10Gi"
+    );
+    let checksum = sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(checksum.len(), 64);
+    // A schema edit (a values override) changes the checksum, so the pods roll.
+    let edited = render_yaml("schemaOverrides:\n  redaction.yaml: |\n    rules: []\n").unwrap();
+    let after = manifest(&edited, "statefulset.yaml")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(checksum, after);
+    let config = manifest(&edited, "configmap.yaml");
+    assert_eq!(config["data"]["redaction.yaml"], "rules: []\n");
+    assert!(
+        config["data"]["OfficeActivity.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("OfficeActivity_CL")
+    );
+    // Egress: DNS and HTTPS only.
+    let policy = manifest(&rendered, "networkpolicy.yaml");
+    let ports: Vec<i64> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| {
+            rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(ports, [53, 53, 443]);
+}
+
+#[test]
+fn several_replicas_share_the_tenants_by_ordinal() {
+    let rendered = render(
+        &root()
+            .join("helm/m365-sentinel/ci/replicas-values.yaml")
+            .display()
+            .to_string(),
+    )
+    .unwrap();
+    let sts = manifest(&rendered, "statefulset.yaml");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let value = |name: &str| env.iter().find(|e| e["name"] == name).cloned().unwrap();
+    assert_eq!(
+        value("M365_SENTINEL__MANAGEMENT_API__SHARD__COUNT")["value"],
+        "3"
+    );
+    assert_eq!(
+        value("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+}
+
+#[test]
+fn dry_run_and_workload_identity_values_do_what_they_say() {
+    let dry = render(
+        &root()
+            .join("helm/m365-sentinel/ci/dryrun-values.yaml")
+            .display()
+            .to_string(),
+    )
+    .unwrap();
+    let container =
+        &manifest(&dry, "statefulset.yaml")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"][0], "dry-run");
+    assert!(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "/var/lib/m365-sentinel/dry-run")
+    );
+    let wi = render(
+        &root()
+            .join("helm/m365-sentinel/ci/workload-identity-values.yaml")
+            .display()
+            .to_string(),
+    )
+    .unwrap();
+    let sa = manifest(&wi, "serviceaccount.yaml");
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "0f0e0d0c-0b0a-4909-8887-868584838281"
+    );
+    let pod = &manifest(&wi, "statefulset.yaml")["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    let existing = render(
+        &root()
+            .join("helm/m365-sentinel/ci/existing-secret-values.yaml")
+            .display()
+            .to_string(),
+    )
+    .unwrap();
+    assert!(
+        existing
+            .get("m365-sentinel/templates/secret.yaml")
+            .is_none_or(|d| d.as_array().is_some_and(|a| a.is_empty()))
+    );
+    let volumes = manifest(&existing, "statefulset.yaml")["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "m365-sentinel-credentials")
+    );
+}
+
+#[test]
+fn values_that_break_the_schema_are_refused() {
+    for (yaml, why) in [
+        ("replicaCount: three\n", "replicaCount"),
+        ("replicaCount: 0\n", "replicaCount"),
+        ("persistence:\n  size: lots\n", "size"),
+        ("imageTag: v2\n", "imageTag"),
+        ("metrics:\n  port: 70000\n", "port"),
+    ] {
+        let e = render_yaml(yaml).expect_err(yaml);
+        assert!(e.contains(why), "{yaml}: {e}");
+    }
+}
+
+#[test]
+fn the_chart_ships_the_same_schemas_as_the_binary() {
+    for entry in std::fs::read_dir(root().join("schemas")).unwrap() {
+        let path = entry.unwrap().path();
+        let copy = root()
+            .join("helm/m365-sentinel/schemas")
+            .join(path.file_name().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            std::fs::read_to_string(&copy).unwrap_or_default(),
+            "{} differs from the chart's copy: cp schemas/* helm/m365-sentinel/schemas/",
+            path.display()
+        );
+    }
+}
