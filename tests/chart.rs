@@ -268,3 +268,26 @@ fn the_chart_ships_the_same_schemas_as_the_binary() {
         );
     }
 }
+
+#[test]
+fn monitors_scrape_the_metrics_port_when_enabled() {
+    let rendered = render(
+        &root()
+            .join("helm/m365-sentinel/ci/monitors-values.yaml")
+            .display()
+            .to_string(),
+    )
+    .unwrap();
+    let service = manifest(&rendered, "servicemonitor.yaml");
+    assert_eq!(service["kind"], "ServiceMonitor");
+    assert_eq!(service["spec"]["endpoints"][0]["port"], "metrics");
+    let pod = manifest(&rendered, "podmonitor.yaml");
+    assert_eq!(pod["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    // Off by default: no CRD needed to install the chart.
+    let default = render("-").unwrap();
+    assert!(
+        default
+            .get("m365-sentinel/templates/servicemonitor.yaml")
+            .is_none_or(|d| d.as_array().is_some_and(|a| a.is_empty()))
+    );
+}
