@@ -383,6 +383,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown_deadline: Duration::from_secs(sink_config.shutdown_deadline_secs),
                 live,
             };
+            // Credentials are tried at once (then every 30 s until they work), so /readyz says
+            // "not ready" for a wrong secret before anything is read.
+            let checking = sink.clone();
+            rt.spawn(async move {
+                while !checking.check_credentials().await {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
             let listen = setup.config.metrics.listen.clone();
             let serve = |telemetry: m365_sentinel::telemetry::Telemetry| -> anyhow::Result<()> {
                 if let Some(addr) = &listen {

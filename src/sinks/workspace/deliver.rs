@@ -37,6 +37,32 @@ impl WorkspaceSink {
         }
     }
 
+    /// Asks for a token now (Logs Ingestion), so a wrong credential shows in the sink's problem
+    /// (and `/readyz`) at start-up rather than at the first delivery. True when it worked, or
+    /// when the API needs no token.
+    pub async fn check_credentials(&self) -> bool {
+        let Api::LogsIngestion { credential, scope } = &self.api else {
+            return true;
+        };
+        match credential.get_token(&[scope.as_str()], None).await {
+            Ok(_) => {
+                // Only clear a problem this check could have set.
+                if self
+                    .problem()
+                    .is_some_and(|p| p.starts_with("token request failed"))
+                {
+                    self.report(None);
+                }
+                true
+            }
+            Err(e) => {
+                self.count(|s| s.token_failures += 1);
+                self.report(Some(format!("token request failed: {e}")));
+                false
+            }
+        }
+    }
+
     fn jittered(&self, step: Duration, retry_after: Option<Duration>) -> Duration {
         match self.rng.lock() {
             Ok(mut rng) => self.policy.delay(step, retry_after, &mut rng),
