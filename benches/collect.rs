@@ -174,15 +174,9 @@ fn main() {
         )
         .expect("collector");
         let counters = collector.counters.clone();
-        let stats = run(
-            setup.clone(),
-            Intake::Management(rx),
-            sink,
-            targets,
-            options,
-        )
-        .await
-        .expect("run");
+        let stats = run(setup.clone(), Intake::Units(rx), sink, targets, options)
+            .await
+            .expect("run");
         let reports = collector.finish().await;
         assert!(reports.iter().all(|r| r.errors.is_empty()), "{reports:?}");
         (stats, counters)

@@ -43,6 +43,9 @@ pub struct Config {
     /// The Office 365 Management Activity API: tenants to collect the audit log of.
     #[serde(default)]
     pub management_api: crate::sources::management::ManagementConfig,
+    /// Defender email events from the Streaming API's exports (event hubs, storage accounts).
+    #[serde(default)]
+    pub defender: crate::sources::defender::DefenderConfig,
     /// The on-disk queue between mapping and delivery (`run`).
     #[serde(default)]
     pub spool: crate::spool::SpoolConfig,
@@ -406,6 +409,7 @@ impl Config {
             }
         }
         self.management_api.validate()?;
+        self.defender.validate()?;
         self.spool.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(

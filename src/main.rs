@@ -13,9 +13,9 @@ use m365_sentinel::pipeline::{Setup, dry_run, dry_run_units};
 use m365_sentinel::run::{Intake, RunOptions, run as deliver_input};
 use m365_sentinel::shutdown::Shutdown;
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
-use m365_sentinel::sources::management::{
-    Collector, CollectorOptions, Counters, TenantReport, Unit,
-};
+use m365_sentinel::sources::live::{LiveOptions, LiveSources, SourceReport};
+use m365_sentinel::sources::management::Counters;
+use m365_sentinel::sources::unit::Unit;
 use m365_sentinel::spool::Spool;
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
@@ -209,27 +209,39 @@ fn inputs_or_config(input: Vec<PathBuf>, setup: &Setup) -> anyhow::Result<Vec<Pa
     Ok(inputs)
 }
 
-/// Starts collecting the configured tenants; blobs arrive on the returned channel.
-/// `persist: false` is dry-run: positions and seen ids are read but never written, and no
-/// subscription is started.
-fn start_collector(
+/// Starts every configured live source; their units arrive on the returned channel.
+/// `persist: false` is dry-run: positions are read but never written, no offset is committed
+/// and no subscription is started.
+fn start_sources(
     setup: &Setup,
     persist: bool,
     once: bool,
     shutdown: Shutdown,
-) -> anyhow::Result<(Collector, tokio::sync::mpsc::Receiver<Unit>)> {
+    run_ended: Shutdown,
+) -> anyhow::Result<(LiveSources, tokio::sync::mpsc::Receiver<Unit>)> {
     let config = &setup.config.management_api;
-    let http = m365_sentinel::http_client::build(&setup.config.http)?;
     let (tx, rx) = tokio::sync::mpsc::channel(config.blob_concurrency.max(1) * 2);
-    let options = CollectorOptions {
+    let options = LiveOptions {
         persist,
         once,
-        max_blob_bytes: setup.config.input.max_document_bytes,
-        retry: setup.config.retry_policy(),
         shutdown,
+        run_ended,
     };
-    let collector = Collector::start(config, http, options, tx)?;
-    Ok((collector, rx))
+    let sources = LiveSources::start(&setup.config, options, tx)?;
+    Ok((sources, rx))
+}
+
+fn print_summaries(
+    management: Option<&Counters>,
+    statuses: &[(String, Arc<m365_sentinel::sources::status::SourceStatus>)],
+    recent: &m365_sentinel::sources::recent::RecentRows,
+) {
+    if let Some(counters) = management {
+        println!("{}", collection_summary(counters));
+    }
+    for line in LiveSources::summary(statuses, recent) {
+        println!("{line}");
+    }
 }
 
 fn collection_summary(c: &Counters) -> String {
@@ -246,9 +258,10 @@ fn collection_summary(c: &Counters) -> String {
     )
 }
 
-/// Prints each tenant that could not be collected; the exit status when there is one.
-fn report_tenants(reports: Option<&[TenantReport]>) -> Option<ExitCode> {
-    let failed: Vec<&TenantReport> = reports?.iter().filter(|r| !r.errors.is_empty()).collect();
+/// Prints each source (tenant, event hub, storage account) that could not be collected; the
+/// exit status when there is one.
+fn report_sources(reports: Option<&[SourceReport]>) -> Option<ExitCode> {
+    let failed: Vec<&SourceReport> = reports?.iter().filter(|r| !r.errors.is_empty()).collect();
     for report in &failed {
         for error in &report.errors {
             eprintln!("error: {error}");
@@ -256,7 +269,7 @@ fn report_tenants(reports: Option<&[TenantReport]>) -> Option<ExitCode> {
     }
     (!failed.is_empty()).then(|| {
         println!(
-            "{} tenant(s) could not be collected (see the errors above); the others were",
+            "{} source(s) could not be collected (see the errors above); the others were",
             failed.len()
         );
         ExitCode::from(EXIT_TENANTS_FAILED)
@@ -350,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let setup = Arc::new(load(&common)?);
             init_logging(&setup.config.log.level, setup.config.log.format);
-            let management = input.is_empty() && !setup.config.management_api.tenants.is_empty();
+            let management = input.is_empty() && LiveSources::configured(&setup.config);
             let (sink, targets, _) = sink_from(&setup)?;
             let sink_config = setup.config.sink.clone().context("sink")?;
             let spool = if setup.config.spool.enabled {
@@ -405,23 +418,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(())
             };
             let (stats, reports) = if management {
-                let (collector, units) =
-                    rt.block_on(async { start_collector(&setup, true, once, shutdown) })?;
-                telemetry.lag = Some(collector.lag.clone());
-                telemetry.collector = Some(collector.counters.clone());
+                let (end_run, run_ended) = m365_sentinel::shutdown::channel();
+                let (sources, units) =
+                    rt.block_on(async { start_sources(&setup, true, once, shutdown, run_ended) })?;
+                telemetry.lag = sources.management.as_ref().map(|c| c.lag.clone());
+                telemetry.collector = sources.counters();
                 serve(telemetry)?;
                 rt.block_on(async {
-                    let counters = collector.counters.clone();
-                    let stats = deliver_input(
-                        setup.clone(),
-                        Intake::Management(units),
-                        sink,
-                        targets,
-                        options,
-                    )
-                    .await?;
-                    let reports = collector.finish().await;
-                    println!("{}", collection_summary(&counters));
+                    let counters = sources.counters();
+                    let statuses = sources.statuses();
+                    let recent = sources.recent.clone();
+                    let finishing = tokio::spawn(sources.finish());
+                    let stats =
+                        deliver_input(setup.clone(), Intake::Units(units), sink, targets, options)
+                            .await;
+                    // Sources waiting for their last rows to become durable wait no longer.
+                    end_run.stop();
+                    let reports = finishing.await.context("the sources' task failed")?;
+                    let stats = stats?;
+                    print_summaries(counters.as_deref(), &statuses, &recent);
                     anyhow::Ok((stats, Some(reports)))
                 })?
             } else {
@@ -466,7 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            if let Some(code) = report_tenants(reports.as_deref()) {
+            if let Some(code) = report_sources(reports.as_deref()) {
                 return Ok(code);
             }
             if stats.input.rejected_total() > 0 || s.dead_lettered > 0 {
@@ -547,22 +562,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(&setup.config.log.level, setup.config.log.format);
             let out = out.unwrap_or_else(|| setup.config.dry_run.out_dir.clone());
             let mut reports = None;
-            let stats = if input.is_empty() && !setup.config.management_api.tenants.is_empty() {
+            let stats = if input.is_empty() && LiveSources::configured(&setup.config) {
                 let rt = runtime()?;
-                let (collector, mut units) =
-                    rt.block_on(async { start_collector(&setup, false, true, Shutdown::never()) })?;
-                let counters = collector.counters.clone();
+                let (sources, mut units) = rt.block_on(async {
+                    start_sources(&setup, false, true, Shutdown::never(), Shutdown::never())
+                })?;
+                let counters = sources.counters();
+                let statuses = sources.statuses();
+                let recent = sources.recent.clone();
                 let mapping_setup = setup.clone();
                 let mapping_out = out.clone();
                 let mapping = rt.spawn_blocking(move || {
                     dry_run_units(&mapping_setup, &mut units, &mapping_out)
                 });
                 let (stats, done) = rt.block_on(async {
-                    let reports = collector.finish().await;
+                    let reports = sources.finish().await;
                     (mapping.await, reports)
                 });
                 reports = Some(done);
-                println!("{}", collection_summary(&counters));
+                print_summaries(counters.as_deref(), &statuses, &recent);
                 stats?.context("dry-run failed")?
             } else {
                 let inputs = inputs_or_config(input, &setup)?;
@@ -578,7 +596,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             print!("{}", stats.render());
             println!("\nbodies and reports written to {}", out.display());
-            if let Some(code) = report_tenants(reports.as_deref()) {
+            if let Some(code) = report_sources(reports.as_deref()) {
                 return Ok(code);
             }
             if stats.rejected_total() > 0 {

@@ -316,7 +316,7 @@ pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stat
 /// (duplicates by Id skipped) and writes what would be sent. Blocking: run it on its own thread.
 pub fn dry_run_units(
     setup: &Setup,
-    units: &mut tokio::sync::mpsc::Receiver<crate::sources::management::Unit>,
+    units: &mut tokio::sync::mpsc::Receiver<crate::sources::unit::Unit>,
     out_dir: &Path,
 ) -> Result<Stats, PipelineError> {
     let mut run = DryRun::create(setup, out_dir)?;

@@ -27,7 +27,7 @@ use crate::sinks::batch::{BodyBuilder, RowTooLarge};
 use crate::sinks::dry_run::rejected_line;
 use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
 use crate::sources::file::{Exclude, Framed, ReadTotals, SourceError, read_inputs};
-use crate::sources::management::Unit;
+use crate::sources::unit::Unit;
 use crate::spool::Spool;
 use crate::stats::Stats;
 
@@ -87,8 +87,9 @@ enum Item {
 pub enum Intake {
     /// Files, directories or stdin, read to the end.
     Files(Vec<PathBuf>),
-    /// Content blobs from the Management Activity API collector.
-    Management(mpsc::Receiver<Unit>),
+    /// Units from the live sources (Management Activity API, Event Hubs, Storage), until every
+    /// source has stopped.
+    Units(mpsc::Receiver<Unit>),
 }
 
 fn ack_all(acks: impl IntoIterator<Item = Ack>) {
@@ -202,7 +203,7 @@ pub async fn run(
     let stop = options.shutdown.clone();
     let reader = tokio::task::spawn_blocking(move || match intake {
         Intake::Files(inputs) => read_files(&reader_setup, &inputs, &exclude, &tx, &stop),
-        Intake::Management(units) => {
+        Intake::Units(units) => {
             map_units(&reader_setup, units, &tx);
             Ok(ReadTotals::default())
         }

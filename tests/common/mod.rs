@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod azure;
+pub mod azurite;
 pub mod columns;
+pub mod defender;
 pub mod management;
 
 use std::collections::BTreeMap;

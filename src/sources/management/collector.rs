@@ -25,6 +25,7 @@ use crate::ack::Ack;
 use crate::decode::Fields;
 use crate::record::{Position, RejectReason, Rejected};
 use crate::sinks::retry::RetryPolicy;
+use crate::sources::unit::{Dedupe, Unit};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The API refuses windows longer than this.
@@ -35,16 +36,6 @@ const AVAILABILITY_MARGIN_MS: i64 = 15 * 60_000;
 const START_SPACING_MS: i64 = 15 * 60_000;
 /// A local clock further than this from the service's is worth a warning.
 const CLOCK_SKEW_WARN_MS: i64 = 60_000;
-
-/// One content blob, read and ready to map. The mapper admits each record through `dedupe`,
-/// attaches a handle of `ack` to each row it emits, then releases `ack` itself.
-pub struct Unit {
-    /// The blob's text, or why it could not be read (a record for the refused-input file).
-    pub content: Result<String, Rejected>,
-    pub pos: Position,
-    pub ack: Ack,
-    pub dedupe: BlobDedupe,
-}
 
 /// Admission of a blob's records by `Id` against the tenant's seen-id set.
 pub struct BlobDedupe {
@@ -823,11 +814,11 @@ async fn send_unit(
         content,
         pos: blob_position(t, index, item),
         ack,
-        dedupe: BlobDedupe {
+        dedupe: Dedupe::Ids(BlobDedupe {
             seen: t.seen.clone(),
             admitted,
             counters: t.counters.clone(),
-        },
+        }),
     };
     if t.settings.options.shutdown.is_set() {
         return false;

@@ -14,7 +14,8 @@ pub mod rate;
 pub mod seen;
 pub mod tracker;
 
+pub use client::now_millis;
 pub use collector::{
-    BlobDedupe, Collector, CollectorError, CollectorOptions, Counters, TenantReport, Unit,
+    BlobDedupe, Collector, CollectorError, CollectorOptions, Counters, TenantReport,
 };
 pub use config::{ManagementConfig, TenantConfig};

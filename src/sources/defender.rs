@@ -1,0 +1,70 @@
+//! The `defender` section: where Defender's Streaming API exports email events (event hubs,
+//! storage accounts), and the dedupe window both share.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::eventhubs::EventHubConfig;
+use super::storage::StorageConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefenderConfig {
+    #[serde(default)]
+    pub event_hubs: Vec<EventHubConfig>,
+    #[serde(default)]
+    pub storage: Vec<StorageConfig>,
+    /// Where storage positions are kept (event hub offsets live in the consumer group).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Exact repeats of a row (same table, same content) within this window are sent once.
+    #[serde(default = "default_window")]
+    pub dedupe_window_secs: u64,
+    /// The window holds at most this many rows (about 60 bytes each).
+    #[serde(default = "default_max_rows")]
+    pub dedupe_max_rows: usize,
+}
+
+impl Default for DefenderConfig {
+    fn default() -> Self {
+        Self {
+            event_hubs: Vec::new(),
+            storage: Vec::new(),
+            state_dir: default_state_dir(),
+            dedupe_window_secs: default_window(),
+            dedupe_max_rows: default_max_rows(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+fn default_window() -> u64 {
+    3_600
+}
+
+fn default_max_rows() -> usize {
+    1_000_000
+}
+
+impl DefenderConfig {
+    pub fn is_empty(&self) -> bool {
+        self.event_hubs.is_empty() && self.storage.is_empty()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, hub) in self.event_hubs.iter().enumerate() {
+            hub.validate(&format!("defender.event_hubs[{i}]"))?;
+        }
+        for (i, account) in self.storage.iter().enumerate() {
+            account.validate(&format!("defender.storage[{i}]"))?;
+        }
+        if self.dedupe_max_rows == 0 {
+            return Err("defender.dedupe_max_rows must be at least 1".into());
+        }
+        Ok(())
+    }
+}

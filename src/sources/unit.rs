@@ -1,0 +1,37 @@
+//! The unit every live source hands to the mapper: a piece of input text (a content blob, an
+//! Event Hubs message, the new lines of an append blob) with the acknowledgement that lets the
+//! source move its position once every row taken from it is safe downstream.
+
+use crate::ack::Ack;
+use crate::decode::Fields;
+use crate::record::{Position, Rejected};
+use crate::sources::management::BlobDedupe;
+use crate::sources::recent::RecentRows;
+
+/// Text ready to map. The mapper admits each record through `dedupe`, attaches a handle of
+/// `ack` to each row it emits, then releases `ack` itself.
+pub struct Unit {
+    /// The text, or why it could not be read (a record for the refused-input file).
+    pub content: Result<String, Rejected>,
+    pub pos: Position,
+    pub ack: Ack,
+    pub dedupe: Dedupe,
+}
+
+/// How a source recognises records it handed on before.
+pub enum Dedupe {
+    /// Audit records, by their `Id`, against the tenant's seen-id set.
+    Ids(BlobDedupe),
+    /// Defender rows have no id: exact repeats of a row within a time window.
+    Recent(RecentRows),
+}
+
+impl Dedupe {
+    /// False for a record that was handed on already.
+    pub fn admit(&mut self, fields: &Fields) -> bool {
+        match self {
+            Self::Ids(ids) => ids.admit(fields),
+            Self::Recent(recent) => recent.admit(fields),
+        }
+    }
+}
