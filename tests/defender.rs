@@ -291,7 +291,7 @@ async fn dry_run_reads_both_sources_and_commits_nothing() {
     for id in &expected {
         assert!(
             bodies_text.contains(&format!("\"{id}\"")),
-            "{id} missing from the bodies"
+            "{id} missing from the bodies; dry-run said:\n{stdout}"
         );
     }
     assert!(

@@ -214,9 +214,14 @@ pub fn sink_yaml(emulator: &Emulator, dir: &Path) -> String {
 }
 
 /// An `event_hubs` entry for the broker (plaintext: a local broker).
+/// `KAFKA_DEBUG=<librdkafka debug contexts>` (e.g. `cgrp,fetch`) turns librdkafka's debug log
+/// on in the binaries a test runs.
 pub fn hub_yaml(broker: &Broker, topic: &str, group: &str) -> String {
+    let debug = std::env::var("KAFKA_DEBUG")
+        .map(|d| format!("      librdkafka: {{debug: \"{d}\"}}\n"))
+        .unwrap_or_default();
     format!(
-        "    - name: {topic}\n      bootstrap_servers: {}\n      event_hub: {topic}\n      consumer_group: {group}\n      auth: {{kind: plaintext}}\n      session_timeout_ms: 6000\n      commit_interval_ms: 200\n",
+        "    - name: {topic}\n      bootstrap_servers: {}\n      event_hub: {topic}\n      consumer_group: {group}\n      auth: {{kind: plaintext}}\n      session_timeout_ms: 6000\n      commit_interval_ms: 200\n{debug}",
         broker.bootstrap()
     )
 }
@@ -224,8 +229,13 @@ pub fn hub_yaml(broker: &Broker, topic: &str, group: &str) -> String {
 /// Writes `dir/config.yaml`: the sink, then a `defender` section holding `sources` (entries
 /// under `event_hubs:` / `storage:` already indented).
 pub fn write_defender_config(emulator: &Emulator, dir: &Path, defender: &str) -> PathBuf {
+    let log = if std::env::var("KAFKA_DEBUG").is_ok() {
+        "log:\n  level: info,m365_sentinel::sources::eventhubs=debug\n"
+    } else {
+        ""
+    };
     let config = format!(
-        "{}defender:\n  state_dir: {}/state\n{defender}",
+        "{}{log}defender:\n  state_dir: {}/state\n{defender}",
         sink_yaml(emulator, dir),
         dir.display()
     );

@@ -3,16 +3,17 @@
 //! durable downstream.
 //!
 //! It runs on its own thread because librdkafka's callbacks (rebalances, OAUTHBEARER token
-//! refreshes) run inside `poll` and may block. When the mapper is behind, the thread pauses its
-//! partitions and keeps polling, so the group does not think it died.
+//! refreshes) run inside `poll` and may block. When the mapper is behind, the thread waits
+//! for it without polling (backpressure reaches the broker as fetches that stop).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -28,6 +29,8 @@ use crate::sources::status::SourceStatus;
 use crate::sources::unit::{Dedupe, Unit};
 
 const POLL: Duration = Duration::from_millis(100);
+/// How often a thread waiting for room in the intake checks for a stop.
+const FULL_WAIT: Duration = Duration::from_millis(500);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// At a stop, how long the thread waits for messages in flight to become durable before its
 /// last commit.
@@ -102,7 +105,7 @@ impl EventHubSource {
             token,
             status: status.clone(),
         };
-        let consumer: BaseConsumer<HubContext> = client_config(config, &label)?
+        let consumer: BaseConsumer<HubContext> = client_config(config, &label, options.once)?
             .create_with_context(context)
             .map_err(|e| {
                 setup(
@@ -142,7 +145,15 @@ impl EventHubSource {
         match joined {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => errors.push(e.to_string()),
-            Ok(Err(_)) | Err(_) => errors.push(format!("{label}: the consuming thread failed")),
+            Ok(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                errors.push(format!("{label}: the consuming thread failed: {why}"));
+            }
+            Err(e) => errors.push(format!("{label}: the consuming thread failed: {e}")),
         }
         if let Some(failure) = status.failure() {
             errors.push(failure);
@@ -158,11 +169,22 @@ fn setup(label: &str, detail: String) -> EventHubError {
     }
 }
 
-fn client_config(config: &EventHubConfig, label: &str) -> Result<ClientConfig, EventHubError> {
+fn client_config(
+    config: &EventHubConfig,
+    label: &str,
+    once: bool,
+) -> Result<ClientConfig, EventHubError> {
     let mut c = ClientConfig::new();
     for (key, value) in &config.librdkafka {
         c.set(key, value);
     }
+    // rdkafka derives librdkafka's log level from the `log` crate, which this binary doesn't
+    // use: set it here (debug when librdkafka's `debug` property asks for it).
+    c.set_log_level(if config.librdkafka.contains_key("debug") {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Info
+    });
     let session = config.session_timeout_ms;
     c.set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.consumer_group)
@@ -176,7 +198,9 @@ fn client_config(config: &EventHubConfig, label: &str) -> Result<ClientConfig, E
                 StartFrom::Latest => "latest",
             },
         )
+        .set("enable.partition.eof", if once { "true" } else { "false" })
         .set("session.timeout.ms", session.to_string())
+        .set("max.poll.interval.ms", "600000")
         .set("heartbeat.interval.ms", (session / 3).max(100).to_string());
     match &config.auth {
         EventHubAuth::ConnectionString {
@@ -217,14 +241,6 @@ fn client_config(config: &EventHubConfig, label: &str) -> Result<ClientConfig, E
     Ok(c)
 }
 
-/// A message read and waiting to be handed on.
-struct Waiting {
-    partition: i32,
-    epoch: u64,
-    offset: i64,
-    unit: Unit,
-}
-
 struct Reader {
     label: String,
     topic: String,
@@ -247,26 +263,16 @@ impl Reader {
                 .map_err(|e| self.kafka(format!("subscribe: {e}")))?;
             None
         };
-        let mut waiting: VecDeque<Waiting> = VecDeque::new();
-        let mut paused = false;
         let mut last_commit = Instant::now();
         loop {
             if self.options.shutdown.is_set() {
                 break;
             }
-            if !self.hand_on(&mut waiting) {
-                // The run is stopping: what is not handed on is read again next time.
-                break;
-            }
-            if waiting.is_empty() == paused {
-                self.pause(!paused);
-                paused = !paused;
-            }
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit(CommitMode::Async);
                 last_commit = Instant::now();
             }
-            if ends.as_ref().is_some_and(HashMap::is_empty) && waiting.is_empty() {
+            if ends.as_ref().is_some_and(HashMap::is_empty) {
                 break;
             }
             let Some(polled) = self.consumer.poll(POLL) else {
@@ -274,20 +280,22 @@ impl Reader {
             };
             let message = match polled {
                 Ok(message) => message,
+                // The end of a partition, as it was when reached: `--once` and dry-run are done
+                // with it (brokers' watermarks are not always message offsets + 1).
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    if let Some(ends) = ends.as_mut() {
+                        ends.remove(&partition);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     report_error(&self.status, &self.label, &e, "while fetching");
                     continue;
                 }
             };
             let (partition, offset) = (message.partition(), message.offset());
-            if let Some(ends) = ends.as_mut() {
-                match ends.get(&partition) {
-                    Some(&end) if offset + 1 >= end => {
-                        ends.remove(&partition);
-                    }
-                    Some(_) => {}
-                    None => continue,
-                }
+            if ends.as_ref().is_some_and(|e| !e.contains_key(&partition)) {
+                continue;
             }
             let Some(epoch) = self
                 .tracks
@@ -299,42 +307,41 @@ impl Reader {
             };
             self.status.units.fetch_add(1, Ordering::Relaxed);
             let unit = self.unit(partition, epoch, offset, message.payload());
-            waiting.push_back(Waiting {
-                partition,
-                epoch,
-                offset,
-                unit,
-            });
+            drop(message);
+            if !self.hand_on(partition, epoch, offset, unit) {
+                // The run is stopping: what is not handed on is read again next time.
+                break;
+            }
         }
-        drop(waiting);
         self.finish()
     }
 
-    /// Hands waiting messages to the mapper while it has room; false once the run stopped.
-    fn hand_on(&self, waiting: &mut VecDeque<Waiting>) -> bool {
-        while let Some(next) = waiting.front() {
-            let current = self
-                .tracks
-                .lock()
-                .is_ok_and(|t| t.current(next.partition, next.epoch));
-            if !current {
-                // Its partition was given up meanwhile: its next owner reads it.
-                waiting.pop_front();
-                continue;
-            }
-            let permit = match self.out.try_reserve() {
-                Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Full(())) => return true,
-                Err(mpsc::error::TrySendError::Closed(())) => return false,
-            };
-            let Some(w) = waiting.pop_front() else {
-                return true;
-            };
-            if let Ok(mut t) = self.tracks.lock() {
-                t.sent(w.partition, w.epoch, w.offset);
-            }
-            permit.send(w.unit);
+    /// Hands a message to the mapper, waiting while it is behind; false once the run stops.
+    ///
+    /// While it waits the thread does not poll: librdkafka's own threads keep the group
+    /// session alive, and `max.poll.interval.ms` (10 minutes) bounds how long the mapper may
+    /// stall (a full spool) before the group hands these partitions to another replica.
+    fn hand_on(&self, partition: i32, epoch: u64, offset: i64, unit: Unit) -> bool {
+        let permit = match self.out.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(())) => return false,
+            Err(mpsc::error::TrySendError::Full(())) => loop {
+                if self.options.shutdown.is_set() {
+                    return false;
+                }
+                // The timer is made inside the runtime: this thread has none of its own.
+                let wait = async { tokio::time::timeout(FULL_WAIT, self.out.reserve()).await };
+                match self.options.runtime.block_on(wait) {
+                    Ok(Ok(permit)) => break permit,
+                    Ok(Err(_)) => return false,
+                    Err(_) => {}
+                }
+            },
+        };
+        if let Ok(mut t) = self.tracks.lock() {
+            t.sent(partition, epoch, offset);
         }
+        permit.send(unit);
         true
     }
 
@@ -371,20 +378,6 @@ impl Reader {
             pos,
             ack,
             dedupe: Dedupe::Recent(self.options.recent.clone()),
-        }
-    }
-
-    fn pause(&self, pause: bool) {
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let result = if pause {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        if let Err(e) = result {
-            tracing::debug!(source = %self.label, "pause/resume: {e}");
         }
     }
 

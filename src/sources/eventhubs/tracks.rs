@@ -63,11 +63,6 @@ impl Tracks {
         Some(track.epoch)
     }
 
-    /// Whether a message of `epoch` still belongs to the current assignment.
-    pub fn current(&self, partition: i32, epoch: u64) -> bool {
-        self.parts.get(&partition).is_some_and(|t| t.epoch == epoch)
-    }
-
     /// The message is handed on to the mapper.
     pub fn sent(&mut self, partition: i32, epoch: u64, offset: i64) {
         if let Some(track) = self.parts.get_mut(&partition)
@@ -174,7 +169,6 @@ mod tests {
         t.sent(0, epoch2, 102);
         t.done(0, epoch, 102);
         assert_eq!(t.in_flight(&[0]), 1);
-        assert!(!t.current(0, epoch));
         t.done(0, epoch2, 102);
         assert_eq!(t.revoked(0), Some(103));
     }
