@@ -23,6 +23,13 @@ async fn emulator() -> Emulator {
 /// 10,000 rows of each table in a 4-partition topic, two replicas in one group, one killed
 /// (SIGKILL) a third of the way: the other takes its partitions over; every row arrives,
 /// extra copies only from what the killed one had read past its last commit.
+///
+/// Fails against tansu 0.6.0: when the killed member's session expires, tansu rebalances
+/// without a new generation (a rejoin with unchanged metadata keeps `generation_id`), and its
+/// SyncGroup answers the survivor with the old generation's assignment although the survivor,
+/// as leader, assigned itself all four partitions (librdkafka's debug log: "assigned 4
+/// partition(s)", then only [2, 3] assigned). Kafka's and Event Hubs' coordinators start a new
+/// generation. Kept failing until a broker here runs the group protocol fully.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_killed() {
     let broker = Broker::start();
@@ -46,19 +53,6 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_
     a.kill().unwrap();
     a.wait().unwrap();
     let at_kill = emulator.accepted_count();
-    // tansu 0.6.0 does not bump the group generation when a member's session expires (its
-    // coordinator keeps generation_id in missed_heartbeat, and a rejoin with unchanged metadata
-    // keeps it too), so a lone survivor is handed its old assignment again. Against Kafka or
-    // Event Hubs the survivor gets every partition. Here the killed replica's restart (what
-    // the StatefulSet does) forces a new generation, in which both replicas share all four.
-    wait_for("the survivor's rebalance", Duration::from_secs(30), || {
-        std::fs::read_to_string(dirs[1].join("log"))
-            .is_ok_and(|l| l.matches("partitions assigned").count() >= 2)
-    })
-    .await;
-    let c_dir = tempfile::tempdir().unwrap();
-    let c_config = write_defender_config(&emulator, c_dir.path(), &hub);
-    let mut c = spawn(&["run"], &c_config, &c_dir.path().join("log"));
     wait_for("every row", Duration::from_secs(180), || {
         email_arrivals(&emulator).len() >= ids.len()
     })
@@ -67,8 +61,6 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_
     tokio::time::sleep(Duration::from_secs(2)).await;
     b.kill().unwrap();
     b.wait().unwrap();
-    c.kill().unwrap();
-    c.wait().unwrap();
     let counts = email_arrivals(&emulator);
     let (distinct, missing, duplicates) = tally(&counts, &ids);
     let log_b = std::fs::read_to_string(dirs[1].join("log")).unwrap();
@@ -80,7 +72,7 @@ async fn two_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_
     assert_eq!(distinct, ids.len());
     assert!(
         log_b.contains("partitions assigned"),
-        "the survivor took partitions:\n{log_b}"
+        "the survivor took partitions over:\n{log_b}"
     );
     // The killed replica's extra copies are what it had read past its last commit: at most its
     // two partitions' messages handed on within the commit interval and the run's queues. A
