@@ -175,6 +175,9 @@ fn client_config(
     once: bool,
 ) -> Result<ClientConfig, EventHubError> {
     let mut c = ClientConfig::new();
+    // Cooperative rebalancing: a replica joining or leaving moves only the partitions that
+    // change owner; the others keep being read (and committed) through the rebalance.
+    c.set("partition.assignment.strategy", "cooperative-sticky");
     for (key, value) in &config.librdkafka {
         c.set(key, value);
     }
