@@ -88,6 +88,30 @@ pub enum CredentialConfig {
     },
 }
 
+/// An Entra identity of a source (an event hub, a storage account), in its `auth` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraAuth {
+    pub credential: CredentialConfig,
+    #[serde(default)]
+    pub cloud: Cloud,
+    #[serde(default)]
+    pub authority_host: Option<String>,
+}
+
+impl EntraAuth {
+    /// The credential, its token requests going through `http` (proxy and CA settings).
+    pub fn build(&self, http: &reqwest::Client) -> Result<Arc<dyn TokenCredential>, AuthError> {
+        let transport = Transport::new(Arc::new(http.clone()));
+        credential(
+            &self.credential,
+            self.cloud,
+            self.authority_host.as_deref(),
+            Some(transport),
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("credential: {0}")]

@@ -423,6 +423,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rt.block_on(async { start_sources(&setup, true, once, shutdown, run_ended) })?;
                 telemetry.lag = sources.management.as_ref().map(|c| c.lag.clone());
                 telemetry.collector = sources.counters();
+                telemetry.sources = sources.statuses();
+                telemetry.recent = Some(sources.recent.clone());
                 serve(telemetry)?;
                 rt.block_on(async {
                     let counters = sources.counters();

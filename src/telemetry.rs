@@ -55,6 +55,10 @@ pub struct Telemetry {
     pub spool: Option<Arc<Spool>>,
     pub lag: Option<Arc<LagBoard>>,
     pub collector: Option<Arc<Counters>>,
+    /// The Defender sources (event hubs, storage accounts) by label.
+    pub sources: Vec<(String, Arc<crate::sources::status::SourceStatus>)>,
+    /// Exact repeats of Defender rows skipped.
+    pub recent: Option<crate::sources::recent::RecentRows>,
     pub live: Arc<LiveCounts>,
     pub max_body_bytes: usize,
     heartbeat: AtomicU64,
@@ -79,6 +83,8 @@ impl Telemetry {
             spool: None,
             lag: None,
             collector: None,
+            sources: Vec::new(),
+            recent: None,
             live,
             max_body_bytes,
             heartbeat: AtomicU64::new(now_secs()),
@@ -283,6 +289,53 @@ impl Collector for Telemetry {
                 "m365_sentinel_management_failed_blobs",
                 "Blobs that could not be read and were refused.",
                 n(&c.failed_blobs),
+            )?;
+        }
+        if !self.sources.is_empty() {
+            let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            counters(
+                &mut e,
+                "m365_sentinel_source_units",
+                "Units handed to the mapper per Defender source (event hub messages, blob reads).",
+                "source",
+                self.sources.iter().map(|(l, st)| (l.clone(), n(&st.units))),
+            )?;
+            counters(
+                &mut e,
+                "m365_sentinel_source_commits",
+                "Position commits per Defender source (partitions committed, position files written).",
+                "source",
+                self.sources
+                    .iter()
+                    .map(|(l, st)| (l.clone(), n(&st.commits))),
+            )?;
+            counters(
+                &mut e,
+                "m365_sentinel_source_rebalances",
+                "Consumer-group rebalances per event hub.",
+                "source",
+                self.sources
+                    .iter()
+                    .map(|(l, st)| (l.clone(), n(&st.rebalances))),
+            )?;
+            let mut family = e.encode_descriptor(
+                "m365_sentinel_source_auth_failed",
+                "1 while a Defender source's credentials are refused.",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (label, st) in &self.sources {
+                let failed = st.auth_failed.load(Ordering::Relaxed);
+                ConstGauge::new(f64::from(u8::from(failed)))
+                    .encode(family.encode_family(&[("source", label.as_str())])?)?;
+            }
+        }
+        if let Some(recent) = &self.recent {
+            counter(
+                &mut e,
+                "m365_sentinel_defender_duplicates",
+                "Defender rows skipped as exact repeats within the dedupe window.",
+                recent.duplicates(),
             )?;
         }
         if let Some(lag) = &self.lag {

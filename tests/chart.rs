@@ -139,20 +139,7 @@ fn the_statefulset_is_locked_down_probed_persistent_and_rolls_on_config_changes(
             .contains("OfficeActivity_CL")
     );
     // Egress: DNS and HTTPS only.
-    let policy = manifest(&rendered, "networkpolicy.yaml");
-    let ports: Vec<i64> = policy["spec"]["egress"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|rule| {
-            rule["ports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["port"].as_i64().unwrap())
-        })
-        .collect();
-    assert_eq!(ports, [53, 53, 443]);
+    assert_eq!(egress_ports(&rendered), [53, 53, 443]);
 }
 
 #[test]
@@ -178,6 +165,47 @@ fn several_replicas_share_the_tenants_by_ordinal() {
         value("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
     );
+}
+
+fn egress_ports(rendered: &Value) -> Vec<i64> {
+    manifest(rendered, "networkpolicy.yaml")["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| {
+            rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn defender_event_hubs_open_the_kafka_port_and_their_secrets_are_mounted() {
+    let rendered = render(
+        &root()
+            .join("helm/m365-sentinel/ci/defender-values.yaml")
+            .display()
+            .to_string(),
+    )
+    .unwrap();
+    assert_eq!(egress_ports(&rendered), [53, 53, 443, 9093]);
+    let config = manifest(&rendered, "configmap.yaml")["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config.contains("contoso-eh.servicebus.windows.net:9093"),
+        "{config}"
+    );
+    let secret = &manifest(&rendered, "secret.yaml");
+    let keys = secret["stringData"]
+        .as_object()
+        .or_else(|| secret["data"].as_object())
+        .unwrap();
+    assert!(keys.contains_key("eventhub-connection-string"));
 }
 
 #[test]

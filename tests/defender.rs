@@ -225,6 +225,10 @@ async fn a_refused_storage_key_is_reported_and_the_event_hub_keeps_running() {
         storage_yaml(&azurite, dir.path(), wrong_key)
     );
     let config = write_defender_config(&emulator, dir.path(), &defender);
+    let port = common::defender::free_port();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("metrics:\n  listen: 127.0.0.1:{port}\n"));
+    std::fs::write(&config, text).unwrap();
     let log = dir.path().join("log");
     let mut child = spawn(&["run"], &config, &log);
     wait_for("every event hub row", Duration::from_secs(60), || {
@@ -235,8 +239,36 @@ async fn a_refused_storage_key_is_reported_and_the_event_hub_keeps_running() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("access refused"))
     })
     .await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    let sample = |start: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(
+        sample(&format!(
+            "m365_sentinel_source_auth_failed{{source=\"storage account {ACCOUNT}\"}}"
+        )),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("m365_sentinel_source_auth_failed{source=\"event hub creds\"}"),
+        Some(0.0)
+    );
+    assert!(
+        sample("m365_sentinel_source_units_total{source=\"event hub creds\"}").unwrap_or(0.0)
+            >= 100.0
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text.lines().find(|l| l.contains("access refused")).unwrap();
     assert!(

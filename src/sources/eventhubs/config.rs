@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::auth::{Cloud, CredentialConfig};
+use crate::auth::EntraAuth;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,13 +59,7 @@ pub enum EventHubAuth {
     ConnectionString { connection_string_file: PathBuf },
     /// SASL OAUTHBEARER with an Entra token for `https://<namespace>/.default`; the identity
     /// needs the role "Azure Event Hubs Data Receiver".
-    Entra {
-        credential: CredentialConfig,
-        #[serde(default)]
-        cloud: Cloud,
-        #[serde(default)]
-        authority_host: Option<String>,
-    },
+    Entra(EntraAuth),
     /// No TLS and no sign-in: a local Kafka broker only (tests, a lab). Event Hubs refuses it.
     Plaintext,
 }
@@ -172,6 +166,24 @@ mod tests {
         assert_eq!(c.consumer_group, "m365-sentinel");
         assert_eq!(c.label(), "event hub defender");
         assert!(c.validate("x").is_ok());
+    }
+
+    #[test]
+    fn an_entra_identity_is_read_with_its_credential() {
+        let c = config(
+            "bootstrap_servers: a.servicebus.windows.net:9093\nevent_hub: d\nauth:\n  kind: entra\n  credential: {kind: managed_identity}\n  cloud: us_government\n",
+        );
+        let EventHubAuth::Entra(entra) = &c.auth else {
+            panic!("{:?}", c.auth);
+        };
+        assert_eq!(entra.cloud, crate::auth::Cloud::UsGovernment);
+        assert!(
+            yaml_serde::from_str::<EventHubConfig>(
+                "bootstrap_servers: a:9093\nevent_hub: d\nauth: {kind: entra, credential: {kind: managed_identity}, tenant: x}\n"
+            )
+            .is_err(),
+            "unknown fields are refused"
+        );
     }
 
     #[test]

@@ -76,25 +76,13 @@ impl EventHubSource {
         let status = Arc::new(SourceStatus::default());
         let tracks = Arc::new(Mutex::new(Tracks::default()));
         let token = match &config.auth {
-            EventHubAuth::Entra {
-                credential,
-                cloud,
-                authority_host,
-            } => {
-                let transport = azure_core::http::Transport::new(Arc::new(options.http.clone()));
-                let credential = crate::auth::credential(
-                    credential,
-                    *cloud,
-                    authority_host.as_deref(),
-                    Some(transport),
-                )
-                .map_err(|e| setup(&label, e.to_string()))?;
-                Some(TokenSource {
-                    credential,
-                    scope: config.token_scope(),
-                    runtime: options.runtime.clone(),
-                })
-            }
+            EventHubAuth::Entra(entra) => Some(TokenSource {
+                credential: entra
+                    .build(&options.http)
+                    .map_err(|e| setup(&label, e.to_string()))?,
+                scope: config.token_scope(),
+                runtime: options.runtime.clone(),
+            }),
             _ => None,
         };
         let context = HubContext {
@@ -233,7 +221,7 @@ fn client_config(
                 .set("sasl.username", "$ConnectionString")
                 .set("sasl.password", secret);
         }
-        EventHubAuth::Entra { .. } => {
+        EventHubAuth::Entra(_) => {
             c.set("security.protocol", "SASL_SSL")
                 .set("sasl.mechanism", "OAUTHBEARER");
         }

@@ -81,22 +81,11 @@ impl StorageSource {
             StorageAuth::Sas { token_file } => {
                 BlobAuth::Sas(SasToken::new(&secret(token_file, "token_file")?))
             }
-            StorageAuth::Entra {
-                credential,
-                cloud,
-                authority_host,
-            } => {
-                let transport = azure_core::http::Transport::new(Arc::new(options.http.clone()));
-                BlobAuth::Bearer(
-                    crate::auth::credential(
-                        credential,
-                        *cloud,
-                        authority_host.as_deref(),
-                        Some(transport),
-                    )
+            StorageAuth::Entra(entra) => BlobAuth::Bearer(
+                entra
+                    .build(&options.http)
                     .map_err(|e| StorageError::InvalidArgument(format!("{label}: {e}")))?,
-                )
-            }
+            ),
         };
         let client = BlobClient::new(options.http.clone(), &config.endpoint(), auth)?;
         let file = BlobPositionFile::open(&options.state_dir, &config.account, options.persist)

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::auth::{Cloud, CredentialConfig};
+use crate::auth::EntraAuth;
 
 /// The containers of the four email tables.
 pub const EMAIL_CONTAINERS: [&str; 4] = [
@@ -52,13 +52,7 @@ pub enum StorageAuth {
     /// A SAS token with read and list rights (`sp=rl`), read from a file.
     Sas { token_file: PathBuf },
     /// An Entra identity with the role Storage Blob Data Reader.
-    Entra {
-        credential: CredentialConfig,
-        #[serde(default)]
-        cloud: Cloud,
-        #[serde(default)]
-        authority_host: Option<String>,
-    },
+    Entra(EntraAuth),
 }
 
 fn default_containers() -> Vec<String> {
