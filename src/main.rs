@@ -20,6 +20,8 @@ use m365_sentinel::spool::Spool;
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 const EXIT_REJECTED: u8 = 3;
+/// How long the sources get to stop (commit their last positions) once the run ended.
+const SOURCES_STOP: Duration = Duration::from_secs(30);
 /// Exit status of a `--once` pass (or dry-run) in which some tenants could not be collected.
 const EXIT_TENANTS_FAILED: u8 = 4;
 
@@ -436,7 +438,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             .await;
                     // Sources waiting for their last rows to become durable wait no longer.
                     end_run.stop();
-                    let reports = finishing.await.context("the sources' task failed")?;
+                    // A source whose broker or service stopped answering must not hold the
+                    // exit past Kubernetes' grace period.
+                    let reports = match tokio::time::timeout(SOURCES_STOP, finishing).await {
+                        Ok(done) => done.context("the sources' task failed")?,
+                        Err(_) => vec![m365_sentinel::sources::live::SourceReport {
+                            source: "sources".into(),
+                            errors: vec![format!(
+                                "a source did not stop within {} s; its positions are as last committed",
+                                SOURCES_STOP.as_secs()
+                            )],
+                        }],
+                    };
                     let stats = stats?;
                     print_summaries(counters.as_deref(), &statuses, &recent);
                     anyhow::Ok((stats, Some(reports)))

@@ -38,11 +38,12 @@ fn hour_blob() -> String {
     )
 }
 
-/// A `storage` entry for Azurite with `key` as the account key.
+/// A `storage` entry for Azurite with `key` as the account key; reads of at most 64 KiB, so a
+/// pass reads a blob in several ranges.
 fn storage_yaml(azurite: &Azurite, dir: &Path, key: &str) -> String {
     std::fs::write(dir.join("storage-key"), key).unwrap();
     format!(
-        "    - account: {ACCOUNT}\n      endpoint: {}\n      allow_plain_http_loopback: true\n      poll_interval_secs: 1\n      auth: {{kind: shared_key, key_file: {}/storage-key}}\n",
+        "    - account: {ACCOUNT}\n      endpoint: {}\n      allow_plain_http_loopback: true\n      poll_interval_secs: 1\n      max_read_bytes: 65536\n      auth: {{kind: shared_key, key_file: {}/storage-key}}\n",
         azurite.endpoint(),
         dir.display()
     )
@@ -225,7 +226,7 @@ async fn a_refused_storage_key_is_reported_and_the_event_hub_keeps_running() {
         storage_yaml(&azurite, dir.path(), wrong_key)
     );
     let config = write_defender_config(&emulator, dir.path(), &defender);
-    let port = common::defender::free_port();
+    let port = common::kafka::free_port();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!("metrics:\n  listen: 127.0.0.1:{port}\n"));
     std::fs::write(&config, text).unwrap();

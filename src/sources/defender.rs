@@ -61,6 +61,16 @@ impl DefenderConfig {
         }
         for (i, account) in self.storage.iter().enumerate() {
             account.validate(&format!("defender.storage[{i}]"))?;
+            // Positions are kept per account name: two entries would overwrite each other's.
+            if self.storage[..i]
+                .iter()
+                .any(|a| a.account == account.account)
+            {
+                return Err(format!(
+                    "defender.storage[{i}].account {:?} is listed twice; list its containers in one entry",
+                    account.account
+                ));
+            }
         }
         if self.dedupe_max_rows == 0 {
             return Err("defender.dedupe_max_rows must be at least 1".into());

@@ -46,6 +46,11 @@ impl Progress {
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }
+
+    /// Starts of the units still pending.
+    pub fn pending_starts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pending.keys().copied()
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,14 @@ impl SourceStatus {
         fresh
     }
 
+    /// The last error seen, whatever its kind.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|(m, _)| m.clone()))
+    }
+
     /// The error that keeps this source from reading, while it lasts.
     pub fn failure(&self) -> Option<String> {
         if !self.auth_failed.load(Ordering::Relaxed) {

@@ -6,6 +6,7 @@ pub mod azure;
 pub mod azurite;
 pub mod columns;
 pub mod defender;
+pub mod kafka;
 pub mod management;
 
 use std::collections::BTreeMap;

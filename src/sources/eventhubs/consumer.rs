@@ -29,6 +29,12 @@ use crate::sources::status::SourceStatus;
 use crate::sources::unit::{Dedupe, Unit};
 
 const POLL: Duration = Duration::from_millis(100);
+/// `--once` and dry-run give up when the brokers give neither a message nor a partition end
+/// for this long (unreachable, or refusing the sign-in).
+const ONCE_STALL: Duration = Duration::from_secs(120);
+/// How long `--once` and dry-run wait for a first OAUTHBEARER token before their metadata
+/// requests (librdkafka asks for tokens only while the client is polled).
+const TOKEN_WAIT: Duration = Duration::from_secs(30);
 /// How often a thread waiting for room in the intake checks for a stop.
 const FULL_WAIT: Duration = Duration::from_millis(500);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,7 +80,7 @@ impl EventHubSource {
     ) -> Result<Self, EventHubError> {
         let label = config.label();
         let status = Arc::new(SourceStatus::default());
-        let tracks = Arc::new(Mutex::new(Tracks::default()));
+        let tracks = Arc::new(Mutex::new(Tracks::new(!options.once)));
         let token = match &config.auth {
             EventHubAuth::Entra(entra) => Some(TokenSource {
                 credential: entra
@@ -91,6 +97,7 @@ impl EventHubSource {
             tracks: tracks.clone(),
             persist: options.persist,
             token,
+            token_ready: std::sync::atomic::AtomicBool::new(false),
             status: status.clone(),
         };
         let consumer: BaseConsumer<HubContext> = client_config(config, &label, options.once)?
@@ -255,9 +262,19 @@ impl Reader {
             None
         };
         let mut last_commit = Instant::now();
+        let mut last_progress = Instant::now();
         loop {
             if self.options.shutdown.is_set() {
                 break;
+            }
+            if ends.is_some() && last_progress.elapsed() >= ONCE_STALL {
+                return Err(self.kafka(format!(
+                    "no message and no partition end for {} s; {}",
+                    ONCE_STALL.as_secs(),
+                    self.status
+                        .last_error()
+                        .unwrap_or_else(|| "the brokers did not answer".into())
+                )));
             }
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit(CommitMode::Async);
@@ -274,6 +291,7 @@ impl Reader {
                 // The end of a partition, as it was when reached: `--once` and dry-run are done
                 // with it (brokers' watermarks are not always message offsets + 1).
                 Err(KafkaError::PartitionEOF(partition)) => {
+                    last_progress = Instant::now();
                     if let Some(ends) = ends.as_mut() {
                         ends.remove(&partition);
                     }
@@ -285,6 +303,7 @@ impl Reader {
                 }
             };
             let (partition, offset) = (message.partition(), message.offset());
+            last_progress = Instant::now();
             if ends.as_ref().is_some_and(|e| !e.contains_key(&partition)) {
                 continue;
             }
@@ -460,6 +479,16 @@ impl Reader {
     /// `--once` and dry-run: every partition from the group's committed offset (or
     /// `start_from`) to its end now, assigned by hand so running replicas are not disturbed.
     fn assign_to_ends(&self) -> Result<HashMap<i32, i64>, EventHubError> {
+        if self.consumer.context().token.is_some() {
+            let deadline = Instant::now() + TOKEN_WAIT;
+            while !self.consumer.context().token_ready.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+                && !self.options.shutdown.is_set()
+            {
+                // Serves the token refresh; no partition is assigned yet, so no message comes.
+                let _ = self.consumer.poll(Duration::from_millis(100));
+            }
+        }
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
@@ -484,6 +513,7 @@ impl Reader {
             .committed_offsets(all, METADATA_TIMEOUT)
             .map_err(|e| self.kafka(format!("committed offsets: {e}")))?;
         let mut assign = TopicPartitionList::new();
+        let mut start_at_end = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for element in committed.elements_for_topic(&self.topic) {
             let partition = element.partition();
@@ -491,15 +521,32 @@ impl Reader {
                 .consumer
                 .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
                 .map_err(|e| self.kafka(format!("partition {partition} offsets: {e}")))?;
+            // The end is found by librdkafka's end-of-partition event, not by the watermark
+            // (brokers' watermarks are not always message offsets + 1); they only tell an empty
+            // partition, or one read to its end already.
             let start = match element.offset() {
-                Offset::Offset(o) => o.max(low),
-                _ if self.start_from == StartFrom::Earliest => low,
-                _ => high,
+                Offset::Offset(o) if o >= high => continue,
+                Offset::Offset(o) => Offset::Offset(o),
+                _ if high <= low => continue,
+                _ if self.start_from == StartFrom::Earliest => Offset::Beginning,
+                _ => {
+                    // `latest` with nothing committed: this pass starts the group at the end
+                    // now, so the next pass reads what came after.
+                    let _ = start_at_end.add_partition_offset(
+                        &self.topic,
+                        partition,
+                        Offset::Offset(high),
+                    );
+                    continue;
+                }
             };
-            if start < high {
-                let _ = assign.add_partition_offset(&self.topic, partition, Offset::Offset(start));
-                ends.insert(partition, high);
-            }
+            let _ = assign.add_partition_offset(&self.topic, partition, start);
+            ends.insert(partition, high);
+        }
+        if self.options.persist && start_at_end.count() > 0 {
+            self.consumer
+                .commit(&start_at_end, CommitMode::Sync)
+                .map_err(|e| self.kafka(format!("committing the starting offsets: {e}")))?;
         }
         self.consumer
             .assign(&assign)

@@ -34,6 +34,8 @@ pub struct HubContext {
     /// False in dry-run: nothing is committed.
     pub persist: bool,
     pub token: Option<TokenSource>,
+    /// Set once an OAUTHBEARER token was handed to librdkafka.
+    pub token_ready: std::sync::atomic::AtomicBool,
     pub status: Arc<SourceStatus>,
 }
 
@@ -79,6 +81,7 @@ impl ClientContext for HubContext {
                 message
             })?;
         self.status.auth_works();
+        self.token_ready.store(true, Ordering::Relaxed);
         Ok(OAuthToken {
             token: token.token.secret().to_string(),
             principal_name: String::new(),

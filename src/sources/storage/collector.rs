@@ -29,6 +29,8 @@ const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 /// An hour blob may still be appended to a while after its hour (export delay).
 const CLOSE_GRACE_MS: i64 = HOUR_MS;
+/// A day is listed again until this long after its end: exports can be hours late.
+const SETTLE_AFTER_MS: i64 = DAY_MS;
 /// Positions are written at most this often while reading.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// At a stop, how long to wait for lines in flight to become durable before the last write.
@@ -109,6 +111,7 @@ impl StorageSource {
             options,
             out: Some(out),
             last_commit: tokio::time::Instant::now(),
+            saved_entries: 0,
         };
         Ok(Self {
             label,
@@ -150,6 +153,8 @@ struct Reader {
     /// Taken at the end, so the mapper sees the end of this source's input.
     out: Option<mpsc::Sender<Unit>>,
     last_commit: tokio::time::Instant,
+    /// Entries in the positions file as last written.
+    saved_entries: usize,
 }
 
 /// Why a pass ended early.
@@ -200,8 +205,8 @@ impl Reader {
                     _ = tokio::time::sleep(COMMIT_EVERY) => {}
                 }
                 if let Err(e) = self.commit() {
-                    errors.push(e);
-                    return errors;
+                    // Written again at the next commit; reading goes on meanwhile.
+                    self.status.retrying(&format!("{}: {e}", self.label));
                 }
             }
         }
@@ -235,7 +240,7 @@ impl Reader {
                         let prefix = format!("{tenant}y={y:04}/m={m:02}/d={d:02}/");
                         let items = self.client.list_blobs(&container, &prefix).await?;
                         let all_closed = self.read_listing(&container, items, cutoff, now).await?;
-                        if all_closed && (day + 1) * DAY_MS + CLOSE_GRACE_MS < now {
+                        if all_closed && (day + 1) * DAY_MS + SETTLE_AFTER_MS < now {
                             self.settled.insert(key);
                         }
                     }
@@ -243,9 +248,24 @@ impl Reader {
                 }
             }
         }
+        self.forget_before(cutoff);
         self.commit()
             .map_err(|e| Stop::Failed(StorageError::InvalidArgument(e)))?;
         Ok(())
+    }
+
+    /// Blobs of hours before the pass's cutoff are never listed again: their positions go,
+    /// unless lines of theirs are still in flight.
+    fn forget_before(&mut self, cutoff: i64) {
+        let blobs = &mut self.blobs;
+        self.positions.blobs.retain(|key, _| {
+            let old = blob_hour(key).is_some_and(|h| h + HOUR_MS <= cutoff - CLOSE_GRACE_MS);
+            let idle = blobs.get(key).is_none_or(|p| p.in_flight() == 0);
+            if old && idle {
+                blobs.remove(key);
+            }
+            !(old && idle)
+        });
     }
 
     /// Reads the listed blobs in name (so hour) order; true when every one is closed and read
@@ -282,9 +302,9 @@ impl Reader {
         closed: bool,
     ) -> Result<u64, Stop> {
         let key = format!("{container}/{}", item.name);
-        let committed = self.positions.blobs.get(&key).copied().unwrap_or(0);
         let max = self.config.max_read_bytes;
         loop {
+            let committed = self.positions.blobs.get(&key).copied().unwrap_or(0);
             let progress = self
                 .blobs
                 .entry(key.clone())
@@ -326,8 +346,8 @@ impl Reader {
             let end = start + take as u64;
             let overlong = take == got && memchr::memrchr(b'\n', &data).is_none() && !closed;
             self.hand_on(&key, start, end, data, overlong).await?;
-            if take < got {
-                // A partial line follows: the rest comes with a later append.
+            if take < got && start + got as u64 >= item.size {
+                // The blob ends in a partial line: the rest comes with a later append.
                 return Ok(end);
             }
         }
@@ -408,21 +428,9 @@ impl Reader {
                 moved = true;
             }
         }
-        // Blobs past the lookback window are never listed again: their positions can go.
-        let cutoff = (self.options.now)()
-            - i64::try_from(self.config.lookback_hours).unwrap_or(0) * HOUR_MS
-            - CLOSE_GRACE_MS;
-        let before = self.positions.blobs.len();
-        let blobs = &mut self.blobs;
-        self.positions.blobs.retain(|key, _| {
-            let keep = blob_hour(key).is_none_or(|h| h + HOUR_MS > cutoff);
-            if !keep {
-                blobs.remove(key);
-            }
-            keep
-        });
-        moved |= self.positions.blobs.len() != before;
+        moved |= self.positions.blobs.len() != self.saved_entries;
         if moved {
+            self.saved_entries = self.positions.blobs.len();
             self.file.save(&self.positions).map_err(|e| e.to_string())?;
             self.status.committed(1);
         }
@@ -466,7 +474,7 @@ pub fn blob_hour(name: &str) -> Option<i64> {
         digits.parse().ok()
     };
     let (y, m, d, h) = (field("y=")?, field("/m=")?, field("/d=")?, field("/h=")?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 {
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 {
         return None;
     }
     Some(days_from_civil(i64::from(y), m, d) * DAY_MS + i64::from(h) * HOUR_MS)
@@ -484,6 +492,11 @@ mod tests {
             "2026-11-22T13:00:00.000Z"
         );
         assert_eq!(blob_hour("tenantId=abc/PT1H.json"), None);
+        assert_eq!(
+            blob_hour("tenantId=abc/y=4294967295/m=1/d=1/h=1/m=00/PT1H.json"),
+            None,
+            "no overflow"
+        );
         assert_eq!(
             blob_hour("tenantId=abc/y=2026/m=13/d=22/h=13/m=00/PT1H.json"),
             None
