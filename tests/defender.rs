@@ -112,6 +112,25 @@ async fn an_append_blob_is_read_as_it_grows_and_a_line_split_across_appends_is_a
         email_arrivals(&emulator).len() >= expected.len()
     })
     .await;
+    // A line longer than max_read_bytes (64 KiB here) is refused, kept in the refused-input
+    // file; the line after it still arrives.
+    let (after, ids) = lines(0, "after-long", 0..1);
+    let long = format!(
+        "{{\"category\":\"AdvancedHunting-EmailEvents\",\"pad\":\"{}\"}}\r\n{after}",
+        "x".repeat(70_000)
+    );
+    azurite
+        .append_block(EMAILEVENTS, &blob, long.as_bytes())
+        .await;
+    expected.extend(ids);
+    wait_for(
+        "the line after the long one",
+        Duration::from_secs(30),
+        || email_arrivals(&emulator).len() >= expected.len(),
+    )
+    .await;
+    let refused = std::fs::read_to_string(dir.path().join("dlq/rejected-input.ndjson")).unwrap();
+    assert!(refused.contains("longer than max_read_bytes"), "{refused}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     child.kill().unwrap();
     child.wait().unwrap();

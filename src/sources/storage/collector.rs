@@ -341,10 +341,11 @@ impl Reader {
                 None => return Ok(start),
             };
             let got = data.len();
+            // No line end in a whole read: a line longer than max_read_bytes.
+            let overlong = got as u64 >= max && memchr::memrchr(b'\n', &data).is_none();
             let mut data = data;
             data.truncate(take);
             let end = start + take as u64;
-            let overlong = take == got && memchr::memrchr(b'\n', &data).is_none() && !closed;
             self.hand_on(&key, start, end, data, overlong).await?;
             if take < got && start + got as u64 >= item.size {
                 // The blob ends in a partial line: the rest comes with a later append.
