@@ -11,12 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m365_emulator::{BlobSpec, Emulator, MgmtTenant};
-use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
-use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
 use m365_sentinel::run::{Intake, RunOptions, run};
-use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
-use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
 use m365_sentinel::sources::management::config::ALL_CONTENT_TYPES as CONTENT_TYPES;
 use m365_sentinel::sources::management::{Collector, CollectorOptions};
 
@@ -24,8 +20,10 @@ use m365_sentinel::sources::management::{Collector, CollectorOptions};
 mod measure;
 #[path = "common/records.rs"]
 mod records;
+#[path = "common/sink.rs"]
+mod sink;
 
-use measure::{CLIENT, SECRET, TENANT, cpu_seconds, emulator_config, emulator_runtime, report};
+use measure::{CLIENT, SECRET, cpu_seconds, emulator_config, emulator_runtime, report};
 
 const PUBLISHER: &str = "99999999-8888-4777-8666-555555555555";
 const BLOB_RECORDS: usize = 100;
@@ -112,41 +110,7 @@ fn main() {
         .build()
         .expect("runtime");
     let http = m365_sentinel::http_client::build(&setup.config.http).expect("http client");
-    let transport = azure_core::http::Transport::new(Arc::new(http.clone()));
-    let cred = credential(
-        &CredentialConfig::ClientSecret {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT.into(),
-            secret_file: Some(dir.path().join("secret")),
-            secret_env: None,
-        },
-        Cloud::Public,
-        Some(&emulator.url()),
-        Some(transport),
-    )
-    .expect("credential");
-    let dlq = Arc::new(DeadLetterStore::open(&dir.path().join("dlq")).expect("dlq"));
-    let sink = Arc::new(WorkspaceSink::new(
-        http.clone(),
-        Api::LogsIngestion {
-            credential: cred,
-            scope: Cloud::Public.monitor_scope().to_string(),
-        },
-        setup.config.retry_policy(),
-        dlq,
-    ));
-    let li = LogsIngestionConfig {
-        endpoint: emulator.url(),
-        dcr_immutable_id: "dcr-bench".into(),
-        tables: Default::default(),
-        allow_plain_http_loopback: false,
-    };
-    let targets = setup
-        .schemas
-        .tables
-        .iter()
-        .map(|t| li.target(t).expect("target"))
-        .collect();
+    let (sink, targets) = sink::emulator_sink(&setup, http.clone(), &emulator, dir.path());
     let options = RunOptions {
         flush_delay: Duration::from_secs(1),
         concurrency: 4,

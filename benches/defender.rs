@@ -12,12 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m365_emulator::Emulator;
-use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
-use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
 use m365_sentinel::run::{Intake, RunOptions, run};
-use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
-use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
 use m365_sentinel::sources::live::{LiveOptions, LiveSources};
 
 #[path = "../tests/common/azurite.rs"]
@@ -27,8 +23,10 @@ mod azurite;
 mod kafka;
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "common/sink.rs"]
+mod sink;
 
-use measure::{CLIENT, SECRET, TENANT, cpu_seconds, emulator_config, emulator_runtime, report};
+use measure::{SECRET, cpu_seconds, emulator_config, emulator_runtime, report};
 
 const CATEGORIES: [&str; 4] = [
     "AdvancedHunting-EmailEvents",
@@ -155,41 +153,7 @@ fn measure_source(
         .build()
         .expect("runtime");
     let http = m365_sentinel::http_client::build(&setup.config.http).expect("http client");
-    let transport = azure_core::http::Transport::new(Arc::new(http.clone()));
-    let cred = credential(
-        &CredentialConfig::ClientSecret {
-            tenant_id: TENANT.into(),
-            client_id: CLIENT.into(),
-            secret_file: Some(dir.path().join("secret")),
-            secret_env: None,
-        },
-        Cloud::Public,
-        Some(&emulator.url()),
-        Some(transport),
-    )
-    .expect("credential");
-    let dlq = Arc::new(DeadLetterStore::open(&dir.path().join("dlq")).expect("dlq"));
-    let sink = Arc::new(WorkspaceSink::new(
-        http,
-        Api::LogsIngestion {
-            credential: cred,
-            scope: Cloud::Public.monitor_scope().to_string(),
-        },
-        setup.config.retry_policy(),
-        dlq,
-    ));
-    let li = LogsIngestionConfig {
-        endpoint: emulator.url(),
-        dcr_immutable_id: "dcr-bench".into(),
-        tables: Default::default(),
-        allow_plain_http_loopback: false,
-    };
-    let targets = setup
-        .schemas
-        .tables
-        .iter()
-        .map(|t| li.target(t).expect("target"))
-        .collect();
+    let (sink, targets) = sink::emulator_sink(&setup, http, emulator, dir.path());
     let (stop, shutdown) = m365_sentinel::shutdown::channel();
     let options = RunOptions {
         flush_delay: Duration::from_secs(1),
