@@ -334,14 +334,7 @@ async fn dry_run_reads_both_sources_and_commits_nothing() {
     );
     let config = write_defender_config(&emulator, dir.path(), &defender);
     let out_dir = dir.path().join("dry-out");
-    let out = run_to_end(vec![
-        "dry-run".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--out".into(),
-        out_dir.display().to_string(),
-    ])
-    .await;
+    let out = run_to_end(common::management::dry_run_args(&config, &out_dir)).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

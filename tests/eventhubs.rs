@@ -164,23 +164,10 @@ async fn sigterm_commits_what_is_durable_and_the_next_start_goes_on_from_there()
         emulator.accepted_count() >= ids.len() / 4
     })
     .await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let started = std::time::Instant::now();
-    let mut child = child;
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let (status, took) = common::management::sigterm_and_wait(child).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(0), "{text}");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "prompt: {:?}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(15), "prompt: {took:?}");
     assert!(text.contains("stopped on a signal"), "{text}");
     let mut child = spawn(&["run"], &config, &log);
     wait_for("every row", Duration::from_secs(120), || {

@@ -195,14 +195,7 @@ async fn dry_run_reads_the_api_writes_the_bodies_and_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&emulator, dir.path(), None);
     let out_dir = dir.path().join("out");
-    let out = run_to_end(vec![
-        "dry-run".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--out".into(),
-        out_dir.display().to_string(),
-    ])
-    .await;
+    let out = run_to_end(dry_run_args(&config, &out_dir)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(

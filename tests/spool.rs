@@ -275,7 +275,7 @@ async fn sigterm_stops_cleanly_and_the_next_start_delivers_the_spool_before_new_
     let config = write_config(&emulator, dir.path(), None);
     let log = dir.path().join("log.txt");
     let deadline = [("M365_SENTINEL__SINK__SHUTDOWN_DEADLINE_SECS", "2")];
-    let mut child = spawn_with(&["run"], &config, &log, &deadline);
+    let child = spawn_with(&["run"], &config, &log, &deadline);
     // Every old row is in the spool (its blob's position committed) before the signal.
     let run_started = now_ms();
     wait_for(
@@ -284,25 +284,14 @@ async fn sigterm_stops_cleanly_and_the_next_start_delivers_the_spool_before_new_
         || all_committed_since(dir.path(), run_started),
     )
     .await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let started = std::time::Instant::now();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let (status, took) = common::management::sigterm_and_wait(child).await;
     assert_eq!(
         status.code(),
         Some(0),
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "within the deadline"
-    );
+    assert!(took < Duration::from_secs(10), "within the deadline");
     assert!(log_has(&log, "stopped on a signal"));
     assert_eq!(emulator.accepted_count(), 0);
     assert!(spool_bytes(dir.path()) > 0, "the rows wait in the spool");

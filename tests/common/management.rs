@@ -258,6 +258,32 @@ pub fn once(config: &Path) -> Vec<String> {
     ]
 }
 
+/// The arguments of `dry-run` with `config`, writing to `out`.
+pub fn dry_run_args(config: &Path, out: &Path) -> Vec<String> {
+    vec![
+        "dry-run".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ]
+}
+
+/// Sends SIGTERM (what Kubernetes sends) and waits for the process: its exit status and how
+/// long it took to stop.
+pub async fn sigterm_and_wait(mut child: Child) -> (std::process::ExitStatus, Duration) {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    (status, started.elapsed())
+}
+
 /// Runs the binary to its end, off the async runtime so the emulator keeps answering.
 pub async fn run_to_end(args: Vec<String>) -> std::process::Output {
     run_to_end_with(args, Vec::new()).await
