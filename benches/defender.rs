@@ -6,7 +6,7 @@
 //! and positions committed. Reports rows per CPU-second of the connector (this process minus
 //! the emulator's threads; tansu and Azurite are other processes) and wall time.
 //! Run: `cargo bench --bench defender` (rows per source: `DEFENDER_BENCH_ROWS`, default
-//! 200,000). Needs tansu and Azurite as the tests do (TANSU_BIN, AZURITE_BIN).
+//! 200,000). Needs tansu and Azurite as the tests do (`scripts/test` installs them into .tools/).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,9 @@ mod kafka;
 mod measure;
 #[path = "common/sink.rs"]
 mod sink;
+#[path = "../tests/common/tools.rs"]
+#[allow(dead_code)]
+mod tools;
 
 use measure::{SECRET, cpu_seconds, emulator_config, emulator_runtime, report};
 

@@ -1,7 +1,7 @@
 //! The Helm chart, rendered by Helm's own engine (helm-python-sdk embeds the Helm v4 Go SDK)
 //! and every manifest validated with kubernetes-validate --strict against Kubernetes 1.29 and
 //! 1.33, for the default values and the files in helm/m365-sentinel/ci. The Python tools live
-//! in .venv (created here from helm/tests/requirements.txt when missing; .ci/run creates it too).
+//! in .venv, installed from helm/tests/requirements.txt by `scripts/test`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,45 +9,34 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+#[allow(dead_code)]
+#[path = "common/tools.rs"]
+mod tools;
+
 const VERSIONS: [&str; 2] = ["1.29", "1.33"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The venv's python, created once per test run if it is missing.
+/// The venv's python with the chart tools importable, checked once per test binary; missing
+/// tools fail the test with one line saying how to install them.
 fn python() -> &'static PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let venv = root().join(".venv");
-        let python = venv.join("bin/python");
-        let ready = |p: &Path| {
-            Command::new(p)
-                .args(["-c", "import helm_python, kubernetes_validate, yaml"])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !ready(&python) {
-            let made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .expect("python3 runs");
-            assert!(made.success(), "python3 -m venv .venv failed");
-            let installed = Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "-r"])
-                .arg(root().join("helm/tests/requirements.txt"))
-                .status()
-                .expect("pip runs");
-            assert!(
-                installed.success(),
-                "pip install -r helm/tests/requirements.txt failed"
+        let python = tools::require(&tools::CHART_PYTHON);
+        let importable = Command::new(&python)
+            .args(["-c", "import helm_python, kubernetes_validate, yaml"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !importable {
+            let reason = format!(
+                "missing: the chart tools are not importable from {}; run `scripts/test`, which installs helm/tests/requirements.txt into .venv",
+                python.display()
             );
+            eprintln!("{reason}");
+            std::panic::resume_unwind(Box::new(reason));
         }
-        assert!(
-            ready(&python),
-            "the chart tools are not importable from .venv"
-        );
         python
     })
 }

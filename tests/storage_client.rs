@@ -5,6 +5,9 @@
 #[allow(dead_code)]
 #[path = "common/azurite.rs"]
 mod azurite;
+#[allow(dead_code)]
+#[path = "common/tools.rs"]
+mod tools;
 
 use azurite::Azurite;
 use m365_sentinel::sources::storage::client::{BlobAuth, BlobClient, StorageError};

@@ -3,12 +3,9 @@
 //! write helpers sign with the crate's own Shared Key signer, so every write Azurite accepts is
 //! also a check of that signer.
 //!
-//! Where Azurite comes from, first found wins: `$AZURITE_BIN`, then
-//! `<repo>/.tools/azurite/node_modules/.bin/azurite-blob`, then `azurite-blob` on PATH.
-//! Install it with `npm install --prefix .tools/azurite azurite@3` (needs Node.js).
+//! Where Azurite comes from: see `tools.rs` (`scripts/test` installs it into `.tools/azurite`).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,35 +29,6 @@ pub struct Azurite {
     http: reqwest::Client,
 }
 
-/// The `azurite-blob` script to run, or a panic saying how to install it.
-fn locate() -> PathBuf {
-    if let Some(bin) = std::env::var_os("AZURITE_BIN") {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "AZURITE_BIN={} does not exist; install Azurite with `npm install --prefix .tools/azurite azurite@3`",
-            bin.display()
-        );
-        return bin;
-    }
-    let local =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/azurite/node_modules/.bin/azurite-blob");
-    if local.is_file() {
-        return local;
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("azurite-blob"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "Azurite not found: set AZURITE_BIN, or install it in the repo with \
-             `npm install --prefix .tools/azurite azurite@3` (needs Node.js), or put azurite-blob on PATH"
-        )
-    })
-}
-
 /// A port nobody listens on right now (the OS picks it; a race with other processes is possible
 /// but unlikely on 127.0.0.1).
 fn free_port() -> u16 {
@@ -73,7 +41,7 @@ fn free_port() -> u16 {
 impl Azurite {
     /// Starts Azurite and waits until it accepts connections.
     pub fn start() -> Azurite {
-        let bin = locate();
+        let bin = super::tools::require(&super::tools::AZURITE);
         let dir = tempfile::tempdir().expect("temporary directory for Azurite");
         let port = free_port();
         let log =

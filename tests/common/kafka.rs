@@ -3,7 +3,6 @@
 //! librdkafka's admin client and producer.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,24 +36,11 @@ pub struct Broker {
     pub port: u16,
 }
 
-fn tansu_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(bin);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = Path::new(&home).join(".cargo/bin/tansu");
-    assert!(
-        installed.exists(),
-        "tansu (the Kafka broker the tests run) is not installed: `cargo install tansu --features dynostore --locked` (or set TANSU_BIN)"
-    );
-    installed
-}
-
 impl Broker {
     pub fn start() -> Self {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
+        let child = Command::new(super::tools::require(&super::tools::TANSU))
             .args(["broker", "--storage-engine", "memory://tansu/"])
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .env("RUST_LOG", "warn")

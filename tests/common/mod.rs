@@ -8,6 +8,7 @@ pub mod columns;
 pub mod defender;
 pub mod kafka;
 pub mod management;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
