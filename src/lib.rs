@@ -7,6 +7,7 @@
 pub mod ack;
 pub mod auth;
 pub mod config;
+pub mod content;
 pub mod decode;
 pub mod dlq;
 pub mod http_client;

@@ -18,6 +18,8 @@ use m365_sentinel::sources::management::Counters;
 use m365_sentinel::sources::unit::Unit;
 use m365_sentinel::spool::Spool;
 
+mod cli;
+
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 const EXIT_REJECTED: u8 = 3;
 /// How long the sources get to stop (commit their last positions) once the run ended.
@@ -89,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         action: SchemaAction,
     },
+    /// Sentinel content (rules, hunting queries, parsers, .kql, ARM) made to read our tables.
+    Content {
+        #[command(subcommand)]
+        action: ContentAction,
+    },
     /// The dead-letter store: rows the workspace refused for good.
     Dlq {
         #[command(subcommand)]
@@ -113,6 +120,17 @@ enum SchemaAction {
         common: Common,
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContentAction {
+    /// Rewrite the references to the five tables (and nothing else) into `--out`.
+    Rewrite {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: cli::content::RewriteArgs,
     },
 }
 
@@ -513,6 +531,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Content {
+            action: ContentAction::Rewrite { common, args },
+        } => cli::content::rewrite(&load(&common)?, args),
         Command::Schema { action } => {
             let (out, text) = match action {
                 SchemaAction::Dcr { common, out } => {

@@ -1,0 +1,3 @@
+//! One module per command that needs more than a few lines of glue.
+
+pub mod content;

@@ -1,0 +1,97 @@
+//! Files round-trip: only the table references change, in every encoding a query comes in.
+
+use super::*;
+
+fn names() -> Vec<TableName> {
+    ["OfficeActivity", "EmailEvents"]
+        .iter()
+        .map(|t| TableName {
+            builtin: t.to_string(),
+            replacement: format!("{t}_CL"),
+            output: format!("{t}_CL"),
+        })
+        .collect()
+}
+
+fn rewrite(raw: &str, format: Format) -> String {
+    rewrite_text(raw, format, &names()).unwrap().output
+}
+
+#[test]
+fn yaml_block_scalars_keep_every_other_byte() {
+    let raw = "id: 1\r\nname: x # comment\r\nquery: |\r\n  // OfficeActivity in a comment\r\n  OfficeActivity\r\n  | where Type == \"OfficeActivity\"\r\n\r\n  | join EmailEvents on X\r\nversion: 1.0.0\r\n";
+    let want = raw
+        .replace("  OfficeActivity\r", "  OfficeActivity_CL\r")
+        .replace(
+            "Type == \"OfficeActivity\"",
+            "Type in (\"OfficeActivity\", \"OfficeActivity_CL\")",
+        )
+        .replace("join EmailEvents", "join EmailEvents_CL");
+    assert_eq!(rewrite(raw, Format::Yaml), want);
+    let strip = "query: |-\n    OfficeActivity | take 1\nother: OfficeActivity\n";
+    assert_eq!(
+        rewrite(strip, Format::Yaml),
+        "query: |-\n    OfficeActivity_CL | take 1\nother: OfficeActivity\n"
+    );
+}
+
+#[test]
+fn yaml_quoted_and_plain_scalars() {
+    assert_eq!(
+        rewrite("query: 'OfficeActivity | where A == ''x'''\n", Format::Yaml),
+        "query: 'OfficeActivity_CL | where A == ''x'''\n"
+    );
+    assert_eq!(
+        rewrite(
+            "query: \"OfficeActivity | where Type == \\\"OfficeActivity\\\"\"\n",
+            Format::Yaml
+        ),
+        "query: \"OfficeActivity_CL | where Type in (\\\"OfficeActivity\\\", \\\"OfficeActivity_CL\\\")\"\n"
+    );
+    assert_eq!(
+        rewrite(
+            "ParserQuery: OfficeActivity | take 1 # note\n",
+            Format::Yaml
+        ),
+        "ParserQuery: OfficeActivity_CL | take 1 # note\n"
+    );
+}
+
+#[test]
+fn arm_queries_of_rules_and_saved_searches_only() {
+    let raw = r#"{
+  "resources": [
+    { "type": "Microsoft.OperationalInsights/workspaces/providers/alertRules",
+      "properties": { "query": "OfficeActivity\n| where Type == \"OfficeActivity\"", "displayName": "OfficeActivity" } },
+    { "type": "Microsoft.OperationalInsights/workspaces/savedSearches",
+      "properties": { "query": "EmailEvents | take 1" } },
+    { "type": "Microsoft.Other/things", "properties": { "query": "EmailEvents" } }
+  ]
+}"#;
+    let want = raw
+        .replacen("\"OfficeActivity\\n", "\"OfficeActivity_CL\\n", 1)
+        .replace(
+            "Type == \\\"OfficeActivity\\\"",
+            "Type in (\\\"OfficeActivity\\\", \\\"OfficeActivity_CL\\\")",
+        )
+        .replace("\"EmailEvents | take 1\"", "\"EmailEvents_CL | take 1\"");
+    assert_eq!(rewrite(raw, Format::Arm), want);
+}
+
+#[test]
+fn kql_files_and_errors_with_lines() {
+    assert_eq!(
+        rewrite("// c\nOfficeActivity\n| take 1\n", Format::Kql),
+        "// c\nOfficeActivity_CL\n| take 1\n"
+    );
+    let yaml = "id: 1\nquery: |\n  OfficeActivity\n  | where A == 'open\n";
+    let outcome = rewrite_text(yaml, Format::Yaml, &names()).unwrap();
+    assert_eq!(
+        outcome.output, yaml,
+        "a query it cannot tokenize stays as it was"
+    );
+    let error = outcome.queries[0].error.as_deref().unwrap();
+    assert!(error.starts_with("line 4: "), "{error}");
+    let bad = rewrite_text("query: [unclosed\n", Format::Yaml, &names()).unwrap_err();
+    assert!(matches!(bad, ContentError::Parse { .. }), "{bad}");
+}
