@@ -5,12 +5,14 @@
 AZURITE_VERSION=3.35.0 # npm: Microsoft's Azure Storage emulator (the Storage source's tests)
 TANSU_VERSION=0.6.0    # crates.io: a Kafka-protocol broker (the Event Hubs source's tests)
 TANSU_FEATURES=dynostore # the in-memory storage engine the tests start it with
+KUSTO_VERSION=12.4.1   # npm: @kusto/language-service-next, Microsoft's KQL analyzer (content tests)
 # The chart tools (Helm's engine, Kubernetes schemas) are pinned in helm/tests/requirements.txt.
 CHART_REQUIREMENTS=helm/tests/requirements.txt
 
 TOOLS_DIR=.tools
 AZURITE_DIR=$TOOLS_DIR/azurite
 TANSU_ROOT=$TOOLS_DIR/tansu
+KUSTO_DIR=$TOOLS_DIR/kusto
 VENV_DIR=.venv
 
 note() { printf '== %s\n' "$*"; }
@@ -59,6 +61,16 @@ install_azurite() {
   npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION"
 }
 
+install_kusto() {
+  local pkg=$KUSTO_DIR/node_modules/@kusto/language-service-next/package.json
+  if [ -f "$pkg" ] && grep -q "\"version\": *\"$KUSTO_VERSION\"" "$pkg"; then
+    note "KQL analyzer $KUSTO_VERSION: reusing $KUSTO_DIR"
+    return 0
+  fi
+  note "KQL analyzer $KUSTO_VERSION: installing into $KUSTO_DIR (npm)"
+  npm install --prefix "$KUSTO_DIR" --no-audit --no-fund --loglevel=error "@kusto/language-service-next@$KUSTO_VERSION"
+}
+
 install_tansu() {
   if [ -x "$TANSU_ROOT/bin/tansu" ] && grep -q "^\"tansu $TANSU_VERSION " "$TANSU_ROOT/.crates.toml" 2>/dev/null; then
     note "tansu $TANSU_VERSION: reusing $TANSU_ROOT"
@@ -82,5 +94,6 @@ install_test_servers() {
   install_system_packages
   install_chart_tools
   install_azurite
+  install_kusto
   install_tansu
 }

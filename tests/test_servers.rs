@@ -7,7 +7,7 @@ mod tools;
 
 use std::ffi::OsString;
 
-use tools::{AZURITE, CHART_PYTHON, TANSU, locate};
+use tools::{AZURITE, CHART_PYTHON, KQL_ANALYZER, TANSU, locate};
 
 fn empty_root() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -17,7 +17,7 @@ fn empty_root() -> tempfile::TempDir {
 fn a_missing_server_is_named_in_one_line_with_the_command_that_installs_it() {
     let root = empty_root();
     let empty_path = Some(OsString::from(root.path()));
-    for tool in [&TANSU, &AZURITE, &CHART_PYTHON] {
+    for tool in [&TANSU, &AZURITE, &CHART_PYTHON, &KQL_ANALYZER] {
         let reason = locate(tool, root.path(), None, empty_path.clone()).unwrap_err();
         assert_eq!(reason.lines().count(), 1, "{reason}");
         assert!(

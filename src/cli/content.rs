@@ -53,8 +53,8 @@ pub fn rewrite(setup: &Setup, args: RewriteArgs) -> anyhow::Result<ExitCode> {
             println!("{shown}: no query found");
         }
         for query in &outcome.queries {
-            if let Some(error) = &query.error {
-                println!("{shown}:{error}");
+            if let Some((line, error)) = &query.error {
+                println!("{shown}:{line}: error: {error}");
                 problems += 1;
                 continue;
             }

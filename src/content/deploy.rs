@@ -21,6 +21,8 @@ const NAME_SUFFIX: &str = " (m365-sentinel)";
 #[derive(Debug, Default)]
 pub struct Deployable {
     resources: Vec<Value>,
+    /// Content ids taken so far: the same rule in two folders is deployed once.
+    ids: std::collections::BTreeSet<String>,
     pub rules: usize,
     pub hunting_queries: usize,
     pub functions: usize,
@@ -79,6 +81,9 @@ impl Deployable {
         let name = str_of(&doc, "name").ok_or("no `name`")?;
         let query = str_of(&doc, "query").ok_or("no `query` (parsers are not deployed)")?;
         let description = str_of(&doc, "description").unwrap_or("").trim();
+        if !self.ids.insert(id.to_string()) {
+            return Err(format!("its id {id} was already taken from another file"));
+        }
         let guid = stable_guid(id);
         let kind = str_of(&doc, "kind");
         let is_rule = kind.is_some() || doc.get("queryFrequency").is_some();

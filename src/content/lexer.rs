@@ -43,6 +43,16 @@ pub enum LexError {
     UnexpectedChar { line: usize, ch: char },
 }
 
+impl LexError {
+    /// The 1-based line in the query, and what is wrong there.
+    pub fn parts(&self) -> (usize, String) {
+        match self {
+            Self::UnclosedString { line } => (*line, "string literal never closed".into()),
+            Self::UnexpectedChar { line, ch } => (*line, format!("unexpected character {ch:?}")),
+        }
+    }
+}
+
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]

@@ -93,8 +93,8 @@ pub struct QueryOutcome {
     /// The rewritten query text (decoded), for the deployable template and the analyzer.
     pub rewritten: String,
     pub findings: Vec<(usize, Finding)>,
-    /// The query could not be tokenized: left as it was.
-    pub error: Option<String>,
+    /// The query could not be tokenized (file line, what): left as it was.
+    pub error: Option<(usize, String)>,
 }
 
 /// A rewritten file: its new bytes and what happened to each query.
@@ -140,18 +140,15 @@ pub fn rewrite_text(
                 });
             }
             Err(e) => {
-                let line = match &e {
-                    lexer::LexError::UnclosedString { line }
-                    | lexer::LexError::UnexpectedChar { line, .. } => *line,
-                };
+                let (line, what) = e.parts();
                 queries.push(QueryOutcome {
                     field: site.field.clone(),
                     line: site.first_line,
                     rewritten: query.clone(),
                     findings: Vec::new(),
-                    error: Some(format!(
-                        "line {}: {e}; this query is left as it was",
-                        file_line(line_start(query, line))
+                    error: Some((
+                        file_line(line_start(query, line)),
+                        format!("{what}; this query is left as it was"),
                     )),
                 });
             }

@@ -90,8 +90,9 @@ fn kql_files_and_errors_with_lines() {
         outcome.output, yaml,
         "a query it cannot tokenize stays as it was"
     );
-    let error = outcome.queries[0].error.as_deref().unwrap();
-    assert!(error.starts_with("line 4: "), "{error}");
+    let (line, error) = outcome.queries[0].error.clone().unwrap();
+    assert_eq!(line, 4, "{error}");
+    assert!(error.starts_with("string literal never closed"), "{error}");
     let bad = rewrite_text("query: [unclosed\n", Format::Yaml, &names()).unwrap_err();
     assert!(matches!(bad, ContentError::Parse { .. }), "{bad}");
 }

@@ -32,6 +32,13 @@ pub const AZURITE: Tool = Tool {
     on_path: Some("azurite-blob"),
 };
 
+pub const KQL_ANALYZER: Tool = Tool {
+    name: "Microsoft's KQL analyzer (npm @kusto/language-service-next, for the content tests)",
+    env: "KQL_ANALYZER_JS",
+    installed: ".tools/kusto/node_modules/@kusto/language-service-next/Kusto.Language.Bridge.js",
+    on_path: None,
+};
+
 pub const CHART_PYTHON: Tool = Tool {
     name: "the chart tools (helm-python-sdk, kubernetes-validate in .venv)",
     env: "CHART_PYTHON",
