@@ -6,6 +6,9 @@
 //! the content joins with their real columns.
 
 #[allow(dead_code)]
+#[path = "common/columns.rs"]
+mod columns;
+#[allow(dead_code)]
 #[path = "common/tools.rs"]
 mod tools;
 
@@ -463,4 +466,68 @@ fn unreadable_files_and_queries_are_named_with_their_line_and_the_rest_is_rewrit
             .unwrap()
             .contains("  OfficeActivity\n")
     );
+}
+
+/// The columns of the five tables the corpus uses: names of a table's Sentinel columns (the
+/// shared reference's lists, apart from schemas/) among the code tokens of a query that reads
+/// that table. Written to tests/content/columns-used.txt so a change in coverage shows in review.
+#[test]
+fn every_column_the_content_uses_is_in_schemas_with_the_sentinel_type() {
+    use m365_sentinel::content::lexer::{Kind, tokenize};
+    use m365_sentinel::content::references::Finding;
+    let schemas = schemas();
+    let names = content::table_names(&schemas, Target::Custom);
+    let mut used: BTreeMap<&str, BTreeSet<(&str, &str)>> = BTreeMap::new();
+    for (path, _) in corpus_files() {
+        for query in content::rewrite_file(&path, &names).unwrap().queries {
+            let tokens: BTreeSet<&str> = tokenize(&query.rewritten)
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.kind == Kind::Ident)
+                .map(|t| t.text(&query.rewritten))
+                .collect();
+            for (table, sentinel_columns) in columns::ALL {
+                let reads = query
+                    .findings
+                    .iter()
+                    .any(|(_, f)| matches!(f, Finding::Reference { from, .. } if from == table));
+                if !reads {
+                    continue;
+                }
+                for (column, ty) in *sentinel_columns {
+                    if tokens.contains(column) {
+                        used.entry(table).or_default().insert((column, ty));
+                    }
+                }
+            }
+        }
+    }
+    let mut listing = String::from(
+        "# Columns of the five tables the content corpus uses, with their Sentinel types.\n\
+         # Checked by tests/content.rs against schemas/; regenerate by running that test.\n",
+    );
+    for (table, cols) in &used {
+        let index = schemas.table_by_name(table).unwrap();
+        let schema = &schemas.tables[index];
+        for (column, ty) in cols {
+            let ours = schema
+                .columns
+                .iter()
+                .find(|c| c.name == *column)
+                .unwrap_or_else(|| {
+                    panic!("{table}.{column} is used by the content but missing from schemas/")
+                });
+            assert_eq!(ours.ty.table_type(), *ty, "{table}.{column}");
+            listing.push_str(&format!("{table}\t{column}\t{ty}\n"));
+        }
+    }
+    assert_eq!(used.len(), 5, "columns of every table are used: {used:?}");
+    let file = tools::repo_root().join("tests/content/columns-used.txt");
+    let checked_in = std::fs::read_to_string(&file).unwrap_or_default();
+    if checked_in != listing {
+        std::fs::write(&file, &listing).unwrap();
+        panic!(
+            "tests/content/columns-used.txt was out of date and has been rewritten: review and commit it"
+        );
+    }
 }
