@@ -83,10 +83,11 @@ pub fn rewrite(setup: &Setup, args: RewriteArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        if args.arm.is_some() && Format::of(&path) == Some(Format::Yaml) {
-            if let Err(why) = deployable.add_yaml(&outcome.output) {
-                println!("  {shown}: not in the ARM template: {why}");
-            }
+        if args.arm.is_some()
+            && Format::of(&path) == Some(Format::Yaml)
+            && let Err(why) = deployable.add_yaml(&outcome.output)
+        {
+            println!("  {shown}: not in the ARM template: {why}");
         }
     }
     if let Some(arm) = &args.arm {

@@ -248,12 +248,10 @@ impl Scan<'_> {
                             i += 1;
                             continue;
                         }
-                        if operator == Operator::Pending {
-                            self.set_operator(&mut stack, text);
-                        } else if expect_source
+                        let starts_a_list = expect_source
                             && matches!(text, "union" | "search" | "find")
-                            && operator == Operator::Source
-                        {
+                            && operator == Operator::Source;
+                        if operator == Operator::Pending || starts_a_list {
                             self.set_operator(&mut stack, text);
                         } else if operator == (Operator::Join { on: false }) && text == "on" {
                             if let Some(Frame::Tabular { operator, .. }) = stack.last_mut() {
@@ -399,9 +397,9 @@ impl Scan<'_> {
         let text = self.text(i);
         let prev = if i == 0 { "" } else { self.text(i - 1) };
         let after_call = i > 0 && self.kind(i - 1) == Some(Kind::Ident);
-        let opener = TABULAR_OPENERS.contains(&prev)
-            || (i >= 2 && self.text(i - 2) == "!" && prev == "in")
-            || (prev == "in" || prev == "~");
+        // `in (`, `!in (` (prev is `in`), `in~ (` and `!in~ (` (prev is `~` after `in`).
+        let opener =
+            TABULAR_OPENERS.contains(&prev) || (prev == "~" && i >= 2 && self.text(i - 2) == "in");
         let opens_tabular = match (text, top) {
             ("{", _) => prev != "dynamic",
             (
