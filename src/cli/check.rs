@@ -1,0 +1,38 @@
+//! `check`: the configuration and schemas load; what they say is listed.
+
+use std::process::ExitCode;
+
+use super::shared::{Common, load};
+
+pub fn check(common: &Common) -> anyhow::Result<ExitCode> {
+    let setup = load(common)?;
+    println!("configuration OK; schemas from {}", setup.schema_origin);
+    for t in &setup.schemas.tables {
+        println!(
+            "  {:<24} -> {:<28} stream {:<34} {} columns",
+            t.table,
+            t.output_table,
+            t.stream,
+            t.columns.len()
+        );
+    }
+    for t in &setup.config.management_api.tenants {
+        println!(
+            "  tenant {:<24} {} via {}: {}",
+            t.label(),
+            t.tenant_id,
+            t.endpoint(),
+            t.content_types().join(", ")
+        );
+    }
+    let rules: Vec<&str> = setup.redactor.rule_names().collect();
+    println!(
+        "  redaction rules: {}",
+        if rules.is_empty() {
+            "none".into()
+        } else {
+            rules.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
