@@ -83,7 +83,11 @@ pub fn rewrite(setup: &Setup, args: RewriteArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        if args.arm.is_some()
+        let all_rewritten =
+            !outcome.queries.is_empty() && outcome.queries.iter().all(|q| q.error.is_none());
+        if args.arm.is_some() && Format::of(&path) == Some(Format::Yaml) && !all_rewritten {
+            println!("  {shown}: not in the ARM template: its query was not rewritten");
+        } else if args.arm.is_some()
             && Format::of(&path) == Some(Format::Yaml)
             && let Err(why) = deployable.add_yaml(&outcome.output)
         {

@@ -45,7 +45,12 @@ pub fn sites(raw: &str) -> Result<Vec<Site>, ContentError> {
             continue;
         };
         let kind = resource.get("type").and_then(Value::as_str).unwrap_or("");
-        if !QUERY_RESOURCE_TYPES.iter().any(|t| kind.ends_with(t)) {
+        // ARM resource types are case-insensitive (`savedsearches` is seen in exports).
+        let kind = kind.to_ascii_lowercase();
+        if !QUERY_RESOURCE_TYPES
+            .iter()
+            .any(|t| kind.ends_with(&t.to_ascii_lowercase()))
+        {
             continue;
         }
         let scalar = Scalar::escaped(raw, start, end).ok_or_else(|| ContentError::Parse {

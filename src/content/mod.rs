@@ -111,6 +111,12 @@ pub fn rewrite_text(
     format: Format,
     names: &[TableName],
 ) -> Result<FileOutcome, ContentError> {
+    // A byte-order mark (files saved on Windows) stays where it is, outside the document.
+    if let Some(body) = raw.strip_prefix('\u{feff}') {
+        let mut outcome = rewrite_text(body, format, names)?;
+        outcome.output.insert(0, '\u{feff}');
+        return Ok(outcome);
+    }
     let sites = sites(raw, format)?;
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     let mut queries = Vec::new();
@@ -158,6 +164,13 @@ pub fn rewrite_text(
     let mut output = String::with_capacity(raw.len() + edits.len() * 8);
     let mut at = 0;
     for (start, end, text) in &edits {
+        // Two located queries over the same bytes: refuse the file rather than guess.
+        if *start < at {
+            return Err(ContentError::Parse {
+                line: lexer::line_of(raw, *start),
+                message: "two queries were located over the same text; the file is left out".into(),
+            });
+        }
         output.push_str(&raw[at..*start]);
         output.push_str(text);
         at = *end;

@@ -100,7 +100,7 @@ const TABULAR_OPENERS: [&str; 13] = [
 
 /// Words that stand where a table can but are not one (tabular operators that make rows,
 /// statement keywords, `union`/`join` options).
-const SOURCE_KEYWORDS: [&str; 22] = [
+const SOURCE_KEYWORDS: [&str; 23] = [
     "print",
     "range",
     "datatable",
@@ -123,6 +123,7 @@ const SOURCE_KEYWORDS: [&str; 22] = [
     "hint",
     "in",
     "true",
+    "false",
 ];
 
 /// Columns that hold a table's name as data.
@@ -137,6 +138,7 @@ pub fn rewrite_query(query: &str, names: &[TableName]) -> Result<QueryRewrite, L
         names,
         out: QueryRewrite::default(),
         let_names: BTreeSet::new(),
+        defining: None,
         source_columns: TABLE_NAME_COLUMNS.iter().map(|s| s.to_string()).collect(),
         other: BTreeSet::new(),
     };
@@ -151,8 +153,11 @@ struct Scan<'a> {
     tokens: &'a [Token],
     names: &'a [TableName],
     out: QueryRewrite,
-    /// Names the query defines (`let X = ...`, function parameters): never "other sources".
+    /// Names the query defines (`let X = ...`, function parameters): never "other sources",
+    /// and a `let` named like one of our tables hides the table after its own statement.
     let_names: BTreeSet<String>,
+    /// The `let` whose statement is being read (its right side still means the table).
+    defining: Option<String>,
     /// `Type`, `$table` and the columns `union withsource=X` names.
     source_columns: BTreeSet<String>,
     other: BTreeSet<(usize, String)>,
@@ -204,6 +209,9 @@ impl Scan<'_> {
                         self.after_source(&mut stack);
                     }
                     ";" => {
+                        if let Some(name) = self.defining.take() {
+                            self.let_names.insert(name);
+                        }
                         if let Some(Frame::Tabular {
                             operator,
                             expect_source,
@@ -243,7 +251,7 @@ impl Scan<'_> {
                         if expect_source && text == "let" {
                             let_header = true;
                             if self.kind(i + 1) == Some(Kind::Ident) {
-                                self.let_names.insert(self.text(i + 1).to_string());
+                                self.defining = Some(self.text(i + 1).to_string());
                             }
                             i += 1;
                             continue;
@@ -277,6 +285,9 @@ impl Scan<'_> {
                 Kind::Number => {}
             }
             i += 1;
+        }
+        if let Some(name) = self.defining.take() {
+            self.let_names.insert(name);
         }
         for (line, name) in std::mem::take(&mut self.other) {
             if !self.let_names.contains(&name) {
@@ -327,6 +338,22 @@ impl Scan<'_> {
             return false;
         }
         let name = self.text(i);
+        // `OfficeActivity*` is a wildcard that already matches our tables: left as it is.
+        if next == "*"
+            && self
+                .tokens
+                .get(i + 1)
+                .is_some_and(|t| t.start == self.tokens[i].end)
+        {
+            return false;
+        }
+        if self.let_names.contains(name) {
+            // A `let` of the same name hides the table from here on.
+            return false;
+        }
+        if self.defining.as_deref() == Some(name) && prev != "=" {
+            return false;
+        }
         if self.table(name).is_none() {
             let keyword = SOURCE_KEYWORDS.contains(&name);
             if !keyword && !name.starts_with('$') {
@@ -400,6 +427,22 @@ impl Scan<'_> {
         // `in (`, `!in (` (prev is `in`), `in~ (` and `!in~ (` (prev is `~` after `in`).
         let opener =
             TABULAR_OPENERS.contains(&prev) || (prev == "~" && i >= 2 && self.text(i - 2) == "in");
+        // `search in (A, B)`, `find in (A, B)`: a list of tables, as after `union`.
+        if text == "("
+            && prev == "in"
+            && matches!(
+                top,
+                Frame::Tabular {
+                    operator: Operator::Union,
+                    ..
+                }
+            )
+        {
+            return Frame::Tabular {
+                operator: Operator::Union,
+                expect_source: false,
+            };
+        }
         let opens_tabular = match (text, top) {
             ("{", _) => prev != "dynamic",
             (
@@ -435,10 +478,18 @@ impl Scan<'_> {
         let Some(value) = string_value(literal.text(self.query)) else {
             return;
         };
+        // `=~`, `!~` and `in~` compare without case; everything else compares exactly.
+        let caseless = i >= 1 && matches!(self.text(i - 1), "=~" | "!~");
         let Some(table) = self
             .names
             .iter()
-            .find(|t| t.builtin.eq_ignore_ascii_case(&value))
+            .find(|t| {
+                if caseless {
+                    t.builtin.eq_ignore_ascii_case(&value)
+                } else {
+                    t.builtin == value
+                }
+            })
             .cloned()
         else {
             return;
@@ -475,8 +526,24 @@ impl Scan<'_> {
                 _ => "!in~",
             };
             let original = literal.text(self.query);
+            let operator_token = self.tokens[i - 1];
+            // `Type=="X"` needs a space before `in`; a comment between the operator and the
+            // literal would be lost, so such a comparison is reported instead.
+            if self.query[operator_token.end..literal.start].contains("//") {
+                self.out.findings.push(Located {
+                    line,
+                    finding: Finding::NameAsData {
+                        table: table.builtin,
+                        context: format!("{} {operator} {original}", prev(2)),
+                    },
+                });
+                return;
+            }
+            let spaced = self.query[..operator_token.start]
+                .ends_with(|c: char| c.is_whitespace() || c == '(');
             let text = format!(
-                "{listed} ({original}, {})",
+                "{}{listed} ({original}, {})",
+                if spaced { "" } else { " " },
                 self.quoted_like(original, &table.output)
             );
             let was = format!("{} {operator} {original}", prev(2));

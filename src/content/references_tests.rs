@@ -219,3 +219,32 @@ fn a_query_it_cannot_tokenize_names_the_line() {
     let err = rewrite_query("OfficeActivity\n| where A == 'open", &names()).unwrap_err();
     assert_eq!(err, LexError::UnclosedString { line: 2 });
 }
+
+#[test]
+fn review_findings_stay_fixed() {
+    // No space around the operator.
+    assert_eq!(
+        rewrite("T | where Type==\"OfficeActivity\""),
+        "T | where Type in (\"OfficeActivity\", \"OfficeActivity_CL\")"
+    );
+    // `==` is exact: another spelling is not our table's name.
+    same("T | where Type == \"officeactivity\"");
+    assert_eq!(
+        rewrite("T | where Type =~ \"officeactivity\""),
+        "T | where Type in~ (\"officeactivity\", \"OfficeActivity_CL\")"
+    );
+    // search/find take a list of tables.
+    assert_eq!(
+        rewrite("search in (OfficeActivity,EmailEvents,EmailUrlInfo) \"x\""),
+        "search in (OfficeActivity_All,EmailEvents_All,EmailUrlInfo_All) \"x\""
+    );
+    // A wildcard already matches our tables.
+    same("T | union OfficeActivity*");
+    // A let of the same name: its right side is the table, later uses are the let.
+    assert_eq!(
+        rewrite("let OfficeActivity = OfficeActivity | where U == 1;\nOfficeActivity | take 1"),
+        "let OfficeActivity = OfficeActivity_All | where U == 1;\nOfficeActivity | take 1"
+    );
+    // A comment inside the comparison: reported, not rewritten.
+    same("T | where Type == // c\n \"OfficeActivity\"");
+}

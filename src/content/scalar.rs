@@ -113,6 +113,9 @@ impl Scalar {
                             .filter_map(|_| chars.next().map(|(_, c)| c))
                             .collect();
                         let low = u32::from_str_radix(rest.strip_prefix("\\u")?, 16).ok()?;
+                        if !(0xDC00..0xE000).contains(&low) {
+                            return None;
+                        }
                         char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))?
                     } else {
                         char::from_u32(code)?

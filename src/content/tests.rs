@@ -96,3 +96,55 @@ fn kql_files_and_errors_with_lines() {
     let bad = rewrite_text("query: [unclosed\n", Format::Yaml, &names()).unwrap_err();
     assert!(matches!(bad, ContentError::Parse { .. }), "{bad}");
 }
+
+#[test]
+fn review_findings_in_files_stay_fixed() {
+    // A query quoted inside another key's block is not a query.
+    let quoted = "description: |\n  query: |\n    EmailEvents\nquery: |\n  EmailEvents\n";
+    assert_eq!(
+        rewrite(quoted, Format::Yaml),
+        "description: |\n  query: |\n    EmailEvents\nquery: |\n  EmailEvents_CL\n"
+    );
+    // Hostile input ends in an error or a rewrite, never a panic.
+    for raw in [
+        "x:\n  query: OfficeActivity\nquery: |\n  print 1\n  | union\n  query: OfficeActivity\n",
+        "query: |\n  OfficeActivity\n\u{2028}\n  | take 1\n",
+        "query: |\n OfficeActivity\n\u{85}\n | take 1\n",
+        "description: |\n  query: \"\\uD800\\u0041\"\nquery: x\n",
+    ] {
+        let _ = rewrite_text(raw, Format::Yaml, &names());
+    }
+    // Sequence items, quoted keys, a comment after the block header.
+    assert_eq!(
+        rewrite("- query: |\n    OfficeActivity\n", Format::Yaml),
+        "- query: |\n    OfficeActivity_CL\n"
+    );
+    assert_eq!(
+        rewrite("\"query\": OfficeActivity\n", Format::Yaml),
+        "\"query\": OfficeActivity_CL\n"
+    );
+    assert_eq!(
+        rewrite("query: | # see rule 2\n  OfficeActivity\n", Format::Yaml),
+        "query: | # see rule 2\n  OfficeActivity_CL\n"
+    );
+    // A query the tool cannot locate is an error, not a silent skip.
+    let below = rewrite_text(
+        "query:\n  OfficeActivity\n  | take 1\n",
+        Format::Yaml,
+        &names(),
+    );
+    assert!(
+        matches!(below, Err(ContentError::Parse { .. })),
+        "{below:?}"
+    );
+    // ARM types in any case; a byte-order mark stays.
+    let arm = "\u{feff}{\"resources\":[{\"type\":\"x/workspaces/savedsearches\",\"properties\":{\"query\":\"EmailEvents\"}}]}";
+    assert_eq!(
+        rewrite(arm, Format::Arm),
+        arm.replace("\"EmailEvents\"", "\"EmailEvents_CL\"")
+    );
+    assert_eq!(
+        rewrite("\u{feff}OfficeActivity", Format::Kql),
+        "\u{feff}OfficeActivity_CL"
+    );
+}

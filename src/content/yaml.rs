@@ -17,30 +17,53 @@ pub fn sites(raw: &str) -> Result<Vec<Site>, ContentError> {
     })?;
     let lines = line_starts(raw);
     let mut sites = Vec::new();
+    // Inside another key's block scalar (a description quoting a query, say): not keys.
+    let mut inside_block: Option<usize> = None;
     for (n, &line_start) in lines.iter().enumerate() {
         let line_end = lines.get(n + 1).copied().unwrap_or(raw.len());
         let line = raw[line_start..line_end].trim_end_matches(['\n', '\r']);
-        let indent = line.len() - line.trim_start_matches(' ').len();
-        let rest = &line[indent..];
-        let Some(key) = QUERY_KEYS
-            .iter()
-            .find(|k| rest.starts_with(*k) && rest[k.len()..].trim_start().starts_with(':'))
-        else {
+        let spaces = line.len() - line.trim_start_matches(' ').len();
+        if let Some(block_indent) = inside_block {
+            if line.trim_matches([' ', '\t']).is_empty() || spaces > block_indent {
+                continue;
+            }
+            inside_block = None;
+        }
+        // `- query: ...` in a sequence: the key's indentation is after the dash.
+        let (indent, rest) = match line[spaces..].strip_prefix("- ") {
+            Some(rest) => (spaces + 2, rest),
+            None => (spaces, &line[spaces..]),
+        };
+        let found = QUERY_KEYS.iter().find_map(|k| {
+            let unquoted = [k.to_string(), format!("\"{k}\""), format!("'{k}'")];
+            unquoted.into_iter().find_map(|written| {
+                let after = rest.strip_prefix(written.as_str())?;
+                after
+                    .trim_start_matches(' ')
+                    .starts_with(':')
+                    .then_some((*k, written.len()))
+            })
+        });
+        let Some((key, key_len)) = found else {
+            if block_header(rest) {
+                inside_block = Some(indent);
+            }
             continue;
         };
-        // Only keys of a mapping at this place, with the value on this line or below.
-        let after_key = &rest[key.len()..];
+        let after_key = &rest[key_len..];
         let colon = after_key.find(':').unwrap_or(0);
-        let value_at = line_start + indent + key.len() + colon + 1;
+        let value_at = line_start + indent + key_len + colon + 1;
         let value = raw[value_at..line_start + line.len()].trim_start();
         let value_start = line_start + line.len() - value.len();
         let scalar = if value.starts_with('|') || value.starts_with('>') {
+            inside_block = Some(indent);
             block(raw, &lines, n + 1, indent, value)
         } else if value.starts_with('\'') {
             single_quoted(raw, value_start)
         } else if value.starts_with('"') {
             double_quoted(raw, value_start)
         } else if value.is_empty() || value.starts_with('#') {
+            // A value on the lines below: a form this tool does not read (counted below).
             continue;
         } else {
             Some((
@@ -56,13 +79,39 @@ pub fn sites(raw: &str) -> Result<Vec<Site>, ContentError> {
         };
         check_against_parser(&parsed, key, &scalar.text, value, n + 1)?;
         sites.push(Site {
-            field: (*key).to_string(),
+            field: key.to_string(),
             first_line: n + 1,
             scalar,
             encoding,
         });
     }
+    // Every query the parser sees must have been located: none is skipped in silence.
+    let mut in_document = Vec::new();
+    for key in QUERY_KEYS {
+        collect_strings(&parsed, key, &mut in_document);
+    }
+    if in_document.len() > sites.len() {
+        return Err(ContentError::Parse {
+            line: 1,
+            message: format!(
+                "{} of the file's {} queries are written in a YAML form this tool does not read (a value starting on the line below its key?); the file is left out",
+                in_document.len() - sites.len(),
+                in_document.len()
+            ),
+        });
+    }
     Ok(sites)
+}
+
+/// Whether `rest` (a line after its indentation) is `key: |` or `key: >`, opening a block.
+fn block_header(rest: &str) -> bool {
+    let Some((key, value)) = rest.split_once(':') else {
+        return false;
+    };
+    !key.contains(['#', '"', '\'']) && {
+        let value = value.trim_start();
+        value.starts_with('|') || value.starts_with('>')
+    }
 }
 
 /// Byte offsets of the start of each line.
@@ -82,6 +131,9 @@ fn block(
     header: &str,
 ) -> Option<(Scalar, Encoding)> {
     let explicit = header[1..]
+        .split('#')
+        .next()
+        .unwrap_or("")
         .chars()
         .find(|c| c.is_ascii_digit())
         .and_then(|c| c.to_digit(10))
@@ -98,7 +150,8 @@ fn block(
     while n < lines.len() {
         let (start, line) = text_of(n);
         let spaces = line.len() - line.trim_start_matches(' ').len();
-        let blank = line.trim().is_empty();
+        // Only spaces and tabs make a blank line: YAML reads U+2028 and friends as content.
+        let blank = line.trim_matches([' ', '\t']).is_empty();
         if !blank {
             let indent = *block_indent.get_or_insert(spaces);
             if spaces < indent || indent <= key_indent {
@@ -109,8 +162,8 @@ fn block(
         if !scalar.text.is_empty() || n > first {
             scalar.push('\n', start.saturating_sub(1), start);
         }
-        if line.len() > indent {
-            scalar.push_str(&line[indent..], start + indent);
+        if let Some(content) = line.get(indent..) {
+            scalar.push_str(content, start + indent);
         }
         last_content_end = start + line.len();
         n += 1;
