@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod http_client;
 pub mod map;
 pub mod pipeline;
+pub mod preflight;
 pub mod private_fs;
 pub mod record;
 pub mod redact;

@@ -64,7 +64,7 @@ async fn world(policy: RetryPolicy) -> World {
     ));
     let config = LogsIngestionConfig {
         endpoint: emulator.url(),
-        dcr_immutable_id: "dcr-0123456789abcdef".into(),
+        dcr_immutable_id: "dcr-0123456789abcdef0123456789abcdef".into(),
         tables: Default::default(),
         allow_plain_http_loopback: true,
     };
@@ -645,13 +645,46 @@ async fn the_extra_ca_bundle_is_what_makes_the_emulator_trusted() {
     );
 }
 
+/// `check` accepts the configuration every binary test here runs with, and `run` then starts
+/// and delivers: nothing `check` accepted is refused at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_nothing_that_check_accepted() {
+    let emulator = tls_emulator().await;
+    let (_dir, cfg) = binary_config(&emulator);
+    let cfg = cfg.display().to_string();
+    let check = binary(vec!["check".into(), "--config".into(), cfg.clone()]).await;
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("configuration OK"));
+    let run = binary(vec![
+        "run".into(),
+        "--config".into(),
+        cfg,
+        "--input".into(),
+        "tests/fixtures/input".into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("delivered 16 row(s)"), "{stdout}");
+}
+
 /// A config file for the binary, pointing at a TLS emulator, and the directory it lives in.
 fn binary_config(emulator: &Emulator) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
     std::fs::write(dir.path().join("secret"), "s3cret-for-tests").unwrap();
     let config = format!(
-        "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: dcr-0123456789abcdef\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {CLIENT}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nspool:\n  dir: {dir}/spool\nretry:\n  min_delay_ms: 10\n  max_delay_secs: 1\n",
+        "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: dcr-0123456789abcdef0123456789abcdef\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {CLIENT}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nspool:\n  dir: {dir}/spool\nretry:\n  min_delay_ms: 10\n  max_delay_secs: 1\n",
         url = emulator.url(),
         dir = dir.path().display()
     );

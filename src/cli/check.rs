@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use super::shared::{Common, load};
+use super::shared::{Common, load, refuse_problems};
 
 pub fn check(common: &Common) -> anyhow::Result<ExitCode> {
     let setup = load(common)?;
+    refuse_problems(common, &setup)?;
     println!("configuration OK; schemas from {}", setup.schema_origin);
     for t in &setup.schemas.tables {
         println!(
@@ -34,5 +35,8 @@ pub fn check(common: &Common) -> anyhow::Result<ExitCode> {
             rules.join(", ")
         }
     );
+    if setup.config.sink.is_none() {
+        println!("  no sink: dry-run only (`run` and `dlq replay` need a `sink` section)");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use m365_sentinel::dlq::DeadLetterStore;
 
-use super::shared::{Common, EXIT_REJECTED, init_logging, load, runtime, sink_from};
+use super::shared::{
+    Common, EXIT_REJECTED, init_logging, load, refuse_problems, runtime, sink_from,
+};
 
 #[derive(Subcommand)]
 pub enum DlqAction {
@@ -39,6 +41,7 @@ pub fn list(common: &Common) -> anyhow::Result<ExitCode> {
 
 pub fn replay(common: &Common, table: Option<String>) -> anyhow::Result<ExitCode> {
     let setup = load(common)?;
+    refuse_problems(common, &setup)?;
     init_logging(&setup.config.log.level, setup.config.log.format);
     let (sink, targets, store) = sink_from(&setup)?;
     let replayed = runtime()?.block_on(m365_sentinel::run::replay(

@@ -12,11 +12,12 @@ use m365_sentinel::spool::Spool;
 
 use super::shared::{
     Common, EXIT_REJECTED, SOURCES_STOP, init_logging, inputs_or_config, load, print_summaries,
-    report_sources, runtime, sink_from, start_sources, stop_on_signal,
+    refuse_problems, report_sources, runtime, sink_from, start_sources, stop_on_signal,
 };
 
 pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<ExitCode> {
     let setup = Arc::new(load(common)?);
+    refuse_problems(common, &setup)?;
     init_logging(&setup.config.log.level, setup.config.log.format);
     let management = input.is_empty() && LiveSources::configured(&setup.config);
     let (sink, targets, _) = sink_from(&setup)?;

@@ -216,6 +216,25 @@ pub fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
+/// Every start-up refusal (`preflight`), all listed at once on stderr; an error when any.
+pub fn refuse_problems(common: &Common, setup: &Setup) -> anyhow::Result<()> {
+    let problems = m365_sentinel::preflight::check(&setup.config, &setup.schemas);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let origin = common
+        .config
+        .as_ref()
+        .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+    for problem in &problems {
+        eprintln!("error: {origin}: {problem}");
+    }
+    anyhow::bail!(
+        "{} problem(s) in {origin} (listed above); `m365-sentinel check` lists them without starting anything",
+        problems.len()
+    )
+}
+
 pub fn load(common: &Common) -> anyhow::Result<Setup> {
     Ok(Setup::load(
         common.config.as_deref(),

@@ -13,7 +13,7 @@ pub const WORKSPACE: &str = "11111111-2222-4333-8444-555555555555";
 /// base64 of "data collector test key" (not a real key).
 pub const SHARED_KEY: &str = "ZGF0YSBjb2xsZWN0b3IgdGVzdCBrZXk=";
 pub const SECRET: &str = "s3cret-for-tests";
-pub const DCR: &str = "dcr-0123456789abcdef";
+pub const DCR: &str = "dcr-0123456789abcdef0123456789abcdef";
 
 /// The DCR column type of a schema type.
 pub fn dcr_type(ty: ColumnType) -> &'static str {

@@ -268,16 +268,10 @@ impl ManagementConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let at = format!("management_api.tenants[{i}]");
-            if !is_guid(&t.tenant_id) {
-                return Err(format!("{at}.tenant_id must be the tenant's GUID"));
-            }
+            // The GUID forms of tenant_id and publisher_identifier are checked by `preflight`,
+            // with every other start-up problem at once.
             if !seen.insert(t.tenant_id.to_ascii_lowercase()) {
                 return Err(format!("{at}: tenant {} is listed twice", t.tenant_id));
-            }
-            if !is_guid(&t.publisher_identifier) {
-                return Err(format!(
-                    "{at}.publisher_identifier must be a GUID (your own tenant's id, as publisher)"
-                ));
             }
             for ct in t.content_types() {
                 if !ALL_CONTENT_TYPES.contains(&ct.as_str()) {

@@ -105,17 +105,8 @@ impl StorageConfig {
         if self.max_read_bytes < 64 << 10 {
             return Err(format!("{at}.max_read_bytes: at least 65536"));
         }
-        let endpoint = self.endpoint();
-        let url = reqwest::Url::parse(&endpoint)
-            .map_err(|e| format!("{at}.endpoint {endpoint:?}: {e}"))?;
-        let loopback = url
-            .host_str()
-            .is_some_and(|h| h == "127.0.0.1" || h == "localhost" || h == "[::1]");
-        if url.scheme() != "https" && !(self.allow_plain_http_loopback && loopback) {
-            return Err(format!(
-                "{at}.endpoint {endpoint:?} must be https (http only to loopback with allow_plain_http_loopback)"
-            ));
-        }
+        // The endpoint's scheme and host are checked by `preflight`, with every other
+        // start-up problem at once.
         Ok(())
     }
 }

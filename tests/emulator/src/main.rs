@@ -13,7 +13,7 @@ async fn main() -> std::io::Result<()> {
         tenant_id: "00000000-0000-4000-8000-000000000001".into(),
         client_id: "00000000-0000-4000-8000-000000000002".into(),
         client_secret: "emulator-secret".into(),
-        dcr_immutable_id: "dcr-emulated".into(),
+        dcr_immutable_id: "dcr-00000000000000000000000000e0e0e0".into(),
         streams: HashMap::new(),
         token_lifetime: Duration::from_secs(3600),
         accept_undeclared_streams: true,
