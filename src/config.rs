@@ -551,10 +551,6 @@ mod tests {
                 "AF20010",
             ),
             (
-                TENANT_YAML.replace("99999999-8888-4777-8666-555555555555", "contoso"),
-                "publisher_identifier",
-            ),
-            (
                 format!("{TENANT_YAML}  initial_lookback_hours: 200\n"),
                 "initial_lookback_hours",
             ),
@@ -567,5 +563,19 @@ mod tests {
             let e = load(&yaml, &[]).unwrap_err().to_string();
             assert!(e.contains(expected), "{expected}: {e}");
         }
+        // GUID forms are found with every other start-up problem, by `preflight`.
+        let config = load(
+            &TENANT_YAML.replace("99999999-8888-4777-8666-555555555555", "contoso"),
+            &[],
+        )
+        .unwrap();
+        let schemas = crate::schema::SchemaSet::embedded().unwrap();
+        let problems = crate::preflight::check(&config, &schemas);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "management_api.tenants[0].publisher_identifier"),
+            "{problems:?}"
+        );
     }
 }
