@@ -116,7 +116,7 @@ fn main() {
         concurrency: 4,
         dlq_dir: dir.path().join("dlq"),
         spool: None,
-        shutdown: m365_sentinel::shutdown::Shutdown::never(),
+        shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
     };
@@ -132,7 +132,7 @@ fn main() {
                 once: true,
                 max_blob_bytes: setup.config.input.max_document_bytes,
                 retry: setup.config.retry_policy(),
-                shutdown: m365_sentinel::shutdown::Shutdown::never(),
+                shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
             },
             tx,
         )

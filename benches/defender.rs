@@ -84,7 +84,7 @@ fn main() {
 
     // The storage account: one hour blob per table, written in appends of 1,000 lines.
     let storage = azurite::Azurite::start();
-    let now = m365_sentinel::map::datetime::format_unix_millis(
+    let now = m365_sentinel::stages::map::datetime::format_unix_millis(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
@@ -157,7 +157,7 @@ fn measure_source(
         .expect("runtime");
     let http = m365_sentinel::http_client::build(&setup.config.http).expect("http client");
     let (sink, targets) = sink::emulator_sink(&setup, http, emulator, dir.path());
-    let (stop, shutdown) = m365_sentinel::shutdown::channel();
+    let (stop, shutdown) = m365_sentinel::ops::shutdown::channel();
     let options = RunOptions {
         flush_delay: Duration::from_secs(1),
         concurrency: 4,
@@ -172,7 +172,7 @@ fn measure_source(
     let started = Instant::now();
     let stats = runtime.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let (end_run, run_ended) = m365_sentinel::shutdown::channel();
+        let (end_run, run_ended) = m365_sentinel::ops::shutdown::channel();
         let live = LiveOptions {
             persist: true,
             once: !continuous,

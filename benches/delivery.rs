@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use azure_core::http::Transport;
 use m365_emulator::{Emulator, ToEmulator};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
-use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
 use m365_sentinel::run::{Intake, RunOptions, run};
 use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
 use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
+use m365_sentinel::state::dlq::DeadLetterStore;
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -109,18 +109,18 @@ fn main() {
                 .iter()
                 .map(|t| t.stream.clone())
                 .collect();
-            let config = m365_sentinel::spool::SpoolConfig {
+            let config = m365_sentinel::state::spool::SpoolConfig {
                 dir: dir.path().join("spool"),
                 ..Default::default()
             };
-            m365_sentinel::spool::Spool::open(&config, &streams).expect("spool")
+            m365_sentinel::state::spool::Spool::open(&config, &streams).expect("spool")
         });
         let options = RunOptions {
             flush_delay: Duration::from_secs(5),
             concurrency: 4,
             dlq_dir: dir.path().join("dlq"),
             spool,
-            shutdown: m365_sentinel::shutdown::Shutdown::never(),
+            shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
             shutdown_deadline: Duration::from_secs(25),
             live: Default::default(),
         };

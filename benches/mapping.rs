@@ -63,9 +63,9 @@ fn bench(c: &mut Criterion) {
             rows
         })
     });
-    let unredacted = m365_sentinel::map::Mapper::new(
+    let unredacted = m365_sentinel::stages::map::Mapper::new(
         setup.schemas.clone(),
-        m365_sentinel::redact::Redactor::none(),
+        m365_sentinel::stages::redact::Redactor::none(),
         setup.config.map_options(),
     );
     group.bench_function("same_without_redaction_rules", |b| {

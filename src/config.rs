@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::map::MapOptions;
-use crate::redact::RuleSpec;
 use crate::sinks::batch::DEFAULT_MAX_BODY_BYTES;
 use crate::sources::file::FileOptions;
+use crate::stages::map::MapOptions;
+use crate::stages::redact::RuleSpec;
 
 /// Prefix of environment overrides: `M365_SENTINEL__BATCH__MAX_BODY_BYTES=500000` sets
 /// `batch.max_body_bytes`. Double underscores separate levels; names are lowercased.
@@ -48,7 +48,7 @@ pub struct Config {
     pub defender: crate::sources::defender::DefenderConfig,
     /// The on-disk queue between mapping and delivery (`run`).
     #[serde(default)]
-    pub spool: crate::spool::SpoolConfig,
+    pub spool: crate::state::spool::SpoolConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
 }
@@ -570,7 +570,7 @@ mod tests {
         )
         .unwrap();
         let schemas = crate::schema::SchemaSet::embedded().unwrap();
-        let problems = crate::preflight::check(&config, &schemas);
+        let problems = crate::ops::preflight::check(&config, &schemas);
         assert!(
             problems
                 .iter()

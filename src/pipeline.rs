@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::decode::{Decoded, Fields, decode_unit};
-use crate::map::{MappedRow, Mapper};
+use crate::ops::stats::Stats;
 use crate::record::{Position, RejectReason, Rejected};
-use crate::redact::Redactor;
-use crate::route::route;
 use crate::schema::{SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
 use crate::sinks::batch::{Body, BodyBuilder};
 use crate::sinks::dry_run::DryRunSink;
 use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
-use crate::stats::Stats;
+use crate::stages::decode::{Decoded, Fields, decode_unit};
+use crate::stages::map::{MappedRow, Mapper};
+use crate::stages::redact::Redactor;
+use crate::stages::route::route;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -191,7 +191,7 @@ impl DryRun<'_> {
             let truncated = row
                 .notes
                 .iter()
-                .any(|n| matches!(n.kind, crate::map::NoteKind::Truncated { .. }));
+                .any(|n| matches!(n.kind, crate::stages::map::NoteKind::Truncated { .. }));
             let raw = truncated.then(|| {
                 self.setup
                     .redactor

@@ -28,7 +28,7 @@ async fn emulator() -> Emulator {
 /// The hour blob of now, as the export names it.
 fn hour_blob() -> String {
     let now = common::management::now_ms();
-    let iso = m365_sentinel::map::datetime::format_unix_millis(now);
+    let iso = m365_sentinel::stages::map::datetime::format_unix_millis(now);
     format!(
         "tenantId={DEFENDER_TENANT}/y={}/m={}/d={}/h={}/m=00/PT1H.json",
         &iso[0..4],

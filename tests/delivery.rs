@@ -12,13 +12,13 @@ use azure_core::http::Transport;
 use common::azure::{CLIENT, SHARED_KEY, TENANT, WORKSPACE};
 use m365_emulator::{Emulator, Fault, ToEmulator};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
-use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::{Output, Setup, process_unit};
 use m365_sentinel::record::Position;
 use m365_sentinel::sinks::batch::{Body, BodyBuilder};
 use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
+use m365_sentinel::state::dlq::DeadLetterStore;
 use serde_json::Value;
 
 const AUTHORITY: &str = "https://login.emulator.test";
@@ -398,7 +398,7 @@ async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input(
         concurrency: 2,
         dlq_dir: dlq_dir.clone(),
         spool: None,
-        shutdown: m365_sentinel::shutdown::Shutdown::never(),
+        shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
     };
@@ -487,7 +487,7 @@ fn dlq_list_and_run_without_a_sink_through_the_binary() {
     let store = DeadLetterStore::open(&dir.path().join("dlq")).unwrap();
     let row = serde_json::value::RawValue::from_string(r#"{"x":1}"#.into()).unwrap();
     store
-        .append(&[m365_sentinel::dlq::DeadLetter::now(
+        .append(&[m365_sentinel::state::dlq::DeadLetter::now(
             "OfficeActivity_CL",
             "Custom-OfficeActivity_CL",
             "test".into(),

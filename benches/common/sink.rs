@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use m365_emulator::Emulator;
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
-use m365_sentinel::dlq::DeadLetterStore;
 use m365_sentinel::pipeline::Setup;
 use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
+use m365_sentinel::state::dlq::DeadLetterStore;
 
 use super::measure::{CLIENT, TENANT};
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use m365_sentinel::dlq::DeadLetterStore;
+use m365_sentinel::state::dlq::DeadLetterStore;
 
 use super::shared::{
     Common, EXIT_REJECTED, init_logging, load, refuse_problems, runtime, sink_from,

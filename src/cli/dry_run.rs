@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use m365_sentinel::ops::shutdown::Shutdown;
 use m365_sentinel::pipeline::{dry_run as map_to_files, dry_run_units};
-use m365_sentinel::shutdown::Shutdown;
 use m365_sentinel::sources::live::LiveSources;
 
 use super::shared::{

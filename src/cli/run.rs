@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use m365_sentinel::run::{Intake, RunOptions, run as deliver_input};
 use m365_sentinel::sources::live::LiveSources;
-use m365_sentinel::spool::Spool;
+use m365_sentinel::state::spool::Spool;
 
 use super::shared::{
     Common, EXIT_REJECTED, SOURCES_STOP, init_logging, inputs_or_config, load, print_summaries,
@@ -34,10 +34,10 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
         None
     };
     let rt = runtime()?;
-    let (trigger, shutdown) = m365_sentinel::shutdown::channel();
+    let (trigger, shutdown) = m365_sentinel::ops::shutdown::channel();
     rt.spawn(stop_on_signal(trigger));
-    let live = Arc::new(m365_sentinel::telemetry::LiveCounts::default());
-    let mut telemetry = m365_sentinel::telemetry::Telemetry::new(
+    let live = Arc::new(m365_sentinel::ops::telemetry::LiveCounts::default());
+    let mut telemetry = m365_sentinel::ops::telemetry::Telemetry::new(
         sink.clone(),
         live.clone(),
         setup.config.batch.max_body_bytes,
@@ -61,12 +61,12 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
         }
     });
     let listen = setup.config.metrics.listen.clone();
-    let serve = |telemetry: m365_sentinel::telemetry::Telemetry| -> anyhow::Result<()> {
+    let serve = |telemetry: m365_sentinel::ops::telemetry::Telemetry| -> anyhow::Result<()> {
         if let Some(addr) = &listen {
             let listener = rt
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .with_context(|| format!("metrics.listen {addr}: cannot listen there"))?;
-            rt.spawn(m365_sentinel::telemetry::serve(
+            rt.spawn(m365_sentinel::ops::telemetry::serve(
                 listener,
                 Arc::new(telemetry),
             ));
@@ -74,7 +74,7 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
         Ok(())
     };
     let (stats, reports) = if management {
-        let (end_run, run_ended) = m365_sentinel::shutdown::channel();
+        let (end_run, run_ended) = m365_sentinel::ops::shutdown::channel();
         let (sources, units) =
             rt.block_on(async { start_sources(&setup, true, once, shutdown, run_ended) })?;
         telemetry.lag = sources.management.as_ref().map(|c| c.lag.clone());

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use m365_sentinel::config::LogFormat;
-use m365_sentinel::dlq::DeadLetterStore;
+use m365_sentinel::ops::shutdown::Shutdown;
 use m365_sentinel::pipeline::Setup;
-use m365_sentinel::shutdown::Shutdown;
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
 use m365_sentinel::sources::live::{LiveOptions, LiveSources, SourceReport};
 use m365_sentinel::sources::management::Counters;
 use m365_sentinel::sources::unit::Unit;
+use m365_sentinel::state::dlq::DeadLetterStore;
 
 /// Exit status when the run completed but some records were rejected (see rejected.ndjson).
 pub const EXIT_REJECTED: u8 = 3;
@@ -179,7 +179,7 @@ pub fn report_sources(reports: Option<&[SourceReport]>) -> Option<ExitCode> {
 }
 
 /// Sets the shutdown flag on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-pub async fn stop_on_signal(trigger: m365_sentinel::shutdown::Trigger) {
+pub async fn stop_on_signal(trigger: m365_sentinel::ops::shutdown::Trigger) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -218,7 +218,7 @@ pub fn init_logging(level: &str, format: LogFormat) {
 
 /// Every start-up refusal (`preflight`), all listed at once on stderr; an error when any.
 pub fn refuse_problems(common: &Common, setup: &Setup) -> anyhow::Result<()> {
-    let problems = m365_sentinel::preflight::check(&setup.config, &setup.schemas);
+    let problems = m365_sentinel::ops::preflight::check(&setup.config, &setup.schemas);
     if problems.is_empty() {
         return Ok(());
     }

@@ -10,10 +10,10 @@ use tokio::task::JoinSet;
 
 use super::{Item, Refusals, RunError, RunOptions, ack_all};
 use crate::ack::Ack;
+use crate::ops::stats::Stats;
 use crate::pipeline::Setup;
 use crate::sinks::batch::{Body, BodyBuilder, RowTooLarge};
 use crate::sinks::workspace::{SinkError, Target, WorkspaceSink};
-use crate::stats::Stats;
 
 /// A closed body and the acknowledgements of its rows.
 type BodyWithAcks = (Body, Vec<Ack>);
@@ -91,7 +91,7 @@ impl Batches {
 /// A request slot of the stream, or None once the run is stopping.
 async fn slot(
     permits: &Arc<Semaphore>,
-    shutdown: &mut crate::shutdown::Shutdown,
+    shutdown: &mut crate::ops::shutdown::Shutdown,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     tokio::select! {
         permit = permits.clone().acquire_owned() => permit.ok(),

@@ -19,17 +19,17 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::ack::Ack;
-use crate::dlq::DeadLetter;
+use crate::ops::shutdown::Shutdown;
+use crate::ops::stats::Stats;
 use crate::pipeline::{Output, Setup, mask_rejected, process_unit, process_unit_admitting};
 use crate::record::{RejectReason, Rejected};
-use crate::shutdown::Shutdown;
 use crate::sinks::batch::{BodyBuilder, RowTooLarge};
 use crate::sinks::dry_run::rejected_line;
 use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
 use crate::sources::file::{Exclude, Framed, ReadTotals, SourceError, read_inputs};
 use crate::sources::unit::Unit;
-use crate::spool::Spool;
-use crate::stats::Stats;
+use crate::state::dlq::DeadLetter;
+use crate::state::spool::Spool;
 
 /// Refused input records (not JSON, unknown category, ...) in a run, beside the dead letters.
 pub const REJECTED_INPUT_FILE: &str = "rejected-input.ndjson";
@@ -41,7 +41,7 @@ pub enum RunError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] crate::state::spool::SpoolError),
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
@@ -61,7 +61,7 @@ pub struct RunOptions {
     pub shutdown: Shutdown,
     pub shutdown_deadline: Duration,
     /// Counts kept as the run goes, for the metrics endpoint.
-    pub live: Arc<crate::telemetry::LiveCounts>,
+    pub live: Arc<crate::ops::telemetry::LiveCounts>,
 }
 
 /// What the run did: input side (rows mapped per table, refusals) and delivery side.
@@ -102,7 +102,7 @@ fn ack_all(acks: impl IntoIterator<Item = Ack>) {
 /// position past the record once this returns (files commit nothing, and a flood of refused
 /// lines should not cost a disk flush each).
 fn append_rejected(path: &Path, r: &Rejected, durable: bool) -> std::io::Result<()> {
-    let mut file = crate::private_fs::append(path)?;
+    let mut file = crate::state::private_fs::append(path)?;
     file.write_all(rejected_line(r).as_bytes())?;
     if durable {
         file.sync_data()?;
@@ -113,7 +113,7 @@ fn append_rejected(path: &Path, r: &Rejected, durable: bool) -> std::io::Result<
 /// Where what can't be sent goes, on either path: rows over the request limit to the
 /// dead-letter store, refused input records to the refused-input file. Acknowledged after.
 struct Refusals {
-    live: Arc<crate::telemetry::LiveCounts>,
+    live: Arc<crate::ops::telemetry::LiveCounts>,
     setup: Arc<Setup>,
     sink: Arc<WorkspaceSink>,
     rejected_path: PathBuf,
@@ -190,7 +190,7 @@ pub async fn run(
     options: RunOptions,
 ) -> Result<RunStats, RunError> {
     // The directory of refused input (0700, as the dead letters').
-    crate::dlq::DeadLetterStore::open(&options.dlq_dir).map_err(SinkError::from)?;
+    crate::state::dlq::DeadLetterStore::open(&options.dlq_dir).map_err(SinkError::from)?;
     let refusals = Refusals {
         live: options.live.clone(),
         setup: setup.clone(),
@@ -306,7 +306,7 @@ pub struct Replayed {
 /// table. Rows the service refuses again go back to the store, with the new reason.
 pub async fn replay(
     setup: &Setup,
-    store: &crate::dlq::DeadLetterStore,
+    store: &crate::state::dlq::DeadLetterStore,
     sink: &WorkspaceSink,
     targets: &[Target],
     table: Option<&str>,

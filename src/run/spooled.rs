@@ -17,12 +17,12 @@ use tokio::time::Instant;
 
 use super::{Item, Refusals, RunError, RunOptions, ack_all, finish_in_flight};
 use crate::ack::Ack;
+use crate::ops::shutdown::Shutdown;
+use crate::ops::stats::Stats;
 use crate::pipeline::Setup;
-use crate::shutdown::Shutdown;
 use crate::sinks::batch::BodyBuilder;
 use crate::sinks::workspace::{SinkError, Target, WorkspaceSink};
-use crate::spool::{Pos, Spool, SpoolError, SpoolWriter, StreamReader};
-use crate::stats::Stats;
+use crate::state::spool::{Pos, Spool, SpoolError, SpoolWriter, StreamReader};
 
 /// A batch is committed (one fsync per touched stream) once it holds this much, or when the
 /// mapper has nothing more right now.
@@ -297,7 +297,7 @@ fn dead_letter(
     let raw = serde_json::value::RawValue::from_string(text)
         .or_else(|_| serde_json::value::to_raw_value(&String::from_utf8_lossy(row)))
         .map_err(|e| RunError::Reader(format!("a spooled row could not be kept: {e}")))?;
-    sink.dead_letter_rows(&[crate::dlq::DeadLetter::now(
+    sink.dead_letter_rows(&[crate::state::dlq::DeadLetter::now(
         &target.table,
         &target.stream,
         reason.to_string(),

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
-use crate::map::Note;
 use crate::record::{Position, Rejected};
 use crate::sinks::batch::Body;
+use crate::stages::map::Note;
 
 pub const REJECTED_FILE: &str = "rejected.ndjson";
 pub const NOTICES_FILE: &str = "notices.ndjson";
@@ -23,10 +23,10 @@ pub struct DryRunSink {
     notices: BufWriter<File>,
 }
 
-use crate::private_fs::private_dir;
+use crate::state::private_fs::private_dir;
 
 fn private_file(path: &Path) -> io::Result<File> {
-    crate::private_fs::private_options()
+    crate::state::private_fs::private_options()
         .write(true)
         .create(true)
         .truncate(true)
@@ -102,24 +102,24 @@ impl DryRunSink {
         line.push('{');
         push_position(&mut line, pos);
         line.push_str(",\"table\":");
-        crate::map::json::push_json_string(&mut line, table);
+        crate::stages::map::json::push_json_string(&mut line, table);
         line.push_str(",\"notes\":[");
         for (i, n) in notes.iter().enumerate() {
             if i > 0 {
                 line.push(',');
             }
             line.push_str("{\"column\":");
-            crate::map::json::push_json_string(&mut line, &n.column);
+            crate::stages::map::json::push_json_string(&mut line, &n.column);
             line.push_str(",\"kind\":");
-            crate::map::json::push_json_string(&mut line, n.kind.code());
+            crate::stages::map::json::push_json_string(&mut line, n.kind.code());
             line.push_str(",\"detail\":");
-            crate::map::json::push_json_string(&mut line, &n.to_string());
+            crate::stages::map::json::push_json_string(&mut line, &n.to_string());
             line.push('}');
         }
         line.push(']');
         if let Some(raw) = raw {
             line.push_str(",\"raw\":");
-            crate::map::json::push_json_string(&mut line, raw);
+            crate::stages::map::json::push_json_string(&mut line, raw);
         }
         line.push_str("}\n");
         self.notices.write_all(line.as_bytes())
@@ -140,13 +140,13 @@ pub fn rejected_line(r: &Rejected) -> String {
     line.push('{');
     push_position(&mut line, &r.pos);
     line.push_str(",\"reason_code\":");
-    crate::map::json::push_json_string(&mut line, r.reason.code());
+    crate::stages::map::json::push_json_string(&mut line, r.reason.code());
     line.push_str(",\"reason\":");
-    crate::map::json::push_json_string(&mut line, &r.reason.to_string());
+    crate::stages::map::json::push_json_string(&mut line, &r.reason.to_string());
     match std::str::from_utf8(&r.raw) {
         Ok(text) => {
             line.push_str(",\"raw\":");
-            crate::map::json::push_json_string(&mut line, text);
+            crate::stages::map::json::push_json_string(&mut line, text);
         }
         Err(_) => {
             line.push_str(",\"raw_base64\":\"");
@@ -160,6 +160,6 @@ pub fn rejected_line(r: &Rejected) -> String {
 
 fn push_position(line: &mut String, pos: &Position) {
     line.push_str("\"source\":");
-    crate::map::json::push_json_string(line, &pos.source);
+    crate::stages::map::json::push_json_string(line, &pos.source);
     line.push_str(&format!(",\"line\":{},\"index\":{}", pos.line, pos.index));
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use crate::map::datetime::days_from_civil;
+use crate::stages::map::datetime::days_from_civil;
 
 /// The sink's decision for one response status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use super::status::SourceStatus;
 use super::storage::{StorageOptions, StorageSource};
 use super::unit::Unit;
 use crate::config::Config;
-use crate::shutdown::Shutdown;
+use crate::ops::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
 
-use crate::decode::Fields;
+use crate::stages::decode::Fields;
 
 /// The shared window of recently admitted rows; cheap to clone.
 #[derive(Clone)]

@@ -3,10 +3,10 @@
 //! source move its position once every row taken from it is safe downstream.
 
 use crate::ack::Ack;
-use crate::decode::Fields;
 use crate::record::{Position, Rejected};
 use crate::sources::management::BlobDedupe;
 use crate::sources::recent::RecentRows;
+use crate::stages::decode::Fields;
 
 /// Text ready to map. The mapper admits each record through `dedupe`, attaches a handle of
 /// `ack` to each row it emits, then releases `ack` itself.

@@ -13,8 +13,8 @@ pub mod tools;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use m365_sentinel::ops::stats::Stats;
 use m365_sentinel::pipeline::{Setup, dry_run};
-use m365_sentinel::stats::Stats;
 use serde_json::Value;
 
 /// Twenty OfficeActivity string columns: sixty KB in each makes a row over the 1 MB request limit

@@ -11,10 +11,10 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::decode::Fields;
-use crate::map::json::{push_compact, push_json_string};
 use crate::schema::TableSchema;
 use crate::sinks::batch::Body;
+use crate::stages::decode::Fields;
+use crate::stages::map::json::{push_compact, push_json_string};
 
 /// Per post.
 pub const MAX_POST_BYTES: usize = 30_000_000;
@@ -126,7 +126,7 @@ pub fn rfc1123(at: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let days = secs.div_euclid(86_400);
-    let stamp = crate::map::datetime::format_unix_millis(secs * 1000);
+    let stamp = crate::stages::map::datetime::format_unix_millis(secs * 1000);
     // stamp: YYYY-MM-DDTHH:MM:SS.mmmZ
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
     let month = match &stamp[5..7] {

@@ -5,10 +5,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::value::RawValue;
 
 use super::{Api, SinkError, SinkStats, Target, WorkspaceSink};
-use crate::dlq::DeadLetter;
 use crate::sinks::batch::Body;
 use crate::sinks::data_collector;
 use crate::sinks::retry::{Verdict, classify, parse_retry_after};
+use crate::state::dlq::DeadLetter;
 
 /// What the service said about one request.
 struct Answer {

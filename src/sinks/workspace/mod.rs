@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use azure_core::credentials::TokenCredential;
 
-use crate::dlq::DeadLetterStore;
 use crate::sinks::retry::RetryPolicy;
+use crate::state::dlq::DeadLetterStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -21,7 +21,7 @@ pub enum SinkError {
     #[error(transparent)]
     DataCollector(#[from] crate::sinks::data_collector::DataCollectorError),
     #[error(transparent)]
-    DeadLetters(#[from] crate::dlq::DlqError),
+    DeadLetters(#[from] crate::state::dlq::DlqError),
 }
 
 /// Where a table's bodies are posted. `stream` is the DCR stream (Logs Ingestion) or the

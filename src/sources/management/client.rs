@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::config::TenantConfig;
 use super::rate::RateLimiter;
-use crate::map::datetime::{format_unix_seconds_plain, parse_unix_millis};
+use crate::stages::map::datetime::{format_unix_seconds_plain, parse_unix_millis};
 
 /// A failed call, by what the caller should do about it.
 #[derive(Debug, Clone, thiserror::Error)]

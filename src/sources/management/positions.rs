@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::map::datetime::{format_unix_millis, parse_unix_millis};
-use crate::private_fs;
+use crate::stages::map::datetime::{format_unix_millis, parse_unix_millis};
+use crate::state::private_fs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PositionError {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::private_fs;
+use crate::state::private_fs;
 
 const DAY_MS: i64 = 86_400_000;
 const KEY_BYTES: usize = 16;

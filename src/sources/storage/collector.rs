@@ -17,13 +17,13 @@ use super::client::{BlobAuth, BlobClient, BlobItem, SasToken, StorageError};
 use super::config::{StorageAuth, StorageConfig};
 use super::positions::{BlobPositionFile, BlobPositions};
 use crate::ack::Ack;
-use crate::map::datetime::{civil_from_days, days_from_civil};
+use crate::ops::shutdown::Shutdown;
 use crate::record::{Position, RejectReason, Rejected};
-use crate::shutdown::Shutdown;
 use crate::sources::progress::Progress;
 use crate::sources::recent::RecentRows;
 use crate::sources::status::SourceStatus;
 use crate::sources::unit::{Dedupe, Unit};
+use crate::stages::map::datetime::{civil_from_days, days_from_civil};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -489,7 +489,7 @@ mod tests {
     fn the_hour_comes_from_the_blob_name() {
         let h = blob_hour("insights/tenantId=abc/y=2026/m=11/d=22/h=13/m=00/PT1H.json").unwrap();
         assert_eq!(
-            crate::map::datetime::format_unix_millis(h),
+            crate::stages::map::datetime::format_unix_millis(h),
             "2026-11-22T13:00:00.000Z"
         );
         assert_eq!(blob_hour("tenantId=abc/PT1H.json"), None);

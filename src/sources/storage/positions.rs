@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::private_fs;
+use crate::state::private_fs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobPositionError {

@@ -143,7 +143,7 @@ pub(super) fn availability_floor(now: i64) -> i64 {
 }
 
 pub(super) fn expired_alarm(t: &Tenant, ct: &str, from: i64, to: i64, why: &str) {
-    use crate::map::datetime::format_unix_millis;
+    use crate::stages::map::datetime::format_unix_millis;
     Counters::add(&t.counters.expired_blobs, 1);
     t.lag.expired(&t.label, ct, 1);
     tracing::error!(

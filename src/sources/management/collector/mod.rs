@@ -22,10 +22,10 @@ use super::rate::RateLimiter;
 use super::seen::{self, SeenFiles, SeenSet, id_key};
 use super::tracker::Tracker;
 use crate::ack::Ack;
-use crate::decode::Fields;
 use crate::record::{Position, RejectReason, Rejected};
 use crate::sinks::retry::RetryPolicy;
 use crate::sources::unit::{Dedupe, Unit};
+use crate::stages::decode::Fields;
 
 mod committing;
 mod fetching;
@@ -114,7 +114,7 @@ pub struct CollectorOptions {
     pub max_blob_bytes: usize,
     pub retry: RetryPolicy,
     /// Set on SIGTERM: workers stop listing and fetching, and hand nothing more on.
-    pub shutdown: crate::shutdown::Shutdown,
+    pub shutdown: crate::ops::shutdown::Shutdown,
 }
 
 /// How each tenant ended (only in `once` mode does a tenant end).

@@ -7,9 +7,9 @@ use std::borrow::Cow;
 use super::datetime;
 use super::json::{MAX_DEPTH, decode_string, push_compact, push_json_string};
 use super::{Note, NoteKind};
-use crate::decode::json_kind;
-use crate::redact::Redactor;
 use crate::schema::{BoolText, Column, ColumnType};
+use crate::stages::decode::json_kind;
+use crate::stages::redact::Redactor;
 
 /// Shared state for converting the values of one row.
 pub struct Ctx<'m> {

@@ -1,10 +1,10 @@
 //! Routing: which table a decoded record belongs to. Audit records go to the audit table;
 //! Defender Streaming API rows go by `category`. Anything else is refused with a reason.
 
-use crate::decode::{Fields, json_kind};
-use crate::map::json::decode_string;
 use crate::record::RejectReason;
 use crate::schema::{InputKind, SchemaSet};
+use crate::stages::decode::{Fields, json_kind};
+use crate::stages::map::json::decode_string;
 
 /// A record with its table and the object its columns read from.
 pub struct Routed<'a> {

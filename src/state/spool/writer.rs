@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Segment, Spool, SpoolError, SyncPolicy, io_err, segment};
-use crate::private_fs;
+use crate::state::private_fs;
 
 struct Active {
     seq: u64,

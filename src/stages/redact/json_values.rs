@@ -30,7 +30,7 @@ pub(super) fn name_values(json: &str) -> impl Iterator<Item = Cow<'_, str>> {
         while i < token.len() && token[i] != b'"' {
             i += if token[i] == b'\\' { 2 } else { 1 };
         }
-        crate::map::json::decode_string(rest.get(..(i + 1).min(rest.len()))?)
+        crate::stages::map::json::decode_string(rest.get(..(i + 1).min(rest.len()))?)
     })
 }
 

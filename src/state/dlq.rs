@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::map::datetime::format_unix_millis;
+use crate::stages::map::datetime::format_unix_millis;
 
 /// One refused row and why.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,7 +92,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DlqError + '_ {
 impl DeadLetterStore {
     /// Opens (creating it 0700) the store's directory.
     pub fn open(dir: &Path) -> Result<Self, DlqError> {
-        crate::private_fs::private_dir(dir).map_err(io_err(dir))?;
+        crate::state::private_fs::private_dir(dir).map_err(io_err(dir))?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })
@@ -112,7 +112,7 @@ impl DeadLetterStore {
         tables.dedup();
         for table in tables {
             let path = self.file_of(table)?;
-            let mut file = crate::private_fs::append(&path).map_err(io_err(&path))?;
+            let mut file = crate::state::private_fs::append(&path).map_err(io_err(&path))?;
             let mut buf = Vec::new();
             for letter in letters.iter().filter(|l| l.table == table) {
                 serde_json::to_writer(&mut buf, letter).map_err(|e| DlqError::Io {
@@ -226,7 +226,7 @@ impl DeadLetterStore {
         let path = self.file_of(table)?;
         let tmp = self.dir.join(format!("{table}.ndjson.tmp"));
         {
-            let mut file = crate::private_fs::private_options()
+            let mut file = crate::state::private_fs::private_options()
                 .create(true)
                 .write(true)
                 .truncate(true)

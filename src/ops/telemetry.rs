@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use crate::sinks::workspace::WorkspaceSink;
 use crate::sources::management::Counters;
 use crate::sources::management::lag::LagBoard;
-use crate::spool::Spool;
+use crate::state::spool::Spool;
 
 /// Counts the run keeps as it goes (the end-of-run `Stats` are for the summary).
 #[derive(Debug, Default)]

@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use serde::Deserialize;
 
-use crate::private_fs;
+use crate::state::private_fs;
 
 pub use reader::{Acker, StreamReader, Taken};
 pub use writer::SpoolWriter;

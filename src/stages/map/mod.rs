@@ -10,9 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::record::RejectReason;
-use crate::redact::Redactor;
-use crate::route::Routed;
 use crate::schema::{ColumnType, SchemaSet, TableSchema};
+use crate::stages::redact::Redactor;
+use crate::stages::route::Routed;
 use convert::{Ctx, write_value};
 use json::{MAX_DEPTH, decode_string, push_compact, push_json_string};
 
@@ -303,8 +303,8 @@ impl Mapper {
                 .flatten()
                 .filter(|s| s.trim_start().starts_with('{'));
             let object = match &parsed_string {
-                Some(s) => crate::decode::Fields::parse(s).ok(),
-                None if raw.starts_with('{') => crate::decode::Fields::parse(raw).ok(),
+                Some(s) => crate::stages::decode::Fields::parse(s).ok(),
+                None if raw.starts_with('{') => crate::stages::decode::Fields::parse(raw).ok(),
                 None => None,
             };
             match object {

@@ -412,7 +412,7 @@ impl Redactor {
             if let Some(masked) = self.redact_text(column, &decoded, hits) {
                 let buf = out.get_or_insert_with(|| String::with_capacity(json.len()));
                 buf.push_str(&json[copied..start]);
-                crate::map::json::push_json_string(buf, &masked);
+                crate::stages::map::json::push_json_string(buf, &masked);
                 copied = end;
             }
         }

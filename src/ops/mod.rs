@@ -1,0 +1,7 @@
+//! Running the process: start-up checks, the SIGTERM flag, counters and the summary table, and
+//! the health and metrics endpoint.
+
+pub mod preflight;
+pub mod shutdown;
+pub mod stats;
+pub mod telemetry;
