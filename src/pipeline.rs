@@ -1,17 +1,21 @@
-//! Wiring: loading what a run needs, and the dry-run flow
-//! file source → decode → route → map → batch → dry-run sink.
+//! Wiring: loading what a run needs; the one front end every command drives, [`drive`]
+//! (intake → decode → route → map, with redaction), which `run` feeds to the spool and the
+//! workspace sink and dry-run to the dry-run sink; and the dry-run consumer itself.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::ack::Ack;
 use crate::config::{Config, ConfigError};
+use crate::ops::shutdown::Shutdown;
 use crate::ops::stats::Stats;
 use crate::record::{Position, RejectReason, Rejected};
 use crate::schema::{SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
 use crate::sinks::batch::{Body, BodyBuilder};
 use crate::sinks::dry_run::DryRunSink;
-use crate::sources::file::{Exclude, Framed, SourceError, read_inputs};
+use crate::sources::file::{Exclude, Framed, ReadTotals, SourceError, read_inputs};
+use crate::sources::unit::Unit;
 use crate::stages::decode::{Decoded, Fields, decode_unit};
 use crate::stages::map::{MappedRow, Mapper};
 use crate::stages::redact::Redactor;
@@ -134,6 +138,77 @@ pub fn process_unit_admitting<'a>(
             raw: text.as_bytes().to_vec(),
         })),
     });
+}
+
+/// Where a pipeline reads from.
+pub enum Intake {
+    /// Files, directories or stdin, read to the end.
+    Files(Vec<PathBuf>),
+    /// Units from the live sources (Management Activity API, Event Hubs, Storage), until every
+    /// source has stopped.
+    Units(tokio::sync::mpsc::Receiver<Unit>),
+}
+
+/// The front end every command runs, on a blocking thread: reads `intake`, decodes, routes and
+/// maps each record, and hands each row or refusal to `emit` with, for a live source's unit, a
+/// handle of the unit's acknowledgement (acknowledged by whoever makes it safe). `emit`
+/// returning false stops the reading: a unit being read then stays unacknowledged and is read
+/// again next time. Files stop being mapped once `stop` is set (they commit no position).
+/// Records of units already seen (`Unit::dedupe`) are skipped.
+pub fn drive(
+    setup: &Setup,
+    intake: Intake,
+    exclude: &Exclude,
+    stop: &Shutdown,
+    emit: &mut dyn FnMut(Output<'_>, Option<Ack>) -> bool,
+) -> Result<ReadTotals, SourceError> {
+    let mapper = setup.mapper();
+    match intake {
+        Intake::Files(inputs) => {
+            let file_options = setup.config.file_options();
+            let mut open = true;
+            read_inputs(
+                &inputs,
+                &file_options,
+                exclude,
+                &mut |framed| match framed {
+                    Framed::Unit { .. } if stop.is_set() || !open => {}
+                    Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| {
+                        open = open && emit(out, None);
+                    }),
+                    Framed::Rejected(r) => open = open && emit(Output::Rejected(r), None),
+                },
+            )
+        }
+        Intake::Units(mut units) => {
+            let mut totals = ReadTotals::default();
+            while let Some(mut unit) = units.blocking_recv() {
+                totals.files += 1;
+                let hold = &unit.ack;
+                let mut open = true;
+                match &unit.content {
+                    Ok(text) => {
+                        totals.bytes += text.len() as u64;
+                        process_unit_admitting(
+                            &mapper,
+                            text,
+                            &unit.pos,
+                            &mut |fields| unit.dedupe.admit(fields),
+                            &mut |out| open = open && emit(out, Some(hold.attach())),
+                        );
+                    }
+                    Err(refused) => {
+                        open = emit(Output::Rejected(refused.clone()), Some(hold.attach()));
+                    }
+                }
+                if !open {
+                    return Ok(totals);
+                }
+                unit.ack.ack();
+            }
+            Ok(totals)
+        }
+    }
 }
 
 /// Masks secrets in a refused record's text before it is written anywhere. Bytes that are not
@@ -291,52 +366,28 @@ fn output_error(out_dir: &Path) -> impl Fn(io::Error) -> PipelineError + '_ {
     }
 }
 
-/// Maps `inputs` and writes what would be sent into `out_dir`. Returns the run's counts.
-pub fn dry_run(setup: &Setup, inputs: &[PathBuf], out_dir: &Path) -> Result<Stats, PipelineError> {
+/// Dry-run: the pipeline of [`drive`] with the dry-run sink: maps the intake and writes what
+/// would be sent into `out_dir`, committing nothing. Blocking: run it off the async runtime for
+/// live sources. Returns the run's counts.
+pub fn dry_run(setup: &Setup, intake: Intake, out_dir: &Path) -> Result<Stats, PipelineError> {
     let mut run = DryRun::create(setup, out_dir)?;
-    let mapper = setup.mapper();
     let exclude = Exclude::new(&[out_dir]);
-    let totals = read_inputs(
-        inputs,
-        &setup.config.file_options(),
+    let totals = drive(
+        setup,
+        intake,
         &exclude,
-        &mut |framed| match framed {
-            Framed::Unit { pos, text } => {
-                process_unit(&mapper, text, &pos, &mut |out| run.output(out))
+        &Shutdown::never(),
+        &mut |out, ack| {
+            run.output(out);
+            // Nothing to make durable: a live source may count its unit done (dry-run commits no
+            // position anyway).
+            if let Some(ack) = ack {
+                ack.ack();
             }
-            Framed::Rejected(r) => run.reject(r),
+            true
         },
     )?;
     run.stats.files = totals.files;
     run.stats.bytes_read = totals.bytes;
-    run.finish(out_dir)
-}
-
-/// Dry-run of content blobs from the Management Activity API: maps each blob as it arrives
-/// (duplicates by Id skipped) and writes what would be sent. Blocking: run it on its own thread.
-pub fn dry_run_units(
-    setup: &Setup,
-    units: &mut tokio::sync::mpsc::Receiver<crate::sources::unit::Unit>,
-    out_dir: &Path,
-) -> Result<Stats, PipelineError> {
-    let mut run = DryRun::create(setup, out_dir)?;
-    let mapper = setup.mapper();
-    while let Some(mut unit) = units.blocking_recv() {
-        run.stats.files += 1;
-        match &unit.content {
-            Ok(text) => {
-                run.stats.bytes_read += text.len() as u64;
-                process_unit_admitting(
-                    &mapper,
-                    text,
-                    &unit.pos,
-                    &mut |fields| unit.dedupe.admit(fields),
-                    &mut |out| run.output(out),
-                );
-            }
-            Err(refused) => run.reject(refused.clone()),
-        }
-        unit.ack.ack();
-    }
     run.finish(out_dir)
 }

@@ -16,8 +16,12 @@ fn an_output_directory_inside_the_input_directory_is_not_read_back() {
     std::fs::write(input.join("ok.ndjson"), format!("{{{BASE}}}\n")).unwrap();
     let out = input.join("out");
     let setup = common::setup();
-    let stats =
-        m365_sentinel::pipeline::dry_run(&setup, std::slice::from_ref(&input), &out).unwrap();
+    let stats = m365_sentinel::pipeline::dry_run(
+        &setup,
+        m365_sentinel::pipeline::Intake::Files(vec![input.clone()]),
+        &out,
+    )
+    .unwrap();
     assert_eq!(stats.files, 2, "the output's own files are not inputs");
     assert_eq!(stats.rows(), 1);
     assert_eq!(stats.rejected_total(), 50);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use m365_sentinel::ops::shutdown::Shutdown;
-use m365_sentinel::pipeline::{dry_run as map_to_files, dry_run_units};
+use m365_sentinel::pipeline::{Intake, dry_run as map_to_files};
 use m365_sentinel::sources::live::LiveSources;
 
 use super::shared::{
@@ -25,7 +25,7 @@ pub fn dry_run(
     let mut reports = None;
     let stats = if input.is_empty() && LiveSources::configured(&setup.config) {
         let rt = runtime()?;
-        let (sources, mut units) = rt.block_on(async {
+        let (sources, units) = rt.block_on(async {
             start_sources(&setup, false, true, Shutdown::never(), Shutdown::never())
         })?;
         let counters = sources.counters();
@@ -33,8 +33,9 @@ pub fn dry_run(
         let recent = sources.recent.clone();
         let mapping_setup = setup.clone();
         let mapping_out = out.clone();
-        let mapping =
-            rt.spawn_blocking(move || dry_run_units(&mapping_setup, &mut units, &mapping_out));
+        let mapping = rt.spawn_blocking(move || {
+            map_to_files(&mapping_setup, Intake::Units(units), &mapping_out)
+        });
         let (stats, done) = rt.block_on(async {
             let reports = sources.finish().await;
             (mapping.await, reports)
@@ -44,7 +45,7 @@ pub fn dry_run(
         stats?.context("dry-run failed")?
     } else {
         let inputs = inputs_or_config(input, &setup)?;
-        map_to_files(&setup, &inputs, &out).context("dry-run failed")?
+        map_to_files(&setup, Intake::Files(inputs), &out).context("dry-run failed")?
     };
     tracing::info!(
         files = stats.files,

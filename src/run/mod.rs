@@ -21,13 +21,13 @@ use tokio::sync::mpsc;
 use crate::ack::Ack;
 use crate::ops::shutdown::Shutdown;
 use crate::ops::stats::Stats;
-use crate::pipeline::{Output, Setup, mask_rejected, process_unit, process_unit_admitting};
+pub use crate::pipeline::Intake;
+use crate::pipeline::{Output, Setup, drive, mask_rejected};
 use crate::record::{RejectReason, Rejected};
 use crate::sinks::batch::{BodyBuilder, RowTooLarge};
 use crate::sinks::dry_run::rejected_line;
 use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
-use crate::sources::file::{Exclude, Framed, ReadTotals, SourceError, read_inputs};
-use crate::sources::unit::Unit;
+use crate::sources::file::{Exclude, SourceError};
 use crate::state::dlq::DeadLetter;
 use crate::state::spool::Spool;
 
@@ -81,15 +81,6 @@ enum Item {
         ack: Option<Ack>,
     },
     Rejected(Rejected, Option<Ack>),
-}
-
-/// Where a run reads from.
-pub enum Intake {
-    /// Files, directories or stdin, read to the end.
-    Files(Vec<PathBuf>),
-    /// Units from the live sources (Management Activity API, Event Hubs, Storage), until every
-    /// source has stopped.
-    Units(mpsc::Receiver<Unit>),
 }
 
 fn ack_all(acks: impl IntoIterator<Item = Ack>) {
@@ -201,12 +192,11 @@ pub async fn run(
     let reader_setup = setup.clone();
     let exclude = Exclude::new(&[options.dlq_dir.as_path()]);
     let stop = options.shutdown.clone();
-    let reader = tokio::task::spawn_blocking(move || match intake {
-        Intake::Files(inputs) => read_files(&reader_setup, &inputs, &exclude, &tx, &stop),
-        Intake::Units(units) => {
-            map_units(&reader_setup, units, &tx);
-            Ok(ReadTotals::default())
-        }
+    // The front end every command shares; a closed channel means the run is stopping.
+    let reader = tokio::task::spawn_blocking(move || {
+        drive(&reader_setup, intake, &exclude, &stop, &mut |out, ack| {
+            tx.blocking_send(item(out, ack)).is_ok()
+        })
     });
     let (mut input, stopped) = match options.spool.clone() {
         Some(spool) => {
@@ -226,62 +216,6 @@ pub async fn run(
         sink: sink.stats(),
         stopped,
     })
-}
-
-/// Reads files on this (blocking) thread and hands their rows to the delivery loop.
-fn read_files(
-    setup: &Setup,
-    inputs: &[PathBuf],
-    exclude: &Exclude,
-    tx: &mpsc::Sender<Item>,
-    stop: &Shutdown,
-) -> Result<ReadTotals, SourceError> {
-    let mapper = setup.mapper();
-    let file_options = setup.config.file_options();
-    read_inputs(inputs, &file_options, exclude, &mut |framed| match framed {
-        // Stopping: the rest is read past, unmapped (files commit no position).
-        Framed::Unit { .. } if stop.is_set() => {}
-        Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| {
-            // A closed channel means the run is stopping; what is left stays unread.
-            let _ = tx.blocking_send(item(out, None));
-        }),
-        Framed::Rejected(r) => {
-            let _ = tx.blocking_send(Item::Rejected(r, None));
-        }
-    })
-}
-
-/// Maps content blobs on this (blocking) thread, skipping records already seen, and hands their
-/// rows on with a handle of the blob's acknowledgement each.
-fn map_units(setup: &Setup, mut units: mpsc::Receiver<Unit>, tx: &mpsc::Sender<Item>) {
-    let mapper = setup.mapper();
-    while let Some(mut unit) = units.blocking_recv() {
-        let hold = &unit.ack;
-        let mut stopped = false;
-        match &unit.content {
-            Ok(text) => process_unit_admitting(
-                &mapper,
-                text,
-                &unit.pos,
-                &mut |fields| unit.dedupe.admit(fields),
-                &mut |out| {
-                    if !stopped && tx.blocking_send(item(out, Some(hold.attach()))).is_err() {
-                        stopped = true;
-                    }
-                },
-            ),
-            Err(refused) => {
-                stopped = tx
-                    .blocking_send(Item::Rejected(refused.clone(), Some(hold.attach())))
-                    .is_err();
-            }
-        }
-        if stopped {
-            // The run is stopping: the blob stays unacknowledged and is read again next time.
-            return;
-        }
-        unit.ack.ack();
-    }
 }
 
 fn item(out: Output<'_>, ack: Option<Ack>) -> Item {
