@@ -124,6 +124,16 @@ impl Problems {
         }
     }
 
+    /// An app registration: its tenant and its application (client) id.
+    fn app(&mut self, key: &str, tenant_id: &str, client_id: &str) {
+        self.tenant(&format!("{key}.tenant_id"), tenant_id);
+        self.guid(
+            &format!("{key}.client_id"),
+            client_id,
+            "application (client) id",
+        );
+    }
+
     fn credential(&mut self, key: &str, credential: &CredentialConfig) {
         match credential {
             CredentialConfig::ClientSecret {
@@ -132,12 +142,7 @@ impl Problems {
                 secret_file,
                 secret_env,
             } => {
-                self.tenant(&format!("{key}.tenant_id"), tenant_id);
-                self.guid(
-                    &format!("{key}.client_id"),
-                    client_id,
-                    "application (client) id",
-                );
+                self.app(key, tenant_id, client_id);
                 match (secret_file, secret_env) {
                     (Some(file), None) => self.readable(&format!("{key}.secret_file"), file),
                     (None, Some(var)) if std::env::var_os(var).is_none() => self.add(
@@ -159,12 +164,7 @@ impl Problems {
                 certificate_file,
                 password_file,
             } => {
-                self.tenant(&format!("{key}.tenant_id"), tenant_id);
-                self.guid(
-                    &format!("{key}.client_id"),
-                    client_id,
-                    "application (client) id",
-                );
+                self.app(key, tenant_id, client_id);
                 self.readable(&format!("{key}.certificate_file"), certificate_file);
                 if let Some(file) = password_file {
                     self.readable(&format!("{key}.password_file"), file);
