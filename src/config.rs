@@ -368,7 +368,27 @@ impl Config {
         Ok(config)
     }
 
+    /// Every section's problem at once (each section stops at its first), one per line.
     fn validate(&self) -> Result<(), String> {
+        let problems: Vec<String> = [
+            self.validate_limits(),
+            self.validate_sink(),
+            self.management_api.validate(),
+            self.defender.validate(),
+            self.spool.validate(),
+            self.validate_log(),
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n  "))
+        }
+    }
+
+    fn validate_limits(&self) -> Result<(), String> {
         let b = &self.batch;
         if !(1024..=DEFAULT_MAX_BODY_BYTES).contains(&b.max_body_bytes) {
             return Err(format!(
@@ -387,6 +407,11 @@ impl Config {
                 "input.max_record_bytes and input.max_document_bytes must be at least 1024".into(),
             );
         }
+        Ok(())
+    }
+
+    fn validate_sink(&self) -> Result<(), String> {
+        let b = &self.batch;
         if let Some(sink) = &self.sink {
             match (&sink.logs_ingestion, &sink.data_collector, &sink.credential) {
                 (Some(_), None, Some(_)) => {}
@@ -408,9 +433,10 @@ impl Config {
                 }
             }
         }
-        self.management_api.validate()?;
-        self.defender.validate()?;
-        self.spool.validate()?;
+        Ok(())
+    }
+
+    fn validate_log(&self) -> Result<(), String> {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(
                 "log.level is not a valid filter; use error, warn, info, debug, trace or tracing directives such as m365_sentinel=debug".into(),
@@ -534,6 +560,20 @@ mod tests {
         assert_eq!(t.cloud.entra_cloud(), crate::auth::Cloud::UsGovernment);
         assert_eq!(c.management_api.requests_per_minute, 2_000);
         assert_eq!(c.management_api.initial_lookback_hours, 168);
+    }
+
+    #[test]
+    fn every_section_s_problem_is_named_at_once() {
+        let e = load(
+            "batch:\n  max_body_bytes: 10\nlog:\n  level: \"=bad=\"\nspool:\n  max_bytes: 1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("batch.max_body_bytes"), "{e}");
+        assert!(e.contains("log.level"), "{e}");
+        assert!(e.contains("spool."), "{e}");
+        assert_eq!(e.lines().count(), 3, "{e}");
     }
 
     #[test]
