@@ -231,8 +231,13 @@ pub fn input_files(paths: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
                 let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
                 entries.sort();
                 for entry in entries {
-                    if entry.is_dir() {
+                    // Symlinked directories are not followed: a link loop would never end.
+                    let linked =
+                        std::fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_symlink());
+                    if entry.is_dir() && !linked {
                         stack.push(entry);
+                    } else if entry.is_dir() {
+                        continue;
                     } else if Format::of(&entry).is_some() {
                         let relative = entry.strip_prefix(path).unwrap_or(&entry).to_path_buf();
                         out.push((entry, relative));

@@ -148,3 +148,15 @@ fn review_findings_in_files_stay_fixed() {
         "\u{feff}OfficeActivity_CL"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_in_a_content_tree_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/a.kql"), "OfficeActivity").unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("rules/loop")).unwrap();
+    let files = input_files(&[dir.path().to_path_buf()]);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].1, PathBuf::from("rules/a.kql"));
+}
