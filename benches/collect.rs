@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use m365_emulator::{BlobSpec, Emulator, MgmtTenant};
 use m365_sentinel::pipeline::Setup;
-use m365_sentinel::run::{Intake, RunOptions, run};
+use m365_sentinel::run::{Delivery, Intake, RunOptions, run};
 use m365_sentinel::sources::management::config::ALL_CONTENT_TYPES as CONTENT_TYPES;
 use m365_sentinel::sources::management::{Collector, CollectorOptions};
 
@@ -115,7 +115,6 @@ fn main() {
         flush_delay: Duration::from_secs(1),
         concurrency: 4,
         dlq_dir: dir.path().join("dlq"),
-        spool: None,
         shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
@@ -138,9 +137,18 @@ fn main() {
         )
         .expect("collector");
         let counters = collector.counters.clone();
-        let stats = run(setup.clone(), Intake::Units(rx), sink, targets, options)
-            .await
-            .expect("run");
+        let stats = run(
+            setup.clone(),
+            Intake::Units(rx),
+            Delivery::Workspace {
+                sink,
+                targets,
+                spool: None,
+            },
+            options,
+        )
+        .await
+        .expect("run");
         let reports = collector.finish().await;
         assert!(reports.iter().all(|r| r.errors.is_empty()), "{reports:?}");
         (stats, counters)

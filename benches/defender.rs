@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use m365_emulator::Emulator;
 use m365_sentinel::pipeline::Setup;
-use m365_sentinel::run::{Intake, RunOptions, run};
+use m365_sentinel::run::{Delivery, Intake, RunOptions, run};
 use m365_sentinel::sources::live::{LiveOptions, LiveSources};
 
 #[path = "../tests/common/azurite.rs"]
@@ -162,7 +162,6 @@ fn measure_source(
         flush_delay: Duration::from_secs(1),
         concurrency: 4,
         dlq_dir: dir.path().join("dlq"),
-        spool: None,
         shutdown: shutdown.clone(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
@@ -191,7 +190,16 @@ fn measure_source(
             }
         };
         let (stats, ()) = tokio::join!(
-            run(setup.clone(), Intake::Units(rx), sink, targets, options),
+            run(
+                setup.clone(),
+                Intake::Units(rx),
+                Delivery::Workspace {
+                    sink,
+                    targets,
+                    spool: None
+                },
+                options
+            ),
             stop_when_done
         );
         let stats = stats.expect("run");

@@ -13,7 +13,7 @@ use azure_core::http::Transport;
 use m365_emulator::{Emulator, ToEmulator};
 use m365_sentinel::auth::{Cloud, CredentialConfig, credential};
 use m365_sentinel::pipeline::Setup;
-use m365_sentinel::run::{Intake, RunOptions, run};
+use m365_sentinel::run::{Delivery, Intake, RunOptions, run};
 use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::retry::RetryPolicy;
 use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
@@ -119,7 +119,6 @@ fn main() {
             flush_delay: Duration::from_secs(5),
             concurrency: 4,
             dlq_dir: dir.path().join("dlq"),
-            spool,
             shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
             shutdown_deadline: Duration::from_secs(25),
             live: Default::default(),
@@ -132,8 +131,11 @@ fn main() {
             .block_on(run(
                 setup.clone(),
                 Intake::Files(vec![input.clone()]),
-                sink.clone(),
-                targets.clone(),
+                Delivery::Workspace {
+                    sink: sink.clone(),
+                    targets: targets.clone(),
+                    spool,
+                },
                 options,
             ))
             .expect("run");

@@ -1,25 +1,21 @@
-//! Wiring: loading what a run needs; the one front end every command drives, [`drive`]
-//! (intake → decode → route → map, with redaction), which `run` feeds to the spool and the
-//! workspace sink and dry-run to the dry-run sink; and the dry-run consumer itself.
+//! The front end: loading what a run needs, and [`drive`], which every command runs (intake →
+//! decode → route → map, with redaction) inside the one wiring of `run::run`.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::ack::Ack;
 use crate::config::{Config, ConfigError};
 use crate::ops::shutdown::Shutdown;
-use crate::ops::stats::Stats;
-use crate::record::{Position, RejectReason, Rejected};
+use crate::record::{Position, Rejected};
 use crate::schema::{SchemaError, SchemaErrors, SchemaFiles, SchemaSet};
-use crate::sinks::batch::{Body, BodyBuilder};
-use crate::sinks::dry_run::DryRunSink;
 use crate::sources::file::{Exclude, Framed, ReadTotals, SourceError, read_inputs};
 use crate::sources::unit::Unit;
 use crate::stages::decode::{Decoded, Fields, decode_unit};
 use crate::stages::map::{MappedRow, Mapper};
 use crate::stages::redact::Redactor;
 use crate::stages::route::route;
+use crate::state::dlq::DeadLetter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -30,6 +26,7 @@ pub enum SetupError {
 }
 
 /// Everything loaded and validated before any record is read.
+#[derive(Clone)]
 pub struct Setup {
     pub config: Config,
     pub schemas: Arc<SchemaSet>,
@@ -147,6 +144,9 @@ pub enum Intake {
     /// Units from the live sources (Management Activity API, Event Hubs, Storage), until every
     /// source has stopped.
     Units(tokio::sync::mpsc::Receiver<Unit>),
+    /// Rows already mapped, taken from the dead-letter store for `dlq replay`: they skip
+    /// decoding and mapping.
+    DeadLetters(Vec<DeadLetter>),
 }
 
 /// The front end every command runs, on a blocking thread: reads `intake`, decodes, routes and
@@ -208,6 +208,38 @@ pub fn drive(
             }
             Ok(totals)
         }
+        Intake::DeadLetters(letters) => {
+            let mut totals = ReadTotals::default();
+            let source: std::sync::Arc<str> = "dead letters".into();
+            for (line, letter) in letters.into_iter().enumerate() {
+                let json = letter.row.get();
+                totals.bytes += json.len() as u64;
+                let pos = Position::new(source.clone(), line as u64 + 1);
+                let out = match setup.schemas.table_by_name(&letter.table) {
+                    Some(table) => Output::Row {
+                        pos,
+                        row: MappedRow {
+                            table,
+                            json: json.to_string(),
+                            notes: Vec::new(),
+                        },
+                        text: json,
+                    },
+                    None => Output::Rejected(Rejected {
+                        pos,
+                        reason: crate::record::RejectReason::Unreadable(format!(
+                            "dead letter of table {}, which the schemas no longer have",
+                            letter.table
+                        )),
+                        raw: json.as_bytes().to_vec(),
+                    }),
+                };
+                if !emit(out, None) {
+                    break;
+                }
+            }
+            Ok(totals)
+        }
     }
 }
 
@@ -219,175 +251,4 @@ pub fn mask_rejected(setup: &Setup, r: &mut Rejected) {
     if let Some(masked) = setup.redactor.redact_raw(&text) {
         r.raw = masked.into_bytes();
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("dry-run output {path}: {error}")]
-    Output { path: PathBuf, error: io::Error },
-}
-
-struct DryRun<'s> {
-    setup: &'s Setup,
-    sink: DryRunSink,
-    builders: Vec<BodyBuilder>,
-    stats: Stats,
-    error: Option<io::Error>,
-}
-
-impl DryRun<'_> {
-    fn fail(&mut self, e: io::Error) {
-        if self.error.is_none() {
-            self.error = Some(e);
-        }
-    }
-
-    fn reject(&mut self, mut r: Rejected) {
-        *self.stats.rejected.entry(r.reason.code()).or_default() += 1;
-        tracing::debug!(position = %r.pos, reason = r.reason.code(), "record rejected");
-        mask_rejected(self.setup, &mut r);
-        if let Err(e) = self.sink.write_rejected(&r) {
-            self.fail(e);
-        }
-    }
-
-    fn row(&mut self, pos: Position, row: MappedRow, text: &str) {
-        let table = &self.setup.schemas.tables[row.table];
-        if !row.notes.is_empty() {
-            for n in &row.notes {
-                *self
-                    .stats
-                    .notes
-                    .entry((table.table.clone(), n.column.clone(), n.kind.code()))
-                    .or_default() += 1;
-            }
-            let truncated = row
-                .notes
-                .iter()
-                .any(|n| matches!(n.kind, crate::stages::map::NoteKind::Truncated { .. }));
-            let raw = truncated.then(|| {
-                self.setup
-                    .redactor
-                    .redact_raw(text)
-                    .unwrap_or_else(|| text.to_string())
-            });
-            if let Err(e) = self
-                .sink
-                .write_notes(&pos, &table.table, &row.notes, raw.as_deref())
-            {
-                self.fail(e);
-            }
-        }
-        match self.builders[row.table].push(row.json.as_bytes()) {
-            Ok(Some(body)) => self.body(row.table, body),
-            Ok(None) => {}
-            Err(too_large) => self.reject(Rejected {
-                pos,
-                reason: RejectReason::RowTooLarge {
-                    bytes: too_large.bytes,
-                    limit: too_large.limit,
-                },
-                raw: text.as_bytes().to_vec(),
-            }),
-        }
-    }
-
-    /// Writes a body, split further if its gzip form would cross the limit (only incompressible
-    /// data can do that, but the limit holds for both forms).
-    fn body(&mut self, table: usize, body: Body) {
-        let gz = match body.gzip() {
-            Ok(gz) => gz,
-            Err(e) => return self.fail(e),
-        };
-        let limit = self.builders[table].limit();
-        if gz.len() > limit
-            && let Some((a, b)) = body.split()
-        {
-            self.body(table, a);
-            self.body(table, b);
-            return;
-        }
-        let stream = &self.setup.schemas.tables[table].stream;
-        if let Err(e) = self.sink.write_body(table, stream, &body) {
-            return self.fail(e);
-        }
-        self.stats.tables[table].add_body(body.rows(), body.bytes.len(), gz.len());
-    }
-}
-
-impl<'s> DryRun<'s> {
-    fn create(setup: &'s Setup, out_dir: &Path) -> Result<Self, PipelineError> {
-        let schemas = &setup.schemas;
-        let streams: Vec<String> = schemas.tables.iter().map(|t| t.stream.clone()).collect();
-        let sink = DryRunSink::create(out_dir, &streams).map_err(output_error(out_dir))?;
-        let limit = setup.config.batch.max_body_bytes;
-        Ok(DryRun {
-            setup,
-            sink,
-            builders: schemas
-                .tables
-                .iter()
-                .map(|_| BodyBuilder::new(limit))
-                .collect(),
-            stats: Stats::for_tables(schemas, limit),
-            error: None,
-        })
-    }
-
-    fn output(&mut self, out: Output<'_>) {
-        match out {
-            Output::Row { pos, row, text } => self.row(pos, row, text),
-            Output::Rejected(r) => self.reject(r),
-        }
-    }
-
-    /// Writes the partly filled bodies and the summary.
-    fn finish(mut self, out_dir: &Path) -> Result<Stats, PipelineError> {
-        for table in 0..self.builders.len() {
-            if let Some(body) = self.builders[table].take() {
-                self.body(table, body);
-            }
-        }
-        if let Some(e) = self.error.take() {
-            return Err(output_error(out_dir)(e));
-        }
-        let summary = self.stats.render();
-        self.sink.finish(&summary).map_err(output_error(out_dir))?;
-        Ok(self.stats)
-    }
-}
-
-fn output_error(out_dir: &Path) -> impl Fn(io::Error) -> PipelineError + '_ {
-    move |error| PipelineError::Output {
-        path: out_dir.to_path_buf(),
-        error,
-    }
-}
-
-/// Dry-run: the pipeline of [`drive`] with the dry-run sink: maps the intake and writes what
-/// would be sent into `out_dir`, committing nothing. Blocking: run it off the async runtime for
-/// live sources. Returns the run's counts.
-pub fn dry_run(setup: &Setup, intake: Intake, out_dir: &Path) -> Result<Stats, PipelineError> {
-    let mut run = DryRun::create(setup, out_dir)?;
-    let exclude = Exclude::new(&[out_dir]);
-    let totals = drive(
-        setup,
-        intake,
-        &exclude,
-        &Shutdown::never(),
-        &mut |out, ack| {
-            run.output(out);
-            // Nothing to make durable: a live source may count its unit done (dry-run commits no
-            // position anyway).
-            if let Some(ack) = ack {
-                ack.ack();
-            }
-            true
-        },
-    )?;
-    run.stats.files = totals.files;
-    run.stats.bytes_read = totals.bytes;
-    run.finish(out_dir)
 }

@@ -397,7 +397,6 @@ async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input(
         flush_delay: Duration::from_millis(200),
         concurrency: 2,
         dlq_dir: dlq_dir.clone(),
-        spool: None,
         shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
@@ -409,8 +408,11 @@ async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input(
     let stats = m365_sentinel::run::run(
         w.setup.clone(),
         m365_sentinel::run::Intake::Files(inputs),
-        w.sink.clone(),
-        targets,
+        m365_sentinel::run::Delivery::Workspace {
+            sink: w.sink.clone(),
+            targets,
+            spool: None,
+        },
         options,
     )
     .await
@@ -460,19 +462,25 @@ async fn replay_sends_dead_letters_again_and_keeps_what_is_refused_again() {
         .collect();
 
     // Still refused: they come back to the store, nothing is lost.
-    let replayed = m365_sentinel::run::replay(&w.setup, &w.dlq, &w.sink, &targets, None)
-        .await
-        .unwrap();
+    let replayed = m365_sentinel::run::replay(
+        w.setup.clone(),
+        &w.dlq,
+        w.sink.clone(),
+        targets.clone(),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(replayed[0].rows, 5);
     assert_eq!(w.dlq.read("OfficeActivity_CL").unwrap().len(), 5);
 
     // Accepted now: delivered once, store empty.
     w.emulator.set_poison(None);
     m365_sentinel::run::replay(
-        &w.setup,
+        w.setup.clone(),
         &w.dlq,
-        &w.sink,
-        &targets,
+        w.sink.clone(),
+        targets,
         Some("OfficeActivity_CL"),
     )
     .await

@@ -16,8 +16,8 @@ fn an_output_directory_inside_the_input_directory_is_not_read_back() {
     std::fs::write(input.join("ok.ndjson"), format!("{{{BASE}}}\n")).unwrap();
     let out = input.join("out");
     let setup = common::setup();
-    let stats = m365_sentinel::pipeline::dry_run(
-        &setup,
+    let stats = m365_sentinel::run::dry_run(
+        std::sync::Arc::new(setup),
         m365_sentinel::pipeline::Intake::Files(vec![input.clone()]),
         &out,
     )

@@ -45,10 +45,10 @@ pub fn replay(common: &Common, table: Option<String>) -> anyhow::Result<ExitCode
     init_logging(&setup.config.log.level, setup.config.log.format);
     let (sink, targets, store) = sink_from(&setup)?;
     let replayed = runtime()?.block_on(m365_sentinel::run::replay(
-        &setup,
+        std::sync::Arc::new(setup),
         &store,
-        &sink,
-        &targets,
+        sink.clone(),
+        targets,
         table.as_deref(),
     ))?;
     for r in &replayed {

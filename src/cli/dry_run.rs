@@ -6,13 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use m365_sentinel::ops::shutdown::Shutdown;
-use m365_sentinel::pipeline::{Intake, dry_run as map_to_files};
-use m365_sentinel::sources::live::LiveSources;
+use m365_sentinel::run::{Delivery, RunOptions};
 
-use super::shared::{
-    Common, EXIT_REJECTED, init_logging, inputs_or_config, load, print_summaries, report_sources,
-    runtime, start_sources,
-};
+use super::pass::{LiveMode, Pass, pass};
+use super::shared::{Common, EXIT_REJECTED, init_logging, load, report_sources, runtime};
 
 pub fn dry_run(
     common: &Common,
@@ -22,31 +19,19 @@ pub fn dry_run(
     let setup = Arc::new(load(common)?);
     init_logging(&setup.config.log.level, setup.config.log.format);
     let out = out.unwrap_or_else(|| setup.config.dry_run.out_dir.clone());
-    let mut reports = None;
-    let stats = if input.is_empty() && LiveSources::configured(&setup.config) {
-        let rt = runtime()?;
-        let (sources, units) = rt.block_on(async {
-            start_sources(&setup, false, true, Shutdown::never(), Shutdown::never())
-        })?;
-        let counters = sources.counters();
-        let statuses = sources.statuses();
-        let recent = sources.recent.clone();
-        let mapping_setup = setup.clone();
-        let mapping_out = out.clone();
-        let mapping = rt.spawn_blocking(move || {
-            map_to_files(&mapping_setup, Intake::Units(units), &mapping_out)
-        });
-        let (stats, done) = rt.block_on(async {
-            let reports = sources.finish().await;
-            (mapping.await, reports)
-        });
-        reports = Some(done);
-        print_summaries(counters.as_deref(), &statuses, &recent);
-        stats?.context("dry-run failed")?
-    } else {
-        let inputs = inputs_or_config(input, &setup)?;
-        map_to_files(&setup, Intake::Files(inputs), &out).context("dry-run failed")?
+    let rt = runtime()?;
+    // One pass over the live sources, committing nothing.
+    let mode = LiveMode {
+        persist: false,
+        once: true,
     };
+    let delivery = Delivery::Files {
+        out_dir: out.clone(),
+    };
+    let options = RunOptions::from_config(&setup.config, Shutdown::never());
+    let Pass { stats, reports } =
+        pass(&rt, &setup, input, mode, delivery, options, |_| Ok(())).context("dry-run failed")?;
+    let stats = stats.input;
     tracing::info!(
         files = stats.files,
         rows = stats.rows(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::{Item, Refusals, RunError, RunOptions, ack_all};
+use super::{Item, Refusals, RowItem, RunError, RunOptions, ack_all};
 use crate::ack::Ack;
 use crate::ops::stats::Stats;
 use crate::pipeline::Setup;
@@ -149,7 +149,9 @@ pub(super) async fn deliver(
             }
         };
         match item {
-            Some(Item::Row { table, json, ack }) => {
+            Some(Item::Row(RowItem {
+                table, json, ack, ..
+            })) => {
                 refusals.mapped(table, &mut input);
                 match batches.push(table, json.as_bytes(), ack) {
                     Ok(Some((body, acks))) => {

@@ -1,12 +1,16 @@
-//! `run`: intake (files or the Management Activity API) → map → spool → batch per stream →
-//! workspace, with acknowledgements flowing back to the sources.
+//! The one wiring every command runs: an intake (files, the live sources, or dead letters) →
+//! the front end (`pipeline::drive`: decode → route → map) → a bounded channel → a delivery.
+//! `run`, `run --once`, `dry-run` and `dlq replay` differ only in the intake and the
+//! [`Delivery`] they plug into [`run`].
 //!
-//! Reading and mapping run on a blocking thread and hand rows over a bounded channel, so a slow
-//! workspace slows reading down instead of filling memory. With the spool (the default,
-//! `spooled.rs`) a writer thread makes rows durable on disk and acknowledges them to their
-//! sources, and each stream is delivered from the spool by its own task. Without it
-//! (`memory.rs`) rows are batched in memory and acknowledged when delivered.
+//! Reading and mapping run on a blocking thread and hand rows over the channel, so a slow
+//! delivery slows reading down instead of filling memory. The deliveries: through the spool
+//! (the default, `spooled.rs`), where a writer thread makes rows durable on disk and
+//! acknowledges them to their sources and each stream is delivered from the spool by its own
+//! task; from memory (`memory.rs`), where rows are batched and acknowledged when delivered; and
+//! to files (`dry_run.rs`), where the exact bodies are written and nothing is committed.
 
+mod dry_run;
 mod memory;
 mod spooled;
 
@@ -19,20 +23,26 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::ack::Ack;
+use crate::config::Config;
 use crate::ops::shutdown::Shutdown;
 use crate::ops::stats::Stats;
 pub use crate::pipeline::Intake;
 use crate::pipeline::{Output, Setup, drive, mask_rejected};
-use crate::record::{RejectReason, Rejected};
-use crate::sinks::batch::{BodyBuilder, RowTooLarge};
+use crate::record::{Position, RejectReason, Rejected};
+use crate::sinks::batch::RowTooLarge;
 use crate::sinks::dry_run::rejected_line;
 use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
-use crate::sources::file::{Exclude, SourceError};
-use crate::state::dlq::DeadLetter;
+use crate::sources::file::{Exclude, ReadTotals, SourceError};
+use crate::stages::map::{Note, NoteKind};
+use crate::state::dlq::{DeadLetter, DeadLetterStore};
 use crate::state::spool::Spool;
 
 /// Refused input records (not JSON, unknown category, ...) in a run, beside the dead letters.
 pub const REJECTED_INPUT_FILE: &str = "rejected-input.ndjson";
+
+/// Rows between the front end and the delivery: enough to keep both busy, few enough that a
+/// stalled delivery holds little memory.
+const CHANNEL_ROWS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -47,16 +57,33 @@ pub enum RunError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("dry-run output {path}: {error}")]
+    Output {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("the reading thread stopped unexpectedly: {0}")]
     Reader(String),
+}
+
+/// Where the rows go: the one difference, with the intake, between the commands.
+pub enum Delivery {
+    /// The workspace (`run`, `run --once`, `dlq replay`): through `spool` when given, else from
+    /// memory.
+    Workspace {
+        sink: Arc<WorkspaceSink>,
+        targets: Vec<Target>,
+        spool: Option<Arc<Spool>>,
+    },
+    /// `dry-run`: the exact bodies, refused records and notices as files in `out_dir`; nothing
+    /// sent, nothing committed.
+    Files { out_dir: PathBuf },
 }
 
 pub struct RunOptions {
     pub flush_delay: Duration,
     pub concurrency: usize,
     pub dlq_dir: PathBuf,
-    /// The spool to go through; None: the memory-only path.
-    pub spool: Option<Arc<Spool>>,
     /// Set on SIGTERM: intake stops, deliveries in flight get `shutdown_deadline`.
     pub shutdown: Shutdown,
     pub shutdown_deadline: Duration,
@@ -64,7 +91,31 @@ pub struct RunOptions {
     pub live: Arc<crate::ops::telemetry::LiveCounts>,
 }
 
-/// What the run did: input side (rows mapped per table, refusals) and delivery side.
+impl RunOptions {
+    /// The options `config` sets (its sink section's timings; defaults without one, as in
+    /// dry-run).
+    pub fn from_config(config: &Config, shutdown: Shutdown) -> Self {
+        let (flush_delay_ms, concurrency, deadline_secs) = match &config.sink {
+            Some(sink) => (
+                sink.flush_delay_ms,
+                sink.concurrency,
+                sink.shutdown_deadline_secs,
+            ),
+            None => (1, 1, 0),
+        };
+        Self {
+            flush_delay: Duration::from_millis(flush_delay_ms.max(1)),
+            concurrency,
+            dlq_dir: config.dlq.dir.clone(),
+            shutdown,
+            shutdown_deadline: Duration::from_secs(deadline_secs),
+            live: Arc::default(),
+        }
+    }
+}
+
+/// What the run did: input side (rows mapped per table, refusals; for a dry-run also the
+/// bodies) and delivery side (zero for a dry-run).
 pub struct RunStats {
     pub input: Stats,
     pub sink: SinkStats,
@@ -72,15 +123,24 @@ pub struct RunStats {
     pub stopped: bool,
 }
 
-/// What the reading side hands on. `ack`, when present, is acknowledged once the row or refused
-/// record is safe (in the spool, delivered, dead-lettered, written to the refused-input file).
+/// What the front end hands on. `ack`, when present, is acknowledged once the row or refused
+/// record is safe (in the spool, delivered, dead-lettered, written to a refusal file).
 enum Item {
-    Row {
-        table: usize,
-        json: String,
-        ack: Option<Ack>,
-    },
+    Row(RowItem),
     Rejected(Rejected, Option<Ack>),
+}
+
+/// A mapped row and what a delivery may need to say about it.
+struct RowItem {
+    table: usize,
+    json: String,
+    ack: Option<Ack>,
+    pos: Position,
+    /// What mapping adjusted (for the dry-run's notices).
+    notes: Vec<Note>,
+    /// The record's original text, kept only where a delivery quotes it: a truncation notice,
+    /// or a refusal of a row too large for any request.
+    text: Option<String>,
 }
 
 fn ack_all(acks: impl IntoIterator<Item = Ack>) {
@@ -101,7 +161,7 @@ fn append_rejected(path: &Path, r: &Rejected, durable: bool) -> std::io::Result<
     Ok(())
 }
 
-/// Where what can't be sent goes, on either path: rows over the request limit to the
+/// Where what can't be sent goes, on either workspace path: rows over the request limit to the
 /// dead-letter store, refused input records to the refused-input file. Acknowledged after.
 struct Refusals {
     live: Arc<crate::ops::telemetry::LiveCounts>,
@@ -133,7 +193,7 @@ impl Refusals {
             // refused input.
             Err(e) => {
                 let r = Rejected {
-                    pos: crate::record::Position::new(target.table.as_str().into(), 0),
+                    pos: Position::new(target.table.as_str().into(), 0),
                     reason: RejectReason::Unreadable(format!("{reason}, and not JSON: {e}")),
                     raw: e.to_string().into_bytes(),
                 };
@@ -173,41 +233,77 @@ impl Refusals {
     }
 }
 
+/// The pipeline: reads `intake` through the front end on a blocking thread and hands every
+/// row and refusal to `delivery`; returns when the intake is exhausted and everything is
+/// delivered (or, on the shutdown flag, once what was in flight had its deadline).
 pub async fn run(
     setup: Arc<Setup>,
     intake: Intake,
-    sink: Arc<WorkspaceSink>,
-    targets: Vec<Target>,
+    delivery: Delivery,
     options: RunOptions,
 ) -> Result<RunStats, RunError> {
+    // What a run writes is not read back as input.
+    let own_dir = match &delivery {
+        Delivery::Files { out_dir } => out_dir.clone(),
+        Delivery::Workspace { .. } => options.dlq_dir.clone(),
+    };
+    // A dry-run's output directory is prepared before anything is read.
+    let mut files = match &delivery {
+        Delivery::Files { out_dir } => Some(dry_run::DryRun::create(&setup, out_dir)?),
+        Delivery::Workspace { .. } => None,
+    };
+    let (tx, rx) = mpsc::channel::<Item>(CHANNEL_ROWS);
+    let reader_setup = setup.clone();
+    let stop = options.shutdown.clone();
+    let limit = setup.config.batch.max_body_bytes;
+    // The front end every command shares; a closed channel means the run is stopping.
+    let reader = tokio::task::spawn_blocking(move || {
+        let exclude = Exclude::new(&[own_dir.as_path()]);
+        drive(&reader_setup, intake, &exclude, &stop, &mut |out, ack| {
+            tx.blocking_send(item(out, ack, limit)).is_ok()
+        })
+    });
+    let Delivery::Workspace {
+        sink,
+        targets,
+        spool,
+    } = delivery
+    else {
+        let Some(mut files) = files.take() else {
+            return Err(RunError::Reader(
+                "the dry-run output was not prepared".into(),
+            ));
+        };
+        // The files are written on a blocking thread too: a dry-run is disk work.
+        let files = tokio::task::spawn_blocking(move || {
+            files.consume(rx);
+            files
+        })
+        .await
+        .map_err(|e| RunError::Reader(e.to_string()))?;
+        let input = files.finish(read_totals(reader).await?)?;
+        return Ok(RunStats {
+            input,
+            sink: SinkStats::default(),
+            stopped: false,
+        });
+    };
     // The directory of refused input (0700, as the dead letters').
-    crate::state::dlq::DeadLetterStore::open(&options.dlq_dir).map_err(SinkError::from)?;
+    DeadLetterStore::open(&options.dlq_dir).map_err(SinkError::from)?;
     let refusals = Refusals {
         live: options.live.clone(),
         setup: setup.clone(),
         sink: sink.clone(),
         rejected_path: options.dlq_dir.join(REJECTED_INPUT_FILE),
     };
-    let (tx, rx) = mpsc::channel::<Item>(4096);
-    let reader_setup = setup.clone();
-    let exclude = Exclude::new(&[options.dlq_dir.as_path()]);
-    let stop = options.shutdown.clone();
-    // The front end every command shares; a closed channel means the run is stopping.
-    let reader = tokio::task::spawn_blocking(move || {
-        drive(&reader_setup, intake, &exclude, &stop, &mut |out, ack| {
-            tx.blocking_send(item(out, ack)).is_ok()
-        })
-    });
-    let (mut input, stopped) = match options.spool.clone() {
+    let (mut input, stopped) = match spool {
         Some(spool) => {
             spooled::deliver(&setup, rx, spool, &sink, &targets, &options, refusals).await?
         }
         None => memory::deliver(&setup, rx, &sink, &targets, &options, &refusals).await?,
     };
     if !stopped {
-        let totals = reader
-            .await
-            .map_err(|e| RunError::Reader(e.to_string()))??;
+        let totals = read_totals(reader).await?;
         input.files = totals.files;
         input.bytes_read = totals.bytes;
     }
@@ -218,13 +314,51 @@ pub async fn run(
     })
 }
 
-fn item(out: Output<'_>, ack: Option<Ack>) -> Item {
+/// What the front end read, once it has finished.
+async fn read_totals(
+    reader: tokio::task::JoinHandle<Result<ReadTotals, SourceError>>,
+) -> Result<ReadTotals, RunError> {
+    Ok(reader
+        .await
+        .map_err(|e| RunError::Reader(e.to_string()))??)
+}
+
+/// Dry-run for a caller outside an async runtime (tests, benchmarks, files): [`run`] with the
+/// files delivery on a runtime of its own. Returns the counts.
+pub fn dry_run(setup: Arc<Setup>, intake: Intake, out_dir: &Path) -> Result<Stats, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| RunError::Io {
+            path: out_dir.to_path_buf(),
+            error,
+        })?;
+    let delivery = Delivery::Files {
+        out_dir: out_dir.to_path_buf(),
+    };
+    let options = RunOptions::from_config(&setup.config, Shutdown::never());
+    Ok(runtime
+        .block_on(run(setup, intake, delivery, options))?
+        .input)
+}
+
+fn item(out: Output<'_>, ack: Option<Ack>, body_limit: usize) -> Item {
     match out {
-        Output::Row { row, .. } => Item::Row {
-            table: row.table,
-            json: row.json,
-            ack,
-        },
+        Output::Row { pos, row, text } => {
+            let quoted = row.json.len().saturating_add(2) > body_limit
+                || row
+                    .notes
+                    .iter()
+                    .any(|n| matches!(n.kind, NoteKind::Truncated { .. }));
+            Item::Row(RowItem {
+                table: row.table,
+                json: row.json,
+                ack,
+                pos,
+                notes: row.notes,
+                text: quoted.then(|| text.to_string()),
+            })
+        }
         Output::Rejected(r) => Item::Rejected(r, ack),
     }
 }
@@ -236,13 +370,14 @@ pub struct Replayed {
     pub rows: usize,
 }
 
-/// Re-sends the dead letters of `table` (an output table, e.g. `OfficeActivity_CL`), or of every
-/// table. Rows the service refuses again go back to the store, with the new reason.
+/// `dlq replay`: the dead letters of `table` (an output table, e.g. `OfficeActivity_CL`), or of
+/// every table, through [`run`] to the workspace from memory. Rows the service refuses again go
+/// back to the store, with the new reason; a replay cut short is picked up by the next one.
 pub async fn replay(
-    setup: &Setup,
-    store: &crate::state::dlq::DeadLetterStore,
-    sink: &WorkspaceSink,
-    targets: &[Target],
+    setup: Arc<Setup>,
+    store: &DeadLetterStore,
+    sink: Arc<WorkspaceSink>,
+    targets: Vec<Target>,
     table: Option<&str>,
 ) -> Result<Vec<Replayed>, RunError> {
     let tables: Vec<String> = match table {
@@ -254,32 +389,34 @@ pub async fn replay(
             .map(|t| t.table)
             .collect(),
     };
-    let mut done = Vec::new();
-    for name in tables {
-        let Some(index) = setup.schemas.table_by_name(&name) else {
-            return Err(RunError::Io {
-                path: PathBuf::from(&name),
-                error: std::io::Error::other("no table of that name in the schemas"),
-            });
-        };
-        let letters = store.take(&name).map_err(SinkError::from)?;
-        let mut builder = BodyBuilder::new(setup.config.batch.max_body_bytes);
-        for letter in &letters {
-            match builder.push(letter.row.get().as_bytes()) {
-                Ok(Some(body)) => sink.deliver(&targets[index], body).await?,
-                Ok(None) => {}
-                // Still too large: it goes back as it was.
-                Err(_) => sink.dead_letter_rows(std::slice::from_ref(letter))?,
-            }
-        }
-        if let Some(body) = builder.take() {
-            sink.deliver(&targets[index], body).await?;
-        }
-        store.finish_replay(&name).map_err(SinkError::from)?;
-        done.push(Replayed {
-            table: name,
-            rows: letters.len(),
+    if let Some(unknown) = tables
+        .iter()
+        .find(|t| setup.schemas.table_by_name(t).is_none())
+    {
+        return Err(RunError::Io {
+            path: PathBuf::from(unknown),
+            error: std::io::Error::other("no table of that name in the schemas"),
         });
+    }
+    let mut letters = Vec::new();
+    let mut done = Vec::new();
+    for name in &tables {
+        let taken = store.take(name).map_err(SinkError::from)?;
+        done.push(Replayed {
+            table: name.clone(),
+            rows: taken.len(),
+        });
+        letters.extend(taken);
+    }
+    let delivery = Delivery::Workspace {
+        sink,
+        targets,
+        spool: None,
+    };
+    let options = RunOptions::from_config(&setup.config, Shutdown::never());
+    run(setup, Intake::DeadLetters(letters), delivery, options).await?;
+    for name in &tables {
+        store.finish_replay(name).map_err(SinkError::from)?;
     }
     Ok(done)
 }

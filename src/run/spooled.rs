@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Item, Refusals, RunError, RunOptions, ack_all, finish_in_flight};
+use super::{Item, Refusals, RowItem, RunError, RunOptions, ack_all, finish_in_flight};
 use crate::ack::Ack;
 use crate::ops::shutdown::Shutdown;
 use crate::ops::stats::Stats;
@@ -148,7 +148,9 @@ fn write_loop(
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Item::Row { table, json, ack } => {
+                Item::Row(RowItem {
+                    table, json, ack, ..
+                }) => {
                     refusals.mapped(table, &mut input);
                     // A row that can never fit a request is dead-lettered now, not spooled.
                     if json.len() + 2 > limit {

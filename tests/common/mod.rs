@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use m365_sentinel::ops::stats::Stats;
-use m365_sentinel::pipeline::{Intake, Setup, dry_run};
+use m365_sentinel::pipeline::{Intake, Setup};
+use m365_sentinel::run::dry_run;
 use serde_json::Value;
 
 /// Twenty OfficeActivity string columns: sixty KB in each makes a row over the 1 MB request limit
@@ -93,8 +94,12 @@ fn read_ndjson(path: &Path) -> Vec<Value> {
 
 pub fn run_with(setup: &Setup, inputs: &[PathBuf]) -> Run {
     let out = tempfile::tempdir().unwrap();
-    let stats =
-        dry_run(setup, Intake::Files(inputs.to_vec()), out.path()).expect("dry-run completes");
+    let stats = dry_run(
+        std::sync::Arc::new(setup.clone()),
+        Intake::Files(inputs.to_vec()),
+        out.path(),
+    )
+    .expect("dry-run completes");
     let mut rows = BTreeMap::new();
     let mut bodies = BTreeMap::new();
     for t in &setup.schemas.tables {

@@ -1,0 +1,86 @@
+//! One pass of the pipeline as `run` and `dry-run` start it: the live sources when they are
+//! configured and no `--input` was given, else the files; then `run::run` with the command's
+//! delivery, and the sources' stop and reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use m365_sentinel::pipeline::{Intake, Setup};
+use m365_sentinel::run::{Delivery, RunOptions, RunStats, run};
+use m365_sentinel::sources::live::{LiveSources, SourceReport};
+
+use super::shared::{SOURCES_STOP, inputs_or_config, print_summaries, start_sources};
+
+/// How the live sources run in this pass.
+pub struct LiveMode {
+    /// False for dry-run: positions are read but never written.
+    pub persist: bool,
+    /// One pass over what is available now, then stop.
+    pub once: bool,
+}
+
+pub struct Pass {
+    pub stats: RunStats,
+    /// Each live source's outcome; None when files were read.
+    pub reports: Option<Vec<SourceReport>>,
+}
+
+/// True when a pass reads the live sources rather than files.
+pub fn reads_live(setup: &Setup, input: &[PathBuf]) -> bool {
+    input.is_empty() && LiveSources::configured(&setup.config)
+}
+
+/// Runs one pass. `attach` sees the live sources (None for files) once they are started and
+/// before anything is delivered: the metrics endpoint is set up there.
+pub fn pass(
+    rt: &tokio::runtime::Runtime,
+    setup: &Arc<Setup>,
+    input: Vec<PathBuf>,
+    mode: LiveMode,
+    delivery: Delivery,
+    options: RunOptions,
+    attach: impl FnOnce(Option<&LiveSources>) -> anyhow::Result<()>,
+) -> anyhow::Result<Pass> {
+    if !reads_live(setup, &input) {
+        attach(None)?;
+        let inputs = inputs_or_config(input, setup)?;
+        let stats = rt.block_on(run(setup.clone(), Intake::Files(inputs), delivery, options))?;
+        return Ok(Pass {
+            stats,
+            reports: None,
+        });
+    }
+    let (end_run, run_ended) = m365_sentinel::ops::shutdown::channel();
+    let shutdown = options.shutdown.clone();
+    let (sources, units) =
+        rt.block_on(async { start_sources(setup, mode.persist, mode.once, shutdown, run_ended) })?;
+    attach(Some(&sources))?;
+    rt.block_on(async {
+        let counters = sources.counters();
+        let statuses = sources.statuses();
+        let recent = sources.recent.clone();
+        let finishing = tokio::spawn(sources.finish());
+        let stats = run(setup.clone(), Intake::Units(units), delivery, options).await;
+        // Sources waiting for their last rows to become durable wait no longer.
+        end_run.stop();
+        // A source whose broker or service stopped answering must not hold the exit past
+        // Kubernetes' grace period.
+        let reports = match tokio::time::timeout(SOURCES_STOP, finishing).await {
+            Ok(done) => done.context("the sources' task failed")?,
+            Err(_) => vec![SourceReport {
+                source: "sources".into(),
+                errors: vec![format!(
+                    "a source did not stop within {} s; its positions are as last committed",
+                    SOURCES_STOP.as_secs()
+                )],
+            }],
+        };
+        let stats = stats?;
+        print_summaries(counters.as_deref(), &statuses, &recent);
+        Ok(Pass {
+            stats,
+            reports: Some(reports),
+        })
+    })
+}
