@@ -48,16 +48,22 @@ pub(super) async fn commit_loop(mut c: Committer) {
         };
         last_write = Some(tokio::time::Instant::now());
         let label = c.label.clone();
+        let seen = c.seen.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut problems = Vec::new();
-            if let Err(e) = files
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write(writes)
-            {
+            let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
+            match files.write(writes) {
+                // Every fresh id is on disk now: the due ones can become runs.
+                Ok(()) => {
+                    if let Err(e) = seen::compact_due(&seen, &mut files, now_millis()) {
+                        // The ids stay in memory and in their log; compaction is tried again.
+                        problems.push(format!("{e} (seen ids not compacted yet)"));
+                    }
+                }
                 // The ids are missing on disk only: a restart could send their duplicates.
-                problems.push(format!("{e} (duplicates possible after a restart)"));
+                Err(e) => problems.push(format!("{e} (duplicates possible after a restart)")),
             }
+            drop(files);
             if let Err(e) = store.save(&positions) {
                 problems.push(e.to_string());
             }
