@@ -44,7 +44,10 @@ fn guid_key(state: &mut u64) -> u128 {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let per_day = env("DEDUPE_BENCH_IDS_PER_DAY", if quick { 50_000 } else { 10_000_000 });
+    let per_day = env(
+        "DEDUPE_BENCH_IDS_PER_DAY",
+        if quick { 50_000 } else { 10_000_000 },
+    );
     let days = env("DEDUPE_BENCH_DAYS", 8) as i64;
     let dir = tempfile::tempdir().expect("temp dir");
     let now = 20_000 * DAY_MS + 12 * 3_600_000;
@@ -92,7 +95,11 @@ fn main() {
         SeenSet::load(dir.path(), false, now + DAY_MS, 8, usize::MAX).expect("reload");
     let reload = started.elapsed().as_secs_f64();
     let rss_after = rss_mb();
-    assert_eq!(loaded.ids as u64, per_day * days as u64, "every id reloaded");
+    assert_eq!(
+        loaded.ids as u64,
+        per_day * days as u64,
+        "every id reloaded"
+    );
 
     let probes = 1_000_000usize.min(per_day as usize * days as usize);
     let started = Instant::now();
@@ -101,7 +108,10 @@ fn main() {
         admitted += usize::from(seen.admit(guid_key(&mut state)));
     }
     let new_ns = started.elapsed().as_nanos() as f64 / probes as f64;
-    assert_eq!(admitted, probes, "a new id is never taken for a delivered one");
+    assert_eq!(
+        admitted, probes,
+        "a new id is never taken for a delivered one"
+    );
     let started = Instant::now();
     for k in &kept {
         assert!(!seen.admit(*k), "a delivered id is refused");
@@ -109,7 +119,11 @@ fn main() {
     let dup_ns = started.elapsed().as_nanos() as f64 / kept.len() as f64;
     let ids = loaded.ids as f64;
     println!("ids remembered:               {}", loaded.ids);
-    println!("files:                        {} ({} MB on disk)", loaded.files, disk >> 20);
+    println!(
+        "files:                        {} ({} MB on disk)",
+        loaded.files,
+        disk >> 20
+    );
     println!("built (admit, commit, write, compact): {built:.1} s");
     println!(
         "memory per id (set's own):    {:.2} bytes",
@@ -123,5 +137,8 @@ fn main() {
     );
     println!("reload:                       {reload:.2} s");
     println!("admit, new id:                {new_ns:.0} ns");
-    println!("admit, delivered id:          {dup_ns:.0} ns ({} probes)", kept.len());
+    println!(
+        "admit, delivered id:          {dup_ns:.0} ns ({} probes)",
+        kept.len()
+    );
 }

@@ -147,11 +147,9 @@ impl Day {
             return true;
         }
         // Every filter first (their cache misses overlap), the disk only for those that pass.
-        let passed = self
-            .runs
-            .iter()
-            .enumerate()
-            .fold(0u64, |bits, (i, r)| bits | (u64::from(r.may_contain(key)) << (i % 64)));
+        let passed = self.runs.iter().enumerate().fold(0u64, |bits, (i, r)| {
+            bits | (u64::from(r.may_contain(key)) << (i % 64))
+        });
         passed != 0
             && self
                 .runs
@@ -417,11 +415,12 @@ impl SeenSet {
                 let mut fresh: Vec<u128> = d.fresh.iter().copied().collect();
                 fresh.sort_unstable();
                 // A finished day is merged into one run: fewer filters to probe per id.
-                let merge = if d.runs.len() >= self.max_runs || (*day < yesterday && d.runs.len() > 1) {
-                    d.runs.iter().map(|r| r.path().to_path_buf()).collect()
-                } else {
-                    Vec::new()
-                };
+                let merge =
+                    if d.runs.len() >= self.max_runs || (*day < yesterday && d.runs.len() > 1) {
+                        d.runs.iter().map(|r| r.path().to_path_buf()).collect()
+                    } else {
+                        Vec::new()
+                    };
                 let index = d
                     .runs
                     .iter()
@@ -445,7 +444,8 @@ impl SeenSet {
         let Some(day) = self.days.get_mut(&done.day) else {
             return false;
         };
-        day.runs.retain(|r| !done.replaced.iter().any(|p| p == r.path()));
+        day.runs
+            .retain(|r| !done.replaced.iter().any(|p| p == r.path()));
         for key in &done.fresh {
             day.fresh.remove(key);
         }
@@ -887,9 +887,16 @@ mod tests {
         }
         std::fs::write(dir.path().join("19.0.run.tmp"), b"half a run").unwrap();
         let (mut again, loaded) = SeenSet::load(dir.path(), true, NOW, 8, 1_000).unwrap();
-        assert_eq!(loaded.ids, 20, "the log's copies of the run's ids are not counted twice");
+        assert_eq!(
+            loaded.ids, 20,
+            "the log's copies of the run's ids are not counted twice"
+        );
         assert!(keys.iter().all(|k| !again.admit(*k)));
-        assert_eq!(files_named(dir.path(), ".tmp"), 0, "a cut-short run is removed");
+        assert_eq!(
+            files_named(dir.path(), ".tmp"),
+            0,
+            "a cut-short run is removed"
+        );
     }
 
     /// The property dedupe must never break: an id that was admitted but whose blob never
@@ -911,7 +918,9 @@ mod tests {
             let lock = std::sync::Mutex::new(set.with_compaction(64, 2));
             let mut files = SeenFiles::open(dir.path()).unwrap();
             for blob in 0..20 {
-                let keys: Vec<u128> = (0..25).map(|_| near(u128::from(next() % 1_000_000))).collect();
+                let keys: Vec<u128> = (0..25)
+                    .map(|_| near(u128::from(next() % 1_000_000)))
+                    .collect();
                 let mut seen = lock.lock().unwrap();
                 let admitted: Vec<u128> = keys.iter().copied().filter(|k| seen.admit(*k)).collect();
                 // Every other blob of the last round is still in flight when the process dies.

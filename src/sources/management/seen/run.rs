@@ -364,7 +364,10 @@ mod tests {
             .map(|i| (i + 1) << 70)
             .filter(|k| run.may_contain(*k))
             .count();
-        assert!(passed < 500, "{passed} of 100000 absent keys passed the filter");
+        assert!(
+            passed < 500,
+            "{passed} of 100000 absent keys passed the filter"
+        );
     }
 
     #[test]
