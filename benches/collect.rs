@@ -23,7 +23,17 @@ mod records;
 #[path = "common/sink.rs"]
 mod sink;
 
-use measure::{CLIENT, SECRET, cpu_seconds, emulator_config, emulator_runtime, report};
+use measure::{
+    CLIENT, SECRET, connector_user_system, cpu_seconds, emulator_config, emulator_runtime,
+    peak_rss_mb, report, reset_peak_rss, rss_mb,
+};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 const PUBLISHER: &str = "99999999-8888-4777-8666-555555555555";
 const BLOB_RECORDS: usize = 100;
@@ -49,8 +59,12 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as i64;
-    let tenants: Vec<String> = (1..=3)
-        .map(|i| format!("aaaaaaaa-0000-4000-8000-00000000000{i}"))
+    // An MSSP's shape: `COLLECT_BENCH_TENANTS=500 COLLECT_BENCH_RECORDS=500000
+    // COLLECT_BENCH_BLOB_RECORDS=44` is 500 tenants of 1,000 records in about 23 blobs each.
+    let tenant_count: usize = env_or("COLLECT_BENCH_TENANTS", 3);
+    let blob_records: usize = env_or("COLLECT_BENCH_BLOB_RECORDS", BLOB_RECORDS);
+    let tenants: Vec<String> = (1..=tenant_count)
+        .map(|i| format!("aaaaaaaa-0000-4000-8000-{i:012}"))
         .collect();
     let mut tenant_yaml = String::new();
     for (t, tenant) in tenants.iter().enumerate() {
@@ -70,7 +84,7 @@ fn main() {
             let stream = t * CONTENT_TYPES.len() + c;
             let streams = tenants.len() * CONTENT_TYPES.len();
             let mine: Vec<usize> = (stream..n).step_by(streams).collect();
-            let blobs = mine.chunks(BLOB_RECORDS).enumerate().map(|(b, chunk)| {
+            let blobs = mine.chunks(blob_records).enumerate().map(|(b, chunk)| {
                 let records = chunk
                     .iter()
                     .map(|i| serde_json::from_str(&records::record(*i)).expect("record"))
@@ -119,6 +133,9 @@ fn main() {
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
     };
+    reset_peak_rss();
+    let rss_before = rss_mb();
+    let (user_before, system_before) = connector_user_system();
     let (cpu_before, emulator_before) = cpu_seconds();
     let started = Instant::now();
     let (stats, counters) = runtime.block_on(async {
@@ -155,10 +172,29 @@ fn main() {
     });
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, emulator_after) = cpu_seconds();
+    let (user_after, system_after) = connector_user_system();
     let emulator_cpu = emulator_after - emulator_before;
     let connector_cpu = (cpu_after - cpu_before) - emulator_cpu;
     assert_eq!(emulator.accepted_count(), n, "every record delivered once");
     let blobs = counters.blobs.load(std::sync::atomic::Ordering::Relaxed);
-    println!("records:                   {n} in {blobs} blobs, 3 tenants x 5 content types");
+    println!(
+        "records:                   {n} in {blobs} blobs, {tenant_count} tenants x {} content types",
+        CONTENT_TYPES.len()
+    );
     report(n, wall, connector_cpu, emulator_cpu, &stats.sink);
+    let (user, system) = (user_after - user_before, system_after - system_before);
+    println!(
+        "connector user / kernel:   {user:.2} s / {system:.2} s (kernel {:.0}%)",
+        100.0 * system / (user + system).max(0.01)
+    );
+    println!(
+        "CPU per tenant-poll:       {:.1} ms ({} tenant x content type passes)",
+        1000.0 * connector_cpu / (tenant_count * CONTENT_TYPES.len()) as f64,
+        tenant_count * CONTENT_TYPES.len()
+    );
+    println!(
+        "RSS growth during the run: {:.0} MB (peak {:.0} MB over {rss_before:.0} MB of set-up, the emulator's data included)",
+        peak_rss_mb() - rss_before,
+        peak_rss_mb()
+    );
 }

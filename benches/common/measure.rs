@@ -1,5 +1,7 @@
 //! What the benchmarks share: the emulator on its own runtime (so its CPU can be told apart),
 //! CPU per thread group and peak memory from /proc, and the report.
+// Each benchmark includes this file and uses part of it.
+#![allow(dead_code)]
 
 /// Threads of the emulator's runtime are named with this prefix, so their CPU can be told apart.
 pub const EMULATOR_THREAD: &str = "emulator";
@@ -7,8 +9,26 @@ pub const EMULATOR_THREAD: &str = "emulator";
 /// CPU seconds (user + system) of this process's threads, split by whether a thread is the
 /// emulator's: from /proc/self/task/*/stat (fields 14 and 15, in clock ticks of 1/100 s).
 pub fn cpu_seconds() -> (f64, f64) {
-    let mut emulator = 0.0;
-    let mut total = 0.0;
+    let (user, system, emulator) = cpu_split();
+    (user + system, emulator)
+}
+
+/// The kernel's share of the connector's CPU: (user, system) seconds of the threads that are
+/// not the emulator's.
+pub fn connector_user_system() -> (f64, f64) {
+    let (user, system, _) = cpu_split();
+    let (emulator_user, emulator_system) = emulator_user_system();
+    (user - emulator_user, system - emulator_system)
+}
+
+fn emulator_user_system() -> (f64, f64) {
+    thread_ticks(|name| name.starts_with(EMULATOR_THREAD))
+}
+
+/// (user, system) seconds of the threads `pick` takes.
+fn thread_ticks(pick: impl Fn(&str) -> bool) -> (f64, f64) {
+    let mut user = 0.0;
+    let mut system = 0.0;
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return (0.0, 0.0);
     };
@@ -19,31 +39,49 @@ pub fn cpu_seconds() -> (f64, f64) {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let name = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
-            .sum();
-        let seconds = ticks / 100.0;
-        total += seconds;
-        if name.starts_with(EMULATOR_THREAD) {
-            emulator += seconds;
+        if !pick(&stat[open + 1..close]) {
+            continue;
         }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        user += field(11).unwrap_or(0.0) / 100.0;
+        system += field(12).unwrap_or(0.0) / 100.0;
     }
-    (total, emulator)
+    (user, system)
 }
 
-pub fn peak_rss_mb() -> f64 {
+/// (user, system, emulator user + system) seconds of this process's threads.
+fn cpu_split() -> (f64, f64, f64) {
+    let (user, system) = thread_ticks(|_| true);
+    let (emulator_user, emulator_system) = emulator_user_system();
+    (user, system, emulator_user + emulator_system)
+}
+
+/// Resets the peak-RSS mark (Linux: `5` into /proc/self/clear_refs), so a run's peak can be
+/// told apart from its set-up's.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Resident memory now, MB.
+pub fn rss_mb() -> f64 {
+    status_kb("VmRSS:") / 1024.0
+}
+
+fn status_kb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+pub fn peak_rss_mb() -> f64 {
+    status_kb("VmHWM:") / 1024.0
 }
 
 /// A runtime of one thread for the emulator, its threads named [`EMULATOR_THREAD`].
