@@ -188,7 +188,7 @@ pub struct Writes {
 /// A day's fresh keys to turn into a run, merged with the day's runs when it has too many.
 pub struct Compaction {
     day: i64,
-    /// Ascending, no repeats.
+    /// No repeats, in no order.
     fresh: Vec<u128>,
     merge: Vec<PathBuf>,
     index: u64,
@@ -412,8 +412,8 @@ impl SeenSet {
                     || (**day < yesterday && (!d.fresh.is_empty() || d.runs.len() > 1))
             })
             .map(|(day, d)| {
-                let mut fresh: Vec<u128> = d.fresh.iter().copied().collect();
-                fresh.sort_unstable();
+                // Sorted by the compaction, outside the lock.
+                let fresh: Vec<u128> = d.fresh.iter().copied().collect();
                 // A finished day is merged into one run: fewer filters to probe per id.
                 let merge =
                     if d.runs.len() >= self.max_runs || (*day < yesterday && d.runs.len() > 1) {
@@ -446,10 +446,16 @@ impl SeenSet {
         };
         day.runs
             .retain(|r| !done.replaced.iter().any(|p| p == r.path()));
-        for key in &done.fresh {
-            day.fresh.remove(key);
+        if day.fresh.len() == done.fresh.len() {
+            // Nothing was committed to the day meanwhile (the committer compacts between its
+            // commits): the whole set went into the run.
+            day.fresh = KeySet::default();
+        } else {
+            for key in &done.fresh {
+                day.fresh.remove(key);
+            }
+            day.fresh.shrink_to_fit();
         }
-        day.fresh.shrink_to_fit();
         day.runs.push(done.run);
         self.total = self.days.values().map(Day::len).sum();
         true
@@ -577,10 +583,8 @@ impl SeenFiles {
             let run = SortedRun::open(merged).map_err(err(merged))?;
             keys.extend(run.read_keys().map_err(err(merged))?);
         }
-        if !c.merge.is_empty() {
-            keys.sort_unstable();
-            keys.dedup();
-        }
+        keys.sort_unstable();
+        keys.dedup();
         let run = SortedRun::write(&path, &keys).map_err(err(&path))?;
         Ok(Compacted {
             day: c.day,
