@@ -103,12 +103,7 @@ fn main() {
     let mut rates = Vec::new();
     for &spooled in modes {
         let spool = spooled.then(|| {
-            let streams: Vec<String> = setup
-                .schemas
-                .tables
-                .iter()
-                .map(|t| t.stream.clone())
-                .collect();
+            let streams = setup.schemas.streams();
             let config = m365_sentinel::state::spool::SpoolConfig {
                 dir: dir.path().join("spool"),
                 ..Default::default()

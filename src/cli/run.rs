@@ -22,13 +22,7 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
     let management = reads_live(&setup, &input);
     let (sink, targets, _) = sink_from(&setup)?;
     let spool = if setup.config.spool.enabled {
-        let streams: Vec<String> = setup
-            .schemas
-            .tables
-            .iter()
-            .map(|t| t.stream.clone())
-            .collect();
-        Some(Spool::open(&setup.config.spool, &streams)?)
+        Some(Spool::open(&setup.config.spool, &setup.schemas.streams())?)
     } else {
         None
     };

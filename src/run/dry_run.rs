@@ -33,8 +33,8 @@ impl DryRun {
     /// Prepares the output directory (before anything is read, so a bad one fails at once).
     pub(super) fn create(setup: &Arc<Setup>, out_dir: &Path) -> Result<Self, RunError> {
         let schemas = &setup.schemas;
-        let streams: Vec<String> = schemas.tables.iter().map(|t| t.stream.clone()).collect();
-        let sink = DryRunSink::create(out_dir, &streams).map_err(output_error(out_dir))?;
+        let sink =
+            DryRunSink::create(out_dir, &schemas.streams()).map_err(output_error(out_dir))?;
         let limit = setup.config.batch.max_body_bytes;
         Ok(DryRun {
             setup: setup.clone(),

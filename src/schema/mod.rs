@@ -145,6 +145,11 @@ impl SchemaSet {
         self.by_category.get(category).copied()
     }
 
+    /// Each table's DCR stream, in table order (the spool's and dry-run's per-stream folders).
+    pub fn streams(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.stream.clone()).collect()
+    }
+
     pub fn table_by_name(&self, name: &str) -> Option<usize> {
         self.tables
             .iter()

@@ -199,21 +199,35 @@ impl Redactor {
         self.apply_regex_rules(column, base, hits).or(structured)
     }
 
+    /// The regex rules for `column` whose pattern matches somewhere in `text`, in rule order,
+    /// with their index (for the hit counts).
+    fn regex_rules_matching<'r>(
+        &'r self,
+        column: &'r str,
+        text: &str,
+    ) -> impl Iterator<Item = (usize, &'r regex::Regex, &'r str)> + 'r {
+        self.any
+            .matches(text)
+            .into_iter()
+            .filter_map(move |set_index| {
+                let index = self.any_rules[set_index];
+                let rule = &self.rules[index];
+                match &rule.matcher {
+                    Matcher::Regex { regex, replacement } if rule.applies_to(column) => {
+                        Some((index, regex, replacement.as_str()))
+                    }
+                    _ => None,
+                }
+            })
+    }
+
     fn apply_regex_rules(&self, column: &str, text: &str, hits: &mut RuleHits) -> Option<String> {
         if self.any_rules.is_empty() || !self.any.is_match(text) {
             return None;
         }
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
-        for set_index in self.any.matches(text).iter() {
-            let index = self.any_rules[set_index];
-            let rule = &self.rules[index];
-            let Matcher::Regex { regex, replacement } = &rule.matcher else {
-                continue;
-            };
-            if !rule.applies_to(column) {
-                continue;
-            }
-            let replaced = regex.replace_all(&current, replacement.as_str());
+        for (index, regex, replacement) in self.regex_rules_matching(column, text) {
+            let replaced = regex.replace_all(&current, replacement);
             if let Cow::Owned(new) = replaced
                 && new != current
             {
@@ -312,17 +326,9 @@ impl Redactor {
         }
         let shape = json_shape(json)?;
         let mut current: Option<String> = None;
-        for set_index in self.any.matches(json).iter() {
-            let index = self.any_rules[set_index];
-            let rule = &self.rules[index];
-            let Matcher::Regex { regex, replacement } = &rule.matcher else {
-                continue;
-            };
-            if !rule.applies_to(column) {
-                continue;
-            }
+        for (index, regex, replacement) in self.regex_rules_matching(column, json) {
             let base = current.as_deref().unwrap_or(json);
-            if let Cow::Owned(candidate) = regex.replace_all(base, replacement.as_str())
+            if let Cow::Owned(candidate) = regex.replace_all(base, replacement)
                 && candidate != base
                 && json_shape(&candidate).as_ref() == Some(&shape)
             {

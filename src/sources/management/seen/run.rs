@@ -158,13 +158,24 @@ impl SortedRun {
         let sparse_len = keys.div_ceil(SPARSE_EVERY as u64);
         let expected = filter_blocks(keys as usize) as u64;
         let len = file.metadata()?.len();
+        // `blocks` is compared before it is multiplied, so a damaged header cannot overflow.
+        if blocks != expected {
+            return Err(damaged(
+                path,
+                "its filter size does not match its key count",
+            ));
+        }
         let tail = blocks * (BLOCK_WORDS as u64 * 8) + sparse_len * KEY_BYTES as u64 + 4;
-        if blocks != expected || len != HEADER_BYTES + keys * KEY_BYTES as u64 + tail {
+        if len != HEADER_BYTES + keys * KEY_BYTES as u64 + tail {
             return Err(damaged(path, "its length does not match its header"));
         }
         file.seek(SeekFrom::Start(HEADER_BYTES + keys * KEY_BYTES as u64))?;
         let mut rest = Vec::new();
         file.read_to_end(&mut rest)?;
+        // Checked again on what was read: the file could have changed since its length was.
+        if rest.len() as u64 != tail {
+            return Err(damaged(path, "it changed while being read"));
+        }
         let (body, stored_crc) = rest.split_at(rest.len() - 4);
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
@@ -382,6 +393,15 @@ mod tests {
         let e = SortedRun::open(&path).err().expect("refused");
         assert!(e.to_string().contains("3.0.run"), "{e}");
         std::fs::write(&path, &bytes[..40]).unwrap();
+        assert!(SortedRun::open(&path).is_err());
+        // Header fields that would overflow any size computed from them.
+        let mut header = bytes.clone();
+        header[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &header).unwrap();
+        assert!(SortedRun::open(&path).is_err());
+        let mut header = bytes;
+        header[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &header).unwrap();
         assert!(SortedRun::open(&path).is_err());
     }
 }
