@@ -6,6 +6,8 @@
 //! included) and request fill.
 //! Run: `cargo bench --bench collect` (N records: `COLLECT_BENCH_RECORDS`, default 300,000;
 //! the per-tenant request budget: `COLLECT_BENCH_RPM`, default 1,000,000, i.e. unthrottled).
+//! With `COLLECT_BENCH_BINARY=1` the connector is the release binary itself, `run --once` with
+//! the spool on, as a user runs it: its CPU, kernel share and peak RSS are its own process's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +18,8 @@ use m365_sentinel::run::{Delivery, Intake, RunOptions, run};
 use m365_sentinel::sources::management::config::ALL_CONTENT_TYPES as CONTENT_TYPES;
 use m365_sentinel::sources::management::{Collector, CollectorOptions};
 
+#[path = "common/binary.rs"]
+mod binary;
 #[path = "common/measure.rs"]
 mod measure;
 #[path = "common/records.rs"]
@@ -24,8 +28,8 @@ mod records;
 mod sink;
 
 use measure::{
-    CLIENT, SECRET, connector_user_system, cpu_seconds, emulator_config, emulator_runtime,
-    peak_rss_mb, report, reset_peak_rss, rss_mb,
+    CLIENT, DCR, SECRET, TENANT, connector_user_system, cpu_seconds, emulator_config,
+    emulator_runtime, peak_rss_mb, report, reset_peak_rss, rss_mb,
 };
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -108,7 +112,22 @@ fn main() {
         dir = dir.path().display(),
         rpm = requests_per_minute
     );
-    std::fs::write(dir.path().join("config.yaml"), config).expect("config");
+    std::fs::write(dir.path().join("config.yaml"), &config).expect("config");
+    if std::env::var_os("COLLECT_BENCH_BINARY").is_some() {
+        let sink = format!(
+            "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {DCR}\n  credential: {{kind: client_secret, tenant_id: {TENANT}, client_id: {CLIENT}, secret_file: {dir}/secret}}\n  authority_host: {url}\nspool:\n  dir: {dir}/spool\ndlq:\n  dir: {dir}/dlq\n",
+            url = emulator.url(),
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yaml"), format!("{sink}{config}")).expect("config");
+        binary::run_once(
+            &dir.path().join("config.yaml"),
+            n,
+            tenant_count * CONTENT_TYPES.len(),
+            || emulator.accepted_count(),
+        );
+        return;
+    }
     let setup = Arc::new(
         Setup::load(
             Some(&dir.path().join("config.yaml")),

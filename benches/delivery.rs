@@ -85,7 +85,7 @@ fn main() {
     ));
     let config = LogsIngestionConfig {
         endpoint: emulator.url(),
-        dcr_immutable_id: "dcr-bench".into(),
+        dcr_immutable_id: measure::DCR.into(),
         tables: Default::default(),
         allow_plain_http_loopback: true,
     };

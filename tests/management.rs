@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::management::*;
 use m365_emulator::{BlobSpec, MgmtFault};
+use m365_sentinel::sources::management::positions::PositionStore;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,12 +65,10 @@ async fn three_tenants_fifty_thousand_records_arrive_exactly_once() {
         }
     }
     // The positions on disk are readable and past the content.
-    let positions = std::fs::read_to_string(
-        dir.path()
-            .join(format!("state/positions/{}.json", TENANTS[0])),
-    )
-    .unwrap();
-    let positions: Value = serde_json::from_str(&positions).unwrap();
+    let positions = PositionStore::read_only(&dir.path().join("state/positions"))
+        .load(TENANTS[0])
+        .unwrap();
+    let positions: Value = serde_json::to_value(positions).unwrap();
     for ct in CONTENT_TYPES {
         let committed = positions["content_types"][ct]["committed"]
             .as_str()
@@ -165,11 +164,10 @@ async fn a_tenant_with_a_wrong_secret_is_reported_and_the_others_complete() {
         .collect();
     assert_eq!(counts.len(), expected.len());
     assert!(counts.keys().all(|id| expected.contains(id)));
-    assert!(
-        !dir.path()
-            .join(format!("state/positions/{}.json", TENANTS[1]))
-            .exists()
-    );
+    for file in ["json", "0", "1"] {
+        let path = format!("state/positions/{}.{file}", TENANTS[1]);
+        assert!(!dir.path().join(&path).exists(), "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,6 +305,48 @@ async fn a_subscription_is_never_started_twice_within_fifteen_minutes() {
         (1, false),
         "no second start within 15 minutes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_killed_before_its_answer_is_asked_again_at_the_next_run() {
+    let emulator = emulator_with_tenants([false, true, true]).await;
+    make_content(&emulator, &[0], 300, 10, false);
+    // Tenant 0's starts fail for a while: kill the run while it is still asking.
+    emulator.push_mgmt_faults(
+        TENANTS[0],
+        std::iter::repeat_n(MgmtFault::StartAf50000, 10_000),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&emulator, dir.path(), None);
+    let mut child = spawn(&["run"], &config, &dir.path().join("first.txt"));
+    wait_for("a start to be refused", Duration::from_secs(60), || {
+        emulator
+            .mgmt_requests()
+            .iter()
+            .any(|r| r.tenant == TENANTS[0] && r.op == "start")
+    })
+    .await;
+    // Long enough for a commit of anything recorded (the interval is 250 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        emulator.subscription(TENANTS[0], "Audit.Exchange"),
+        (0, false)
+    );
+    emulator.clear_mgmt_faults(TENANTS[0]);
+    let log = dir.path().join("second.txt");
+    let out = run_to_end(once(&config)).await;
+    std::fs::write(&log, &out.stderr).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("waiting before starting it again"),
+        "a start the service never answered is not waited out: {stderr}"
+    );
+    for ct in CONTENT_TYPES {
+        assert_eq!(emulator.subscription(TENANTS[0], ct), (1, true), "{ct}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

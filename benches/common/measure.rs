@@ -97,6 +97,8 @@ pub fn emulator_runtime() -> tokio::runtime::Runtime {
 pub const TENANT: &str = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 pub const CLIENT: &str = "0f0e0d0c-0b0a-4909-8887-868584838281";
 pub const SECRET: &str = "bench-secret";
+/// A DCR immutable id of the shape `check` requires.
+pub const DCR: &str = "dcr-00000000000000000000000000b0e4c1";
 
 /// An emulator that takes any stream and only counts rows.
 pub fn emulator_config() -> m365_emulator::Config {
@@ -104,7 +106,7 @@ pub fn emulator_config() -> m365_emulator::Config {
         tenant_id: TENANT.into(),
         client_id: CLIENT.into(),
         client_secret: SECRET.into(),
-        dcr_immutable_id: "dcr-bench".into(),
+        dcr_immutable_id: DCR.into(),
         streams: Default::default(),
         token_lifetime: std::time::Duration::from_secs(3600),
         accept_undeclared_streams: true,

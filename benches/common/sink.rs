@@ -11,7 +11,7 @@ use m365_sentinel::sinks::logs_ingestion::LogsIngestionConfig;
 use m365_sentinel::sinks::workspace::{Api, Target, WorkspaceSink};
 use m365_sentinel::state::dlq::DeadLetterStore;
 
-use super::measure::{CLIENT, TENANT};
+use super::measure::{CLIENT, DCR, TENANT};
 
 /// `http` must trust the emulator's CA; the client secret is read from `dir/secret`.
 pub fn emulator_sink(
@@ -45,7 +45,7 @@ pub fn emulator_sink(
     ));
     let li = LogsIngestionConfig {
         endpoint: emulator.url(),
-        dcr_immutable_id: "dcr-bench".into(),
+        dcr_immutable_id: DCR.into(),
         tables: Default::default(),
         allow_plain_http_loopback: false,
     };

@@ -3,4 +3,5 @@
 
 pub mod dlq;
 pub mod private_fs;
+pub mod slot_file;
 pub mod spool;

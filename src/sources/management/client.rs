@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use azure_core::credentials::TokenCredential;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use super::config::TenantConfig;
 use super::rate::RateLimiter;
@@ -107,7 +108,15 @@ pub struct ApiClient {
     credential: Arc<dyn TokenCredential>,
     scope: String,
     limiter: RateLimiter,
+    /// Shared by every tenant: a permit per request on the wire (see `max_concurrent_requests`).
+    requests: Arc<Semaphore>,
     max_blob_bytes: usize,
+}
+
+/// A successful answer, read whole while its request held a permit.
+struct Answer {
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
 }
 
 impl ApiClient {
@@ -116,6 +125,7 @@ impl ApiClient {
         tenant: &TenantConfig,
         credential: Arc<dyn TokenCredential>,
         limiter: RateLimiter,
+        requests: Arc<Semaphore>,
         max_blob_bytes: usize,
     ) -> Result<Self, String> {
         let endpoint = tenant.endpoint();
@@ -130,6 +140,7 @@ impl ApiClient {
             credential,
             scope: tenant.cloud.scope(),
             limiter,
+            requests,
             max_blob_bytes,
         })
     }
@@ -137,8 +148,7 @@ impl ApiClient {
     /// Content types whose subscription is enabled.
     pub async fn enabled_subscriptions(&self) -> Result<Vec<String>, ApiError> {
         let url = self.url("subscriptions/list", &[])?;
-        let response = self.send(Method::GET, url).await?;
-        let body = read_limited(response, self.max_blob_bytes).await?;
+        let body = self.send(Method::GET, url).await?.body;
         let subs: Vec<RawSubscription> = serde_json::from_slice(&body)
             .map_err(|e| ApiError::Protocol(format!("subscriptions/list answer: {e}")))?;
         Ok(subs
@@ -172,16 +182,15 @@ impl ApiClient {
 
     /// One page of a listing, and the next page's address if there is one.
     pub async fn list_page(&self, url: Url) -> Result<(Vec<ContentItem>, Option<Url>), ApiError> {
-        let response = self.send(Method::GET, url).await?;
+        let Answer { headers, body } = self.send(Method::GET, url).await?;
         // Both names are in Microsoft's documents; header names are case-insensitive anyway.
         let next = ["NextPageUri", "NextPageUrl"]
             .iter()
-            .find_map(|name| response.headers().get(*name))
+            .find_map(|name| headers.get(*name))
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.trim().is_empty())
             .map(|v| self.same_service(v.trim(), "NextPageUri"))
             .transpose()?;
-        let body = read_limited(response, self.max_blob_bytes).await?;
         let raw: Vec<RawContent> = serde_json::from_slice(&body)
             .map_err(|e| ApiError::Protocol(format!("content listing: {e}")))?;
         let mut items = Vec::with_capacity(raw.len());
@@ -206,8 +215,7 @@ impl ApiClient {
         let mut url = self.same_service(content_uri, "contentUri")?;
         url.query_pairs_mut()
             .append_pair("PublisherIdentifier", &self.publisher);
-        let response = self.send(Method::GET, url).await?;
-        read_limited(response, self.max_blob_bytes).await
+        Ok(self.send(Method::GET, url).await?.body)
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, ApiError> {
@@ -254,7 +262,11 @@ impl ApiClient {
         Ok(url)
     }
 
-    async fn send(&self, method: Method, url: Url) -> Result<reqwest::Response, ApiError> {
+    /// One call, its answer read whole. The rate limit is waited out before a permit is
+    /// taken, so a throttled tenant holds none while it waits; the permit is held until the
+    /// body is read, which is when the connection is free again. Hundreds of tenants then
+    /// share a bounded set of pooled connections instead of opening one per call.
+    async fn send(&self, method: Method, url: Url) -> Result<Answer, ApiError> {
         let token = self
             .credential
             .get_token(&[self.scope.as_str()], None)
@@ -266,6 +278,7 @@ impl ApiClient {
                 ))
             })?;
         self.limiter.acquire().await;
+        let _permit = self.requests.acquire().await;
         let response = self
             .http
             .request(method.clone(), url)
@@ -281,7 +294,9 @@ impl ApiClient {
             })?;
         let status = response.status();
         if status.is_success() {
-            return Ok(response);
+            let headers = response.headers().clone();
+            let body = read_limited(response, self.max_blob_bytes).await?;
+            return Ok(Answer { headers, body });
         }
         let server_time = response
             .headers()

@@ -137,6 +137,13 @@ pub struct ManagementConfig {
     pub relist_overlap_minutes: u64,
     /// Content blobs fetched at once per tenant.
     pub blob_concurrency: usize,
+    /// Content blobs held in memory at once by the whole process (being fetched, or fetched and
+    /// waiting for their turn to be mapped), over every tenant: what bounds memory and open
+    /// connections when one replica collects hundreds of tenants.
+    pub max_blobs_in_flight: usize,
+    /// Management API requests on the wire at once, over every tenant (listings, subscription
+    /// calls and blob fetches): it bounds the connections the process opens and holds.
+    pub max_concurrent_requests: usize,
     /// Client-side ceiling of requests per tenant per minute (the API's baseline is 2,000).
     pub requests_per_minute: u32,
     pub dedupe: DedupeConfig,
@@ -160,6 +167,8 @@ impl Default for ManagementConfig {
             initial_lookback_hours: AVAILABILITY_HOURS,
             relist_overlap_minutes: 60,
             blob_concurrency: 8,
+            max_blobs_in_flight: 64,
+            max_concurrent_requests: 64,
             requests_per_minute: 2_000,
             dedupe: DedupeConfig::default(),
             commit_interval_ms: 250,
@@ -261,9 +270,13 @@ impl ManagementConfig {
         if self.dedupe.retention_days < 7 || self.dedupe.retention_days > 366 {
             return Err("management_api.dedupe.retention_days must be between 7 (duplicates can come back for as long as content is served) and 366".into());
         }
-        if self.blob_concurrency == 0 || self.requests_per_minute == 0 {
+        if self.blob_concurrency == 0
+            || self.requests_per_minute == 0
+            || self.max_blobs_in_flight == 0
+            || self.max_concurrent_requests == 0
+        {
             return Err(
-                "management_api.blob_concurrency and requests_per_minute must be at least 1".into(),
+                "management_api.blob_concurrency, max_blobs_in_flight, max_concurrent_requests and requests_per_minute must be at least 1".into(),
             );
         }
         let mut seen = std::collections::HashSet::new();

@@ -1,14 +1,16 @@
-//! Where collection of each (tenant, content type) stands, on local disk: one JSON file per
-//! tenant, replaced atomically. A position only moves past content whose every row is safe
+//! Where collection of each (tenant, content type) stands, on local disk: one JSON document per
+//! tenant, replaced durably in place (two slots written in turn, see `state::slot_file`). A position only moves past content whose every row is safe
 //! downstream (see `tracker`), so after a crash collection resumes from it and loses nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::stages::map::datetime::{format_unix_millis, parse_unix_millis};
 use crate::state::private_fs;
+use crate::state::slot_file::{SlotFile, SlotRead};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PositionError {
@@ -47,8 +49,18 @@ pub struct TenantPositions {
     pub content_types: BTreeMap<String, ContentPosition>,
 }
 
+/// Where every tenant's positions are kept: a slot pair per tenant (`TENANT.0`, `TENANT.1`,
+/// see [`SlotFile`]), each slot a header line and the positions as JSON.
 pub struct PositionStore {
     dir: PathBuf,
+    /// The tenants loaded so far, each with its own lock, so tenants commit in parallel.
+    slots: Mutex<HashMap<String, Arc<Mutex<TenantSlots>>>>,
+}
+
+struct TenantSlots {
+    file: SlotFile,
+    /// A `TENANT.json` of an earlier version, removed once the slots hold a newer position.
+    legacy: Option<PathBuf>,
 }
 
 impl PositionStore {
@@ -58,57 +70,119 @@ impl PositionStore {
             path: dir.to_path_buf(),
             error,
         })?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self::read_only(dir))
     }
 
     /// A store that is only read (dry-run): no directory is created.
     pub fn read_only(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
-    fn path(&self, tenant_id: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}.json", tenant_id.to_ascii_lowercase()))
+    fn name(tenant_id: &str) -> String {
+        tenant_id.to_ascii_lowercase()
+    }
+
+    fn legacy_path(&self, tenant_id: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", Self::name(tenant_id)))
     }
 
     /// The tenant's positions; empty when it was never collected.
     pub fn load(&self, tenant_id: &str) -> Result<TenantPositions, PositionError> {
-        let path = self.path(tenant_id);
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(TenantPositions {
-                    tenant_id: tenant_id.to_string(),
-                    content_types: BTreeMap::new(),
+        let name = Self::name(tenant_id);
+        let (file, found) =
+            SlotFile::open(&self.dir, &name).map_err(|error| PositionError::Io {
+                path: self.dir.join(format!("{name}.0")),
+                error,
+            })?;
+        let legacy = self.legacy_path(tenant_id);
+        let (path, text) = match found {
+            SlotRead::Found(body) => (file.paths()[0].clone(), Some(body)),
+            SlotRead::Damaged(detail) => {
+                return Err(PositionError::Damaged {
+                    path: self.dir.join(format!("{name}.0 and {name}.1")),
+                    detail,
                 });
             }
-            Err(error) => return Err(PositionError::Io { path, error }),
+            SlotRead::Missing => match std::fs::read(&legacy) {
+                Ok(text) => (legacy.clone(), Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (legacy.clone(), None),
+                Err(error) => {
+                    return Err(PositionError::Io {
+                        path: legacy,
+                        error,
+                    });
+                }
+            },
         };
-        let positions: TenantPositions =
-            serde_json::from_slice(&text).map_err(|e| PositionError::Damaged {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-        if !positions.tenant_id.eq_ignore_ascii_case(tenant_id) {
-            return Err(PositionError::Damaged {
-                path,
-                detail: format!("it belongs to tenant {}", positions.tenant_id),
-            });
-        }
+        let legacy = legacy.exists().then_some(legacy);
+        let positions = match text {
+            None => TenantPositions {
+                tenant_id: tenant_id.to_string(),
+                content_types: BTreeMap::new(),
+            },
+            Some(text) => {
+                let positions: TenantPositions =
+                    serde_json::from_slice(&text).map_err(|e| PositionError::Damaged {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                if !positions.tenant_id.eq_ignore_ascii_case(tenant_id) {
+                    return Err(PositionError::Damaged {
+                        path,
+                        detail: format!("it belongs to tenant {}", positions.tenant_id),
+                    });
+                }
+                positions
+            }
+        };
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, Arc::new(Mutex::new(TenantSlots { file, legacy })));
         Ok(positions)
     }
 
+    /// Replaces the tenant's positions durably (one in-place write and fsync). The tenant must
+    /// have been loaded first.
     pub fn save(&self, positions: &TenantPositions) -> Result<(), PositionError> {
-        let path = self.path(&positions.tenant_id);
+        let name = Self::name(&positions.tenant_id);
+        let tenant = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned();
+        let Some(tenant) = tenant else {
+            return Err(PositionError::Io {
+                path: self.dir.join(format!("{name}.0")),
+                error: std::io::Error::other("tenant saved before it was loaded"),
+            });
+        };
+        let mut tenant = tenant.lock().unwrap_or_else(|e| e.into_inner());
+        let path = tenant.file.paths()[0].clone();
         let text = serde_json::to_vec_pretty(positions).map_err(|e| PositionError::Io {
             path: path.clone(),
             error: std::io::Error::other(e),
         })?;
-        private_fs::write_atomic(&path, &text).map_err(|error| PositionError::Io { path, error })
+        tenant
+            .file
+            .replace(&text)
+            .map_err(|error| PositionError::Io { path, error })?;
+        if let Some(legacy) = tenant.legacy.take()
+            && let Err(error) = std::fs::remove_file(&legacy)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            // Harmless: the slots are read first. Tried again at the next save.
+            tenant.legacy = Some(legacy.clone());
+            return Err(PositionError::Io {
+                path: legacy,
+                error,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -157,16 +231,50 @@ mod tests {
         );
         store.save(&p).unwrap();
         assert_eq!(store.load(tenant).unwrap(), p);
-        let text = std::fs::read_to_string(dir.path().join(format!("p/{tenant}.json"))).unwrap();
+        p.content_types.get_mut("Audit.Exchange").unwrap().committed = Some(1_700_000_001_000);
+        store.save(&p).unwrap();
+        assert_eq!(
+            PositionStore::read_only(&dir.path().join("p"))
+                .load(tenant)
+                .unwrap(),
+            p
+        );
+        // An operator can read where collection stands.
+        let text = std::fs::read_to_string(dir.path().join(format!("p/{tenant}.0"))).unwrap();
         assert!(text.contains("2023-11-14T22:13:20.123Z"), "{text}");
-        assert!(!dir.path().join(format!("p/{tenant}.tmp")).exists());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&dir.path().join("p")), 0o700);
-            assert_eq!(mode(&dir.path().join(format!("p/{tenant}.json"))), 0o600);
+            assert_eq!(mode(&dir.path().join(format!("p/{tenant}.0"))), 0o600);
+            assert_eq!(mode(&dir.path().join(format!("p/{tenant}.1"))), 0o600);
         }
+    }
+
+    #[test]
+    fn an_earlier_versions_file_is_read_and_replaced_by_the_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = "11111111-2222-3333-4444-555555555555";
+        let legacy = dir.path().join(format!("{tenant}.json"));
+        std::fs::write(
+            &legacy,
+            format!(r#"{{"tenant_id":"{tenant}","content_types":{{"Audit.General":{{"committed":"2023-11-14T22:13:20.123Z"}}}}}}"#),
+        )
+        .unwrap();
+        let store = PositionStore::open(dir.path()).unwrap();
+        let mut p = store.load(tenant).unwrap();
+        assert_eq!(
+            p.content_types["Audit.General"].committed,
+            Some(1_700_000_000_123)
+        );
+        p.content_types.get_mut("Audit.General").unwrap().committed = Some(1_700_000_060_000);
+        store.save(&p).unwrap();
+        assert!(!legacy.exists());
+        assert_eq!(
+            PositionStore::read_only(dir.path()).load(tenant).unwrap(),
+            p
+        );
     }
 
     #[test]

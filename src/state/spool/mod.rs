@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use serde::Deserialize;
 
 use crate::state::private_fs;
+use crate::state::slot_file::{SlotFile, SlotRead};
 
 pub use reader::{Acker, StreamReader, Taken};
 pub use writer::SpoolWriter;
@@ -141,7 +142,16 @@ pub(crate) struct StreamSpool {
     published: tokio::sync::Notify,
     /// The cursor last written to disk; held while writing, so concurrent deliveries write
     /// one at a time and never move it back.
-    persisted: Mutex<Pos>,
+    persisted: Mutex<CursorFile>,
+}
+
+/// The delivery cursor on disk: a slot pair (`cursor.0`, `cursor.1`), replaced in place after
+/// every delivery without creating a file (see `state::slot_file`).
+struct CursorFile {
+    pos: Pos,
+    slots: SlotFile,
+    /// The single `cursor` file of an earlier version, removed after the first write.
+    legacy: bool,
 }
 
 impl StreamSpool {
@@ -214,13 +224,13 @@ impl Spool {
             let dir = config.dir.join(name);
             private_fs::private_dir(&dir).map_err(io_err(&dir))?;
             private_fs::sync_dir(&config.dir).map_err(io_err(&config.dir))?;
-            let (state, found) = recover_stream(&dir, name)?;
+            let (state, found, cursor_file) = recover_stream(&dir, name)?;
             total += found.bytes_on_disk;
             recovery.push(found.report);
             spools.push(Arc::new(StreamSpool {
                 name: name.clone(),
                 dir,
-                persisted: Mutex::new(state.cursor),
+                persisted: Mutex::new(cursor_file),
                 state: Mutex::new(state),
                 published: tokio::sync::Notify::new(),
             }));
@@ -336,8 +346,8 @@ struct Found {
 
 /// Reads a stream's directory back: the cursor, the segments after it, each scanned; damaged
 /// records are cut out by rewriting the segment with the intact ones.
-fn recover_stream(dir: &Path, name: &str) -> Result<(StreamState, Found), SpoolError> {
-    let cursor = read_cursor(dir);
+fn recover_stream(dir: &Path, name: &str) -> Result<(StreamState, Found, CursorFile), SpoolError> {
+    let (slots, cursor, legacy) = read_cursor(dir, name)?;
     let mut seqs: Vec<u64> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
@@ -424,45 +434,68 @@ fn recover_stream(dir: &Path, name: &str) -> Result<(StreamState, Found), SpoolE
         cursor_written: None,
         cursor_dirty: false,
     };
+    let cursor_file = CursorFile {
+        pos: state.cursor,
+        slots,
+        legacy,
+    };
     Ok((
         state,
         Found {
             report,
             bytes_on_disk: on_disk,
         },
+        cursor_file,
     ))
 }
 
-fn read_cursor(dir: &Path) -> Option<Pos> {
-    let text = std::fs::read_to_string(dir.join("cursor")).ok()?;
-    let (seq, offset) = text.trim().split_once(' ')?;
-    Some(Pos {
-        seq: seq.parse().ok()?,
-        offset: offset.parse().ok()?,
-    })
+/// The cursor's slot pair, the cursor it holds (None when never written; a damaged pair is
+/// reported and read as none: rows are sent again, never skipped), and whether the single
+/// `cursor` file of an earlier version is still there.
+fn read_cursor(dir: &Path, name: &str) -> Result<(SlotFile, Option<Pos>, bool), SpoolError> {
+    let (slots, found) = SlotFile::open(dir, "cursor").map_err(io_err(dir))?;
+    let legacy_path = dir.join("cursor");
+    let legacy = legacy_path.exists();
+    let text = match found {
+        SlotRead::Found(body) => String::from_utf8(body).ok(),
+        SlotRead::Missing => std::fs::read_to_string(&legacy_path).ok(),
+        SlotRead::Damaged(why) => {
+            tracing::warn!(stream = %name, problem = %why, "spool cursor damaged; the stream's rows are sent again from its first segment");
+            None
+        }
+    };
+    let pos = text.and_then(|text| {
+        let (seq, offset) = text.trim().split_once(' ')?;
+        Some(Pos {
+            seq: seq.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    });
+    Ok((slots, pos, legacy))
 }
 
 impl StreamSpool {
     /// Writes `cursor` unless a later one was written already.
     fn persist_cursor(&self, cursor: Pos) {
         let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
-        if cursor <= *persisted {
+        if cursor <= persisted.pos {
             return;
         }
-        match write_cursor(&self.dir, cursor) {
-            Ok(()) => *persisted = cursor,
+        let text = format!("{} {}\n", cursor.seq, cursor.offset);
+        match persisted.slots.replace(text.as_bytes()) {
+            Ok(()) => {
+                persisted.pos = cursor;
+                if persisted.legacy {
+                    // The slots are read first; a file left here is only untidy.
+                    let _ = std::fs::remove_file(self.dir.join("cursor"));
+                    persisted.legacy = false;
+                }
+            }
             Err(e) => {
                 tracing::error!(stream = %self.name, error = %e, "spool cursor could not be written; a restart would send some rows again");
             }
         }
     }
-}
-
-fn write_cursor(dir: &Path, pos: Pos) -> std::io::Result<()> {
-    private_fs::write_atomic(
-        &dir.join("cursor"),
-        format!("{} {}\n", pos.seq, pos.offset).as_bytes(),
-    )
 }
 
 #[cfg(test)]

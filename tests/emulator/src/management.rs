@@ -57,6 +57,8 @@ pub enum MgmtFault {
     Af50000,
     /// The next content listing finds its subscription disabled (AF20022).
     Af20022,
+    /// The next subscription start is answered HTTP 500 with AF50000.
+    StartAf50000,
 }
 
 /// One request as the emulator saw it.
@@ -299,12 +301,18 @@ fn answer(
     }
     let fault = mgmt.faults.get_mut(tenant).and_then(|q| {
         let next = *q.front()?;
-        // AF20022 waits for a listing; the others hit whatever comes next.
-        (next != MgmtFault::Af20022 || op == "content").then(|| q.pop_front())?
+        // AF20022 waits for a listing, StartAf50000 for a start; the others hit whatever
+        // comes next.
+        let applies = match next {
+            MgmtFault::Af20022 => op == "content",
+            MgmtFault::StartAf50000 => op == "start",
+            MgmtFault::Af429 | MgmtFault::Af50000 => true,
+        };
+        applies.then(|| q.pop_front())?
     });
     match fault {
         Some(MgmtFault::Af429) => return af429(op, query),
-        Some(MgmtFault::Af50000) => {
+        Some(MgmtFault::Af50000 | MgmtFault::StartAf50000) => {
             return coded(
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -619,6 +627,11 @@ impl crate::Emulator {
             .entry(tenant.to_string())
             .or_default()
             .extend(faults);
+    }
+
+    /// Drops the misbehaviours still queued for a tenant.
+    pub fn clear_mgmt_faults(&self, tenant: &str) {
+        self.shared.state().mgmt.faults.remove(tenant);
     }
 
     /// Puts the service's clock `offset_ms` ahead of (or, negative, behind) this machine's.

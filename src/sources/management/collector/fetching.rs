@@ -1,6 +1,8 @@
 //! Fetching: blobs read a few at a time and handed on in creation order as units, each with
 //! the acknowledgement its committer waits for.
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::*;
 
 /// A blob being fetched.
@@ -20,9 +22,26 @@ pub(super) async fn hand_on(
 ) -> Result<bool, ApiError> {
     let ct = &t.content_types[index];
     let mut queue: VecDeque<ContentItem> = items.into();
-    let mut fetching: VecDeque<(ContentItem, Fetch)> = VecDeque::new();
+    // Each blob holds a permit of the process-wide budget from before its fetch until it is
+    // handed on. Permits are taken in the content type's order, and only the oldest blob
+    // waits for one, so the blob every worker waits on always has its permit: no deadlock,
+    // whatever the other tenants hold.
+    let mut fetching: VecDeque<(ContentItem, Fetch, OwnedSemaphorePermit)> = VecDeque::new();
     let result = loop {
-        while fetching.len() < t.settings.blob_concurrency {
+        while fetching.len() < t.settings.blob_concurrency && !queue.is_empty() {
+            let budget = t.settings.blob_budget.clone();
+            let permit = if fetching.is_empty() {
+                let mut shutdown = t.settings.options.shutdown.clone();
+                tokio::select! {
+                    permit = budget.acquire_owned() => permit.ok(),
+                    () = shutdown.wait() => None,
+                }
+            } else {
+                budget.try_acquire_owned().ok()
+            };
+            let Some(permit) = permit else {
+                break;
+            };
             let Some(item) = queue.pop_front() else {
                 break;
             };
@@ -32,10 +51,14 @@ pub(super) async fn hand_on(
                 let _slot = fetcher.blob_slots.acquire().await;
                 retrying(&fetcher, "fetch content", || fetcher.client.fetch(&uri)).await
             });
-            fetching.push_back((item, handle));
+            fetching.push_back((item, handle, permit));
         }
-        let Some((item, handle)) = fetching.pop_front() else {
-            break Ok(true);
+        let Some((item, handle, _permit)) = fetching.pop_front() else {
+            if queue.is_empty() {
+                break Ok(true);
+            }
+            // No permit came: the run is stopping.
+            break Ok(false);
         };
         let mut shutdown = t.settings.options.shutdown.clone();
         let mut handle = handle;
@@ -108,7 +131,7 @@ pub(super) async fn hand_on(
             break Ok(false);
         }
     };
-    for (item, handle) in fetching {
+    for (item, handle, _permit) in fetching {
         handle.abort();
         queue.push_back(item);
     }

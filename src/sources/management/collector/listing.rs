@@ -39,11 +39,15 @@ pub(super) async fn start_subscription(t: &Tenant, index: usize) -> Result<(), A
             }
         }
     }
-    // Recorded (and persisted) before asking: a start that succeeded on the service but whose
-    // answer was lost, or a crash right after, still counts for the 15 minutes.
-    tracker(t, index, |tr| tr.set_subscription_started(now_millis()));
-    let _ = t.events.send(CommitEvent::Moved);
+    // Recorded (and persisted) once the service said yes. Recording before asking would make
+    // a process killed while its start was in flight wait 15 minutes on the next run for a
+    // start the service may never have received, and events of those minutes are never
+    // offered by a subscription that is off. A start whose answer was lost is asked again;
+    // the service answers an enabled one with AF20024, taken as success.
+    let asked = now_millis();
     retrying(t, "start subscription", || t.client.start_subscription(ct)).await?;
+    tracker(t, index, |tr| tr.set_subscription_started(asked));
+    let _ = t.events.send(CommitEvent::Moved);
     Counters::add(&t.counters.subscriptions_started, 1);
     tracing::info!(tenant = %t.label, content_type = %ct, "subscription started");
     Ok(())

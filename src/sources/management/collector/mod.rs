@@ -130,6 +130,10 @@ struct Settings {
     lookback_ms: i64,
     overlap_ms: i64,
     blob_concurrency: usize,
+    /// Shared by every tenant: a permit per blob in memory (see `max_blobs_in_flight`).
+    blob_budget: Arc<Semaphore>,
+    /// Shared by every tenant's client: a permit per request on the wire.
+    request_budget: Arc<Semaphore>,
     commit_interval: Duration,
     options: CollectorOptions,
 }
@@ -191,6 +195,8 @@ impl Collector {
                 * HOUR_MS,
             overlap_ms: i64::try_from(config.relist_overlap_minutes).unwrap_or(0) * 60_000,
             blob_concurrency: config.blob_concurrency.max(1),
+            blob_budget: Arc::new(Semaphore::new(config.max_blobs_in_flight.max(1))),
+            request_budget: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
             commit_interval: Duration::from_millis(config.commit_interval_ms),
             options,
         });
@@ -301,6 +307,7 @@ fn prepare(
         tenant,
         credential,
         RateLimiter::per_minute(config.requests_per_minute),
+        settings.request_budget.clone(),
         settings.options.max_blob_bytes,
     )
     .map_err(fail)?;

@@ -15,6 +15,9 @@ pub struct SeenFiles {
     dir: PathBuf,
     /// Open day files and the length known to be whole.
     open: HashMap<i64, (File, u64)>,
+    /// A file was created or deleted since the directory was last flushed. Flushing it only
+    /// then keeps a commit to one fsync per touched day file.
+    entries_changed: bool,
 }
 
 impl SeenFiles {
@@ -27,6 +30,7 @@ impl SeenFiles {
         Ok(Self {
             dir: dir.to_path_buf(),
             open: HashMap::new(),
+            entries_changed: true,
         })
     }
 
@@ -39,6 +43,7 @@ impl SeenFiles {
     /// the disk (a restart may then send their duplicates again; it loses nothing).
     pub fn write(&mut self, writes: Writes) -> Result<(), SeenError> {
         let mut first_error = None;
+        self.entries_changed |= !writes.deletes.is_empty();
         for day in writes.deletes {
             self.open.remove(&day);
             let mut paths = vec![self.path(day)];
@@ -74,11 +79,16 @@ impl SeenFiles {
                 });
             }
         }
-        if let Err(error) = private_fs::sync_dir(&self.dir) {
-            first_error.get_or_insert(SeenError {
-                path: self.dir.clone(),
-                error,
-            });
+        if self.entries_changed {
+            match private_fs::sync_dir(&self.dir) {
+                Ok(()) => self.entries_changed = false,
+                Err(error) => {
+                    first_error.get_or_insert(SeenError {
+                        path: self.dir.clone(),
+                        error,
+                    });
+                }
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -150,6 +160,8 @@ impl SeenFiles {
                 if whole != len {
                     file.set_len(whole)?;
                 }
+                // Possibly created just now: its name must reach the disk too.
+                self.entries_changed |= whole == 0;
                 vacant.insert((file, whole))
             }
         };

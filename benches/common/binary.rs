@@ -1,0 +1,77 @@
+//! The connector as its own process: the release binary, measured from /proc while it runs
+//! (peak RSS from VmHWM, CPU from the zombie's stat before it is reaped).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `m365-sentinel run --once --config CONFIG` to its end and prints what it cost.
+/// `delivered` reads how many rows the emulator accepted.
+pub fn run_once(config: &Path, n: usize, passes: usize, delivered: impl Fn() -> usize) {
+    let log = config.with_file_name("connector.log");
+    let log_file = std::fs::File::create(&log).expect("log");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
+        .args(["run", "--once", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("the release binary (cargo bench builds it)");
+    let proc_dir = format!("/proc/{}", child.id());
+    let mut peak_kb = 0.0_f64;
+    let mut peak_threads = 0.0_f64;
+    let (user, system) = loop {
+        let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let status = std::fs::read_to_string(format!("{proc_dir}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        };
+        peak_kb = peak_kb.max(field("VmHWM:").unwrap_or(0.0));
+        peak_threads = peak_threads.max(field("Threads:").unwrap_or(0.0));
+        // State is the first field after the name; utime and stime the 12th and 13th.
+        if fields.first() == Some(&"Z") {
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            break (
+                ticks(11).unwrap_or(0.0) / 100.0,
+                ticks(12).unwrap_or(0.0) / 100.0,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = child.wait().expect("wait");
+    let wall = started.elapsed().as_secs_f64();
+    if !status.success() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        panic!(
+            "run --once failed ({status}); its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    assert_eq!(delivered(), n, "every record delivered once");
+    let cpu = user + system;
+    println!("connector process:         m365-sentinel run --once (spool on)");
+    println!("records:                   {n}");
+    println!("wall:                      {wall:.2} s");
+    println!("connector CPU:             {cpu:.2} s");
+    println!("records per CPU-second:    {:.0}", n as f64 / cpu.max(0.01));
+    println!(
+        "connector user / kernel:   {user:.2} s / {system:.2} s (kernel {:.0}%)",
+        100.0 * system / cpu.max(0.01)
+    );
+    println!(
+        "CPU per tenant-poll:       {:.1} ms ({passes} tenant x content type passes)",
+        1000.0 * cpu / passes as f64
+    );
+    println!("connector peak RSS:        {:.0} MB", peak_kb / 1024.0);
+    println!("connector threads (peak):  {peak_threads:.0}");
+}
