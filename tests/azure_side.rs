@@ -51,14 +51,14 @@ fn the_template_has_a_table_and_a_stream_per_schema_with_every_column_typed() {
     let tables = resources(&t, "Microsoft.OperationalInsights/workspaces/tables");
     let dcrs = resources(&t, "Microsoft.Insights/dataCollectionRules");
     assert_eq!(tables.len(), setup.schemas.tables.len());
-    assert_eq!(tables.len(), 5);
+    assert_eq!(tables.len(), 6);
     assert_eq!(dcrs.len(), 1);
     let dcr = &dcrs[0];
     assert_eq!(dcr["kind"], "Direct");
     let streams = dcr["properties"]["streamDeclarations"].as_object().unwrap();
-    assert_eq!(streams.len(), 5);
+    assert_eq!(streams.len(), 6);
     let flows = dcr["properties"]["dataFlows"].as_array().unwrap();
-    assert_eq!(flows.len(), 5);
+    assert_eq!(flows.len(), 6);
     for schema in &setup.schemas.tables {
         let table = tables
             .iter()
@@ -162,6 +162,7 @@ fn the_functions_name_every_table() {
         "EmailAttachmentInfo",
         "EmailUrlInfo",
         "EmailPostDeliveryEvents",
+        "UrlClickEvents",
     ] {
         let line = format!("{table}_All = union isfuzzy=true {table}, {table}_CL");
         assert!(kql.contains(&line), "{line}\n{kql}");

@@ -708,8 +708,8 @@ async fn the_run_command_delivers_over_https_with_tokens_from_the_emulated_entra
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("delivered 16 row(s)"), "{stdout}");
-    assert_eq!(emulator.accepted().len(), 16);
+    assert!(stdout.contains("delivered 18 row(s)"), "{stdout}");
+    assert_eq!(emulator.accepted().len(), 18);
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("s3cret"),
         "no secret in logs"

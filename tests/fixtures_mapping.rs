@@ -140,7 +140,7 @@ fn readme_first_command_runs_dry_run_on_the_shipped_samples() {
         String::from_utf8_lossy(&result.stderr)
     );
     assert!(
-        stdout.contains("16 record(s) in, 16 row(s) mapped, 0 rejected"),
+        stdout.contains("18 record(s) in, 18 row(s) mapped, 0 rejected"),
         "{stdout}"
     );
     for table in [
@@ -207,4 +207,133 @@ fn small_body_limit_fills_bodies_without_crossing_it() {
     }
     assert_eq!(rows, 2_100, "no row lost or split");
     assert!(r.stats.fill_ratio().unwrap() > 0.95);
+}
+
+#[test]
+fn url_click_events_from_an_event_hubs_body_and_a_storage_blob_fill_every_column() {
+    let setup = common::setup();
+    let schema = &setup.schemas.tables[setup.schemas.table_by_name("UrlClickEvents").unwrap()];
+    for (file, report_id) in [
+        (
+            "defender-eventhubs-body.json",
+            "c3f7a9e1-0b2d-4c6e-8f10-2a3b4c5d6e7f",
+        ),
+        (
+            "defender-storage-PT1H.json",
+            "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f70819",
+        ),
+    ] {
+        let r = run(&[input(file)]);
+        assert!(r.rejected.is_empty(), "{file}: {:?}", r.rejected);
+        let rows = r.table("UrlClickEvents_CL");
+        assert_eq!(rows.len(), 1, "{file}");
+        let row = &rows[0];
+        assert_eq!(row["ReportId"], report_id);
+        for column in &schema.columns {
+            assert!(
+                row.get(&column.name).is_some(),
+                "{file}: column {} is empty in {row}",
+                column.name
+            );
+        }
+        // The source's own types: a JSON bool stays a bool.
+        assert!(row["IsClickedThrough"].is_boolean(), "{row}");
+        assert_eq!(row["TimeGenerated"], row["Timestamp"]);
+        assert_eq!(
+            row["AdditionalFields"]["category"],
+            "AdvancedHunting-UrlClickEvents"
+        );
+        assert!(r.notices.is_empty(), "{:?}", r.notices);
+    }
+}
+
+const POST_DELIVERY_WITHOUT_TIMESTAMP: &str = r#"{"time":"2026-03-04T09:10:11.1234567Z","tenantId":"7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d","operationName":"Publish","category":"AdvancedHunting-EmailPostDeliveryEvents","properties":{"NetworkMessageId":"6f1e2d3c-4b5a-4968-8776-08de0a1b2c3d","Action":"Moved to junk folder","ActionType":"Phish ZAP","ReportId":"r-1"}}"#;
+
+#[test]
+fn a_defender_row_without_timestamp_takes_the_envelope_time_with_a_notice() {
+    let neither = POST_DELIVERY_WITHOUT_TIMESTAMP
+        .replace(r#""time":"2026-03-04T09:10:11.1234567Z","#, "")
+        .replace("r-1", "r-2");
+    let (_dir, path) = common::temp_input(
+        "rows.ndjson",
+        format!("{POST_DELIVERY_WITHOUT_TIMESTAMP}\n{neither}\n").as_bytes(),
+    );
+    let r = run(&[path]);
+    let rows = r.table("EmailPostDeliveryEvents_CL");
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row["TimeGenerated"], "2026-03-04T09:10:11.1234567Z");
+    assert_eq!(row["Timestamp"], "2026-03-04T09:10:11.1234567Z");
+    assert_eq!(row["ReportId"], "r-1");
+    // The envelope's time is in the columns now, not repeated among the extras.
+    assert!(row["AdditionalFields"].get("time").is_none(), "{row}");
+    assert_eq!(row["AdditionalFields"]["operationName"], "Publish");
+    assert_eq!(r.notices.len(), 1, "{:?}", r.notices);
+    let fallbacks: Vec<&Value> = r.notices[0]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "fallback")
+        .collect();
+    let columns: Vec<&Value> = fallbacks.iter().map(|n| &n["column"]).collect();
+    assert_eq!(columns, ["TimeGenerated", "Timestamp"], "{:?}", r.notices);
+    let text = fallbacks[0]["detail"].as_str().unwrap();
+    assert!(
+        text.contains("filled from envelope.time") && text.contains("Timestamp"),
+        "{text}"
+    );
+    // A row with neither is refused, naming both sources.
+    assert_eq!(r.rejected.len(), 1, "{:?}", r.rejected);
+    let refusal = r.rejected[0].to_string();
+    assert!(
+        refusal.contains("required_column")
+            && refusal.contains("TimeGenerated")
+            && refusal.contains("Timestamp or envelope.time"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn unknown_categories_are_refused_by_default_and_skipped_and_counted_when_asked() {
+    let device = r#"{"time":"2026-03-04T09:10:11Z","category":"AdvancedHunting-DeviceEvents","properties":{"Timestamp":"2026-03-04T09:10:11Z","DeviceName":"pc-1"}}"#;
+    let (dir, path) = common::temp_input(
+        "rows.ndjson",
+        format!("{device}\n{device}\n{POST_DELIVERY_WITHOUT_TIMESTAMP}\n").as_bytes(),
+    );
+    let dry_run = |config: Option<&std::path::Path>| {
+        let out = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_m365-sentinel"));
+        command.args(["dry-run", "--input"]).arg(&path);
+        command.arg("--out").arg(out.path());
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let result = command.output().unwrap();
+        let summary = std::fs::read_to_string(out.path().join("summary.txt")).unwrap_or_default();
+        (result, summary)
+    };
+    let (refused, _) = dry_run(None);
+    assert_eq!(refused.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert!(stdout.contains("unknown_category"), "{stdout}");
+
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "defender:\n  unknown_categories: skip\n").unwrap();
+    let (skipped, summary) = dry_run(Some(&config));
+    let stdout = String::from_utf8_lossy(&skipped.stdout);
+    assert_eq!(
+        skipped.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+    assert!(
+        stdout.contains("3 record(s) in, 1 row(s) mapped, 0 rejected"),
+        "{stdout}"
+    );
+    let line = summary
+        .lines()
+        .find(|l| l.contains("AdvancedHunting-DeviceEvents"))
+        .unwrap_or_else(|| panic!("no skipped count in {summary}"));
+    assert!(line.trim_end().ends_with(" 2"), "{line}");
 }

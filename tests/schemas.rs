@@ -289,3 +289,36 @@ fn check_command_accepts_the_shipped_setup_and_rejects_bad_config() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NoSuchColumn"));
 }
+
+#[test]
+fn envelope_sources_are_fallbacks_of_defender_tables_only() {
+    let defender = std::fs::read_to_string("schemas/EmailUrlInfo.yaml")
+        .unwrap()
+        .replace(
+            "from: [Timestamp, envelope.time], required: true",
+            "from: [envelope.time, Timestamp], required: true",
+        );
+    let dir = schema_dir_with("EmailUrlInfo.yaml", &defender);
+    let text = errors_of(dir.path());
+    assert!(
+        text.contains("EmailUrlInfo.yaml:16:") && text.contains("after the row's own fields"),
+        "{text}"
+    );
+    let audit = std::fs::read_to_string("schemas/OfficeActivity.yaml")
+        .unwrap()
+        .replacen(
+            "from: CreationTime",
+            "from: [CreationTime, envelope.time]",
+            1,
+        );
+    assert!(
+        audit.contains("envelope.time"),
+        "the audit schema changed shape"
+    );
+    let dir = schema_dir_with("OfficeActivity.yaml", &audit);
+    let text = errors_of(dir.path());
+    assert!(
+        text.contains("OfficeActivity.yaml:") && text.contains("only Defender tables"),
+        "{text}"
+    );
+}

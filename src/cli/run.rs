@@ -91,6 +91,9 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
         s.retries,
         s.dead_lettered
     );
+    for (category, n) in &stats.input.skipped {
+        println!("skipped {n} row(s) of {category} (defender.unknown_categories: skip)");
+    }
     if stats.stopped {
         println!(
             "stopped on a signal; what was not delivered stays in {} and goes first at the next start",

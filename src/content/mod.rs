@@ -50,7 +50,7 @@ pub enum Target {
     Custom,
 }
 
-/// The five tables' names for a target, from the schemas (a renamed output table is followed).
+/// Every table's names for a target, from the schemas (a renamed output table is followed).
 pub fn table_names(schemas: &SchemaSet, target: Target) -> Vec<TableName> {
     schemas
         .tables

@@ -36,6 +36,9 @@ pub struct Stats {
     pub tables: Vec<TableStats>,
     /// Refused records and pieces of input, by reason code.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Defender rows of categories no schema maps, skipped by `defender.unknown_categories:
+    /// skip`, by category.
+    pub skipped: BTreeMap<String, u64>,
     /// Adjustments made to rows (unconverted, truncated, redacted), by (table, column, kind).
     pub notes: BTreeMap<(String, String, &'static str), u64>,
     pub body_limit: u64,
@@ -69,7 +72,11 @@ impl Stats {
 
     /// Records and refused pieces of input seen.
     pub fn records_in(&self) -> u64 {
-        self.rows() + self.rejected_total()
+        self.rows() + self.rejected_total() + self.skipped_total()
+    }
+
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
     }
 
     pub fn bodies(&self) -> u64 {
@@ -161,6 +168,15 @@ impl Stats {
             let _ = writeln!(s, "\nrejected by reason:");
             for (reason, n) in &self.rejected {
                 let _ = writeln!(s, "  {reason:<24} {n:>9}");
+            }
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nskipped (defender.unknown_categories: skip), by category:"
+            );
+            for (category, n) in &self.skipped {
+                let _ = writeln!(s, "  {category:<40} {n:>9}");
             }
         }
         if !self.notes.is_empty() {

@@ -28,6 +28,8 @@ pub struct LiveCounts {
     pub rows: Mutex<BTreeMap<String, u64>>,
     /// Records refused, per reason code.
     pub rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Defender rows skipped (`defender.unknown_categories: skip`), per category.
+    pub skipped: Mutex<BTreeMap<String, u64>>,
 }
 
 impl LiveCounts {
@@ -45,6 +47,17 @@ impl LiveCounts {
     pub fn rejected(&self, reason: &'static str) {
         if let Ok(mut rejected) = self.rejected.lock() {
             *rejected.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn skipped(&self, category: &str) {
+        if let Ok(mut skipped) = self.skipped.lock() {
+            match skipped.get_mut(category) {
+                Some(n) => *n += 1,
+                None => {
+                    skipped.insert(category.to_string(), 1);
+                }
+            }
         }
     }
 }
@@ -173,6 +186,19 @@ impl Collector for Telemetry {
             "Input records refused, per reason.",
             "reason",
             rejected.into_iter().map(|(k, v)| (k.to_string(), v)),
+        )?;
+        let skipped = self
+            .live
+            .skipped
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        counters(
+            &mut e,
+            "m365_sentinel_records_skipped",
+            "Defender rows of categories no schema maps, skipped by defender.unknown_categories: skip, per category.",
+            "category",
+            skipped,
         )?;
         counters(
             &mut e,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{Item, RowItem, RunError};
+use super::{Item, RowItem, RunError, Skipped};
 use crate::ops::stats::Stats;
 use crate::pipeline::{Setup, mask_rejected};
 use crate::record::{RejectReason, Rejected};
@@ -68,9 +68,14 @@ impl DryRun {
     }
 
     /// Writes the partly filled bodies and the summary (which names what was read).
-    pub(super) fn finish(mut self, totals: ReadTotals) -> Result<Stats, RunError> {
+    pub(super) fn finish(
+        mut self,
+        totals: ReadTotals,
+        skipped: Skipped,
+    ) -> Result<Stats, RunError> {
         self.stats.files = totals.files;
         self.stats.bytes_read = totals.bytes;
+        self.stats.skipped = skipped;
         for table in 0..self.builders.len() {
             if let Some(body) = self.builders[table].take() {
                 self.body(table, body);

@@ -14,6 +14,7 @@ mod dry_run;
 mod memory;
 mod spooled;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::record::{Position, RejectReason, Rejected};
 use crate::sinks::batch::RowTooLarge;
 use crate::sinks::dry_run::rejected_line;
 use crate::sinks::workspace::{SinkError, SinkStats, Target, WorkspaceSink};
+use crate::sources::defender::UnknownCategories;
 use crate::sources::file::{Exclude, ReadTotals, SourceError};
 use crate::stages::map::{Note, NoteKind};
 use crate::state::dlq::{DeadLetter, DeadLetterStore};
@@ -43,6 +45,9 @@ pub const REJECTED_INPUT_FILE: &str = "rejected-input.ndjson";
 /// Rows between the front end and the delivery: enough to keep both busy, few enough that a
 /// stalled delivery holds little memory.
 const CHANNEL_ROWS: usize = 4096;
+
+/// Defender rows skipped by `defender.unknown_categories: skip`, by category.
+type Skipped = BTreeMap<String, u64>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -257,11 +262,25 @@ pub async fn run(
     let stop = options.shutdown.clone();
     let limit = setup.config.batch.max_body_bytes;
     // The front end every command shares; a closed channel means the run is stopping.
+    let skip_unknown = setup.config.defender.unknown_categories == UnknownCategories::Skip;
+    let live = options.live.clone();
     let reader = tokio::task::spawn_blocking(move || {
         let exclude = Exclude::new(&[own_dir.as_path()]);
-        drive(&reader_setup, intake, &exclude, &stop, &mut |out, ack| {
+        let mut skipped = BTreeMap::new();
+        let totals = drive(&reader_setup, intake, &exclude, &stop, &mut |out, ack| {
+            if skip_unknown
+                && let Output::Rejected(r) = &out
+                && let RejectReason::UnknownCategory(category) = &r.reason
+            {
+                // Skipped by the user's choice: counted, and safe (nothing is owed for it).
+                *skipped.entry(category.clone()).or_insert(0) += 1;
+                live.skipped(category);
+                ack_all(ack);
+                return true;
+            }
             tx.blocking_send(item(out, ack, limit)).is_ok()
-        })
+        });
+        totals.map(|t| (t, skipped))
     });
     let Delivery::Workspace {
         sink,
@@ -281,7 +300,8 @@ pub async fn run(
         })
         .await
         .map_err(|e| RunError::Reader(e.to_string()))?;
-        let input = files.finish(read_totals(reader).await?)?;
+        let (totals, skipped) = read_totals(reader).await?;
+        let input = files.finish(totals, skipped)?;
         return Ok(RunStats {
             input,
             sink: SinkStats::default(),
@@ -303,9 +323,10 @@ pub async fn run(
         None => memory::deliver(&setup, rx, &sink, &targets, &options, &refusals).await?,
     };
     if !stopped {
-        let totals = read_totals(reader).await?;
+        let (totals, skipped) = read_totals(reader).await?;
         input.files = totals.files;
         input.bytes_read = totals.bytes;
+        input.skipped = skipped;
     }
     Ok(RunStats {
         input,
@@ -316,8 +337,8 @@ pub async fn run(
 
 /// What the front end read, once it has finished.
 async fn read_totals(
-    reader: tokio::task::JoinHandle<Result<ReadTotals, SourceError>>,
-) -> Result<ReadTotals, RunError> {
+    reader: tokio::task::JoinHandle<Result<(ReadTotals, Skipped), SourceError>>,
+) -> Result<(ReadTotals, Skipped), RunError> {
     Ok(reader
         .await
         .map_err(|e| RunError::Reader(e.to_string()))??)

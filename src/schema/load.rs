@@ -67,6 +67,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "EmailPostDeliveryEvents.yaml",
         include_str!("../../schemas/EmailPostDeliveryEvents.yaml"),
     ),
+    (
+        "UrlClickEvents.yaml",
+        include_str!("../../schemas/UrlClickEvents.yaml"),
+    ),
     ("enums.yaml", include_str!("../../schemas/enums.yaml")),
     (
         "redaction.yaml",
@@ -423,6 +427,9 @@ fn build_table(
                 ),
             );
         }
+        if let Some(problem) = envelope_source_problem(&c.name, &from, &input) {
+            err(line, problem);
+        }
         columns.push(Column {
             name: c.name,
             ty,
@@ -484,6 +491,39 @@ fn build_table(
     };
     schema.build_index();
     Some(schema)
+}
+
+/// Envelope sources (`envelope.time`) are fallbacks of Defender tables: they come after the
+/// row's own fields, so the row's value always wins when it is there and valid.
+fn envelope_source_problem(column: &str, from: &[String], input: &InputKind) -> Option<String> {
+    let first_envelope = from.iter().position(|f| envelope_key(f).is_some())?;
+    let key = from.get(first_envelope).and_then(|f| envelope_key(f))?;
+    if *input == InputKind::Audit {
+        return Some(format!(
+            "column {column:?}: `from: envelope.{key}` reads the Event Hubs/Storage envelope, which only Defender tables (input kind defender) have"
+        ));
+    }
+    if key.is_empty() || key.contains('.') {
+        return Some(format!(
+            "column {column:?}: {:?} must name one top-level envelope field, e.g. envelope.time ({})",
+            from[first_envelope],
+            crate::schema::ENVELOPE_FIELDS.join(", ")
+        ));
+    }
+    if from[first_envelope..]
+        .iter()
+        .any(|f| envelope_key(f).is_none())
+    {
+        return Some(format!(
+            "column {column:?}: list envelope sources after the row's own fields (they are fallbacks), e.g. from: [Timestamp, envelope.time]"
+        ));
+    }
+    None
+}
+
+/// `time` of `envelope.time`; None for a field of the row itself.
+pub fn envelope_key(source: &str) -> Option<&str> {
+    source.strip_prefix(crate::schema::ENVELOPE_PREFIX)
 }
 
 impl SchemaSet {

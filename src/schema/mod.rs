@@ -9,7 +9,14 @@ mod types;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use load::{ENUMS_FILE, REDACTION_FILE, SchemaError, SchemaErrors, SchemaFiles};
+pub use load::{ENUMS_FILE, REDACTION_FILE, SchemaError, SchemaErrors, SchemaFiles, envelope_key};
+
+/// A `from` source with this prefix reads the Defender row's envelope (the record around its
+/// `properties`) instead of the row: `envelope.time`.
+pub const ENVELOPE_PREFIX: &str = "envelope.";
+
+/// The envelope fields Defender's Streaming API writes around each row (Event Hubs and Storage).
+pub const ENVELOPE_FIELDS: [&str; 4] = ["time", "tenantId", "category", "operationName"];
 pub use types::{ColumnType, RESERVED_COLUMN_NAMES, column_name_problem};
 
 /// Where a table's rows come from.
@@ -53,7 +60,8 @@ pub struct EnumTable {
 pub struct Column {
     pub name: String,
     pub ty: ColumnType,
-    /// Source fields in order of preference; the first one present wins.
+    /// Source fields in order of preference; the first one present and valid wins.
+    /// `envelope.KEY` names a field of a Defender row's envelope (always after the row's own).
     pub from: Vec<String>,
     pub enum_table: Option<Arc<EnumTable>>,
     /// A row whose required column is missing or unconvertible is rejected rather than sent.
@@ -98,6 +106,9 @@ impl TableSchema {
         let mut index: HashMap<String, Vec<(usize, u8)>> = HashMap::new();
         for (col, column) in self.columns.iter().enumerate() {
             for (rank, field) in column.from.iter().enumerate() {
+                if envelope_key(field).is_some() {
+                    continue;
+                }
                 let rank = u8::try_from(rank).unwrap_or(u8::MAX);
                 index.entry(field.clone()).or_default().push((col, rank));
             }

@@ -24,6 +24,20 @@ pub struct DefenderConfig {
     /// The window holds at most this many rows (about 60 bytes each).
     #[serde(default = "default_max_rows")]
     pub dedupe_max_rows: usize,
+    /// Rows of a category no schema maps (a Defender export streams many advanced-hunting
+    /// tables): refused and kept with the reason (the default), or skipped and counted.
+    #[serde(default)]
+    pub unknown_categories: UnknownCategories,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownCategories {
+    /// Kept in the refused-input file with the reason; the run exits 3.
+    #[default]
+    Reject,
+    /// Counted per category in the summary and metrics, and acknowledged; nothing is kept.
+    Skip,
 }
 
 impl Default for DefenderConfig {
@@ -34,6 +48,7 @@ impl Default for DefenderConfig {
             state_dir: default_state_dir(),
             dedupe_window_secs: default_window(),
             dedupe_max_rows: default_max_rows(),
+            unknown_categories: UnknownCategories::default(),
         }
     }
 }

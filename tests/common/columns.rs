@@ -248,10 +248,30 @@ pub const EMAIL_POST_DELIVERY_EVENTS: &[(&str, &str)] = &[
     ("SourceLocation", "string"),
 ];
 
+/// MicrosoftDocs/defender-docs defender-xdr/advanced-hunting-urlclickevents-table.md (Timestamp)
+/// and MicrosoftDocs/azure-reference-other azure-monitor-ref/tables/includes/
+/// urlclickevents-include.md (TimeGenerated): the same twelve columns otherwise.
+pub const URL_CLICK_EVENTS: &[(&str, &str)] = &[
+    ("TimeGenerated", "datetime"),
+    ("Timestamp", "datetime"),
+    ("Url", "string"),
+    ("ActionType", "string"),
+    ("AccountUpn", "string"),
+    ("Workload", "string"),
+    ("NetworkMessageId", "string"),
+    ("ThreatTypes", "string"),
+    ("DetectionMethods", "string"),
+    ("IPAddress", "string"),
+    ("IsClickedThrough", "bool"),
+    ("UrlChain", "string"),
+    ("ReportId", "string"),
+];
+
 pub const ALL: &[(&str, &[(&str, &str)])] = &[
     ("OfficeActivity", OFFICE_ACTIVITY),
     ("EmailEvents", EMAIL_EVENTS),
     ("EmailAttachmentInfo", EMAIL_ATTACHMENT_INFO),
     ("EmailUrlInfo", EMAIL_URL_INFO),
     ("EmailPostDeliveryEvents", EMAIL_POST_DELIVERY_EVENTS),
+    ("UrlClickEvents", URL_CLICK_EVENTS),
 ];

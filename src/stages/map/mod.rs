@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::record::RejectReason;
-use crate::schema::{ColumnType, SchemaSet, TableSchema};
+use crate::schema::{ColumnType, ENVELOPE_PREFIX, SchemaSet, TableSchema, envelope_key};
 use crate::stages::redact::Redactor;
 use crate::stages::route::Routed;
 use convert::{Ctx, write_value};
@@ -29,6 +29,9 @@ pub enum NoteKind {
     Truncated { original_bytes: usize },
     /// A redaction rule masked part of the value.
     Redacted { rule: String },
+    /// The row had none of the preferred sources (or none valid); a later one was used, e.g.
+    /// the Defender envelope's `time` for `TimeGenerated`.
+    Fallback { wanted: String, used: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,7 @@ impl NoteKind {
             Self::Unconverted { .. } => "unconverted",
             Self::Truncated { .. } => "truncated",
             Self::Redacted { .. } => "redacted",
+            Self::Fallback { .. } => "fallback",
         }
     }
 }
@@ -67,8 +71,65 @@ impl std::fmt::Display for Note {
             NoteKind::Redacted { rule } => {
                 write!(f, "column {}: masked by redaction rule {rule}", self.column)
             }
+            NoteKind::Fallback { wanted, used } => write!(
+                f,
+                "column {}: source field {wanted} is missing, null or invalid; filled from {used}",
+                self.column
+            ),
         }
     }
+}
+
+/// Where a column's value comes from: a field of the row, or of a Defender row's envelope.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Row(usize),
+    Envelope(usize),
+}
+
+/// The most preferred source of column `col` ranked after `after` (any, with None) that is
+/// present and not null: the row's fields first, then the envelope's. Only taken when the best
+/// source is missing or failed, so it may scan.
+fn next_source(
+    schema: &TableSchema,
+    col: usize,
+    routed: &Routed<'_>,
+    after: Option<u8>,
+) -> Option<(u8, Source)> {
+    let later = |rank: u8| after.is_none_or(|a| rank > a);
+    let mut best: Option<(u8, Source)> = None;
+    for (fi, (name, value)) in routed.root.0.iter().enumerate() {
+        if value.get() == "null" {
+            continue;
+        }
+        for &(c, rank) in schema.columns_for(name) {
+            if c == col && later(rank) && best.is_none_or(|(r, _)| rank < r) {
+                best = Some((rank, Source::Row(fi)));
+            }
+        }
+    }
+    if best.is_some() {
+        return best;
+    }
+    let column = &schema.columns[col];
+    for (rank, source) in column.from.iter().enumerate() {
+        let rank = u8::try_from(rank).unwrap_or(u8::MAX);
+        let Some(key) = envelope_key(source) else {
+            continue;
+        };
+        if !later(rank) {
+            continue;
+        }
+        let found = routed
+            .envelope
+            .0
+            .iter()
+            .position(|(k, v)| k == key && v.get() != "null");
+        if let Some(ei) = found {
+            return Some((rank, Source::Envelope(ei)));
+        }
+    }
+    None
 }
 
 /// One mapped row: its table and the JSON object text the sink sends.
@@ -142,6 +203,18 @@ fn push_bag_entry(bag: &mut String, keys: &mut BagKeys, key: &str, raw: &str) ->
     false
 }
 
+/// What the column pass leaves for the unmapped column to collect.
+struct Unmapped<'a> {
+    /// Each column's most preferred row field present: (rank, field index).
+    slots: &'a [Option<(u8, usize)>],
+    /// Row fields a column took (or dropped): not repeated in the unmapped column.
+    used: &'a [bool],
+    /// Envelope fields a column took as its fallback.
+    envelope_used: &'a [bool],
+    /// Row fields whose value failed to convert: (field index, column).
+    failed: &'a [(usize, usize)],
+}
+
 impl Mapper {
     pub fn new(schemas: Arc<SchemaSet>, redactor: Redactor, options: MapOptions) -> Self {
         Self {
@@ -203,57 +276,102 @@ impl Mapper {
             String::with_capacity(root.iter().map(|(_, v)| v.get().len() + 24).sum::<usize>() + 64);
         out.push('{');
         let mut failed: Vec<(usize, usize)> = Vec::new();
+        let mut envelope_used = vec![false; routed.envelope.0.len()];
         for (col, column) in schema.columns.iter().enumerate() {
             if col == schema.unmapped {
                 continue;
             }
-            let raw = slots[col]
-                .map(|(_, fi)| root[fi].1.get())
-                .filter(|r| *r != "null");
-            let Some(raw) = raw else {
-                if column.required {
-                    return Err(RejectReason::RequiredColumn {
-                        column: column.name.clone(),
-                        detail: format!(
+            // The most preferred present source first; when it fails to convert (or none of
+            // the row's fields is there), the next ones in `from` order, envelope last.
+            let has_fallbacks = column.from.len() > 1;
+            let mut candidate = slots[col].map(|(rank, fi)| (rank, Source::Row(fi)));
+            if candidate.is_none() && has_fallbacks {
+                candidate = next_source(schema, col, routed, None);
+            }
+            let mut written = false;
+            let mut failure: Option<(String, &'static str)> = None;
+            while let Some((rank, source)) = candidate {
+                let raw = match source {
+                    Source::Row(fi) => root[fi].1.get(),
+                    Source::Envelope(ei) => routed.envelope.0[ei].1.get(),
+                };
+                // Named only when a note needs it: most columns take their first source.
+                let field = || match source {
+                    Source::Row(fi) => root[fi].0.to_string(),
+                    Source::Envelope(ei) => {
+                        format!("{ENVELOPE_PREFIX}{}", routed.envelope.0[ei].0)
+                    }
+                };
+                let mark = out.len();
+                out.push('"');
+                out.push_str(&column.name);
+                out.push_str("\":");
+                match write_value(&mut out, column, raw, &mut ctx) {
+                    Ok(()) => {
+                        out.push(',');
+                        written = true;
+                        match source {
+                            Source::Row(fi) => used[fi] = true,
+                            Source::Envelope(ei) => {
+                                envelope_used[ei] = true;
+                                ctx.notes.push(Note {
+                                    column: column.name.clone(),
+                                    kind: NoteKind::Fallback {
+                                        wanted: column.from[..usize::from(rank)].join(" or "),
+                                        used: field(),
+                                    },
+                                });
+                            }
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        out.truncate(mark);
+                        let field = field();
+                        ctx.notes.push(Note {
+                            column: column.name.clone(),
+                            kind: NoteKind::Unconverted {
+                                field: field.clone(),
+                                expected: column.ty,
+                                found: e.found,
+                            },
+                        });
+                        if let Source::Row(fi) = source {
+                            failed.push((fi, col));
+                        }
+                        failure.get_or_insert((field, e.found));
+                    }
+                }
+                candidate = if has_fallbacks {
+                    next_source(schema, col, routed, Some(rank))
+                } else {
+                    None
+                };
+            }
+            if !written && column.required {
+                return Err(RejectReason::RequiredColumn {
+                    column: column.name.clone(),
+                    detail: match failure {
+                        Some((field, found)) => format!(
+                            "source field {field} holds {found} that is not a valid {}",
+                            column.ty
+                        ),
+                        None => format!(
                             "source field {} is missing or null",
                             column.from.join(" or ")
                         ),
-                    });
-                }
-                continue;
-            };
-            let mark = out.len();
-            out.push('"');
-            out.push_str(&column.name);
-            out.push_str("\":");
-            match write_value(&mut out, column, raw, &mut ctx) {
-                Ok(()) => out.push(','),
-                Err(e) => {
-                    out.truncate(mark);
-                    let fi = slots[col].map_or(0, |(_, fi)| fi);
-                    if column.required {
-                        return Err(RejectReason::RequiredColumn {
-                            column: column.name.clone(),
-                            detail: format!(
-                                "source field {} holds {} that is not a valid {}",
-                                root[fi].0, e.found, column.ty
-                            ),
-                        });
-                    }
-                    ctx.notes.push(Note {
-                        column: column.name.clone(),
-                        kind: NoteKind::Unconverted {
-                            field: root[fi].0.to_string(),
-                            expected: column.ty,
-                            found: e.found,
-                        },
-                    });
-                    failed.push((fi, col));
-                }
+                    },
+                });
             }
         }
 
-        self.write_unmapped(&mut out, schema, routed, &slots, &used, &failed, &mut ctx);
+        let unmapped = Unmapped {
+            slots: &slots,
+            used: &used,
+            envelope_used: &envelope_used,
+            failed: &failed,
+        };
+        self.write_unmapped(&mut out, schema, routed, &unmapped, &mut ctx);
         if out.ends_with(',') {
             out.pop();
         }
@@ -267,17 +385,20 @@ impl Mapper {
 
     /// Builds the unmapped column: the column's own source value when it is an object (EmailEvents
     /// has a real AdditionalFields), the Defender envelope, unused fields, then failed values.
-    #[allow(clippy::too_many_arguments)]
     fn write_unmapped(
         &self,
         out: &mut String,
         schema: &TableSchema,
         routed: &Routed<'_>,
-        slots: &[Option<(u8, usize)>],
-        used: &[bool],
-        failed: &[(usize, usize)],
+        u: &Unmapped<'_>,
         ctx: &mut Ctx<'_>,
     ) {
+        let Unmapped {
+            slots,
+            used,
+            envelope_used,
+            failed,
+        } = *u;
         let root = &routed.root.0;
         let column = schema.unmapped_column();
         let mut bag = String::new();
@@ -317,8 +438,8 @@ impl Mapper {
                 None => {}
             }
         }
-        for (k, v) in &routed.envelope.0 {
-            if v.get() != "null" {
+        for (ei, (k, v)) in routed.envelope.0.iter().enumerate() {
+            if v.get() != "null" && !envelope_used[ei] {
                 add(k, v.get());
             }
         }
