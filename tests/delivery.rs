@@ -417,10 +417,10 @@ async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input(
     )
     .await
     .unwrap();
-    // 3 audit records here (one too large) and 16 fixture records.
-    assert_eq!(stats.input.rows(), 19);
-    assert_eq!(stats.sink.delivered_rows, 18);
-    assert_eq!(w.emulator.accepted().len(), 18);
+    // 3 audit records here (one too large) and 18 fixture records.
+    assert_eq!(stats.input.rows(), 21);
+    assert_eq!(stats.sink.delivered_rows, 20);
+    assert_eq!(w.emulator.accepted().len(), 20);
     let letters = w.dlq.read("OfficeActivity_CL").unwrap();
     assert_eq!(letters.len(), 1);
     assert!(
