@@ -433,6 +433,7 @@ fn build_table(
         columns.push(Column {
             name: c.name,
             ty,
+            reads_envelope: from.iter().any(|f| envelope_key(f).is_some()),
             from,
             enum_table,
             required: c.required,

@@ -63,6 +63,8 @@ pub struct Column {
     /// Source fields in order of preference; the first one present and valid wins.
     /// `envelope.KEY` names a field of a Defender row's envelope (always after the row's own).
     pub from: Vec<String>,
+    /// Some source of `from` is the envelope's: looked at only when the row has none.
+    pub reads_envelope: bool,
     pub enum_table: Option<Arc<EnumTable>>,
     /// A row whose required column is missing or unconvertible is rejected rather than sent.
     pub required: bool,

@@ -32,7 +32,10 @@ pub struct SlotFile {
     paths: [PathBuf; 2],
     /// The sequence number of the next write; its slot is `seq % 2`.
     seq: u64,
-    handles: [Option<File>; 2],
+    /// Whether each slot's name is known to be on disk (its directory flushed after creation).
+    /// Files are opened per write, not kept open: hundreds of tenants would otherwise hold
+    /// two descriptors each.
+    named: [bool; 2],
 }
 
 impl SlotFile {
@@ -59,19 +62,19 @@ impl SlotFile {
                 Err(problem) => problems.push(format!("{}: {problem}", path.display())),
             }
         }
+        let second_exists = paths[1].exists();
         let (seq, found) = match newest {
             Some((seq, body)) => (seq + 1, SlotRead::Found(body)),
             None if existing == 0 => (0, SlotRead::Missing),
+            // Only the very first write goes to slot 0 with no slot 1 yet: torn, it never held
+            // anything durable.
+            None if existing == 1 && !second_exists => (0, SlotRead::Missing),
             None => (0, SlotRead::Damaged(problems.join("; "))),
         };
-        Ok((
-            Self {
-                paths,
-                seq,
-                handles: [None, None],
-            },
-            found,
-        ))
+        // Each slot's directory entry is flushed once per process: a file left by a process
+        // that crashed before flushing it may not be on disk yet.
+        let named = [false, false];
+        Ok((Self { paths, seq, named }, found))
     }
 
     /// Makes `body` the content, durably: when this returns Ok, a crash reads `body` back.
@@ -85,35 +88,23 @@ impl SlotFile {
         )
         .into_bytes();
         bytes.extend_from_slice(body);
-        let created = self.handles[slot].is_none();
-        let result = self.write_slot(slot, &bytes);
-        if result.is_err() {
-            // After a failed write or fsync the kernel may have dropped the pages: open anew.
-            self.handles[slot] = None;
-            return result;
-        }
-        if created {
+        self.write_slot(slot, &bytes)?;
+        if !self.named[slot] {
             let dir = self.paths[slot].parent().unwrap_or(Path::new("."));
             private_fs::sync_dir(dir)?;
+            self.named[slot] = true;
         }
         self.seq += 1;
         Ok(())
     }
 
-    fn write_slot(&mut self, slot: usize, bytes: &[u8]) -> io::Result<()> {
-        if self.handles[slot].is_none() {
-            let file = private_fs::private_options()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&self.paths[slot])?;
-            self.handles[slot] = Some(file);
-        }
-        let Some(file) = &self.handles[slot] else {
-            return Err(io::Error::other("slot file not open"));
-        };
-        write_all_at(file, bytes)?;
+    fn write_slot(&self, slot: usize, bytes: &[u8]) -> io::Result<()> {
+        let file = private_fs::private_options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.paths[slot])?;
+        write_all_at(&file, bytes)?;
         file.set_len(bytes.len() as u64)?;
         file.sync_data()
     }
@@ -247,6 +238,16 @@ mod tests {
             reopen(dir.path()),
             SlotRead::Found(b"second version, longer".to_vec())
         );
+    }
+
+    #[test]
+    fn a_first_write_cut_short_reads_as_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.0"), b"#slot 0 10 0").unwrap();
+        assert_eq!(reopen(dir.path()), SlotRead::Missing);
+        let (mut file, _) = SlotFile::open(dir.path(), "state").unwrap();
+        file.replace(b"first").unwrap();
+        assert_eq!(reopen(dir.path()), SlotRead::Found(b"first".to_vec()));
     }
 
     #[test]

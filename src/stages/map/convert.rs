@@ -277,6 +277,7 @@ mod tests {
 
     fn column(ty: ColumnType) -> Column {
         Column {
+            reads_envelope: false,
             name: "C".into(),
             ty,
             from: vec!["C".into()],

@@ -99,7 +99,7 @@ fn next_source(
     let later = |rank: u8| after.is_none_or(|a| rank > a);
     let mut best: Option<(u8, Source)> = None;
     for (fi, (name, value)) in routed.root.0.iter().enumerate() {
-        if value.get() == "null" {
+        if value.get() == "null" || (!schema.drop.is_empty() && schema.is_dropped(name)) {
             continue;
         }
         for &(c, rank) in schema.columns_for(name) {
@@ -285,7 +285,8 @@ impl Mapper {
             // the row's fields is there), the next ones in `from` order, envelope last.
             let has_fallbacks = column.from.len() > 1;
             let mut candidate = slots[col].map(|(rank, fi)| (rank, Source::Row(fi)));
-            if candidate.is_none() && has_fallbacks {
+            // No row field at all (the slots saw every one): only the envelope may have it.
+            if candidate.is_none() && column.reads_envelope {
                 candidate = next_source(schema, col, routed, None);
             }
             let mut written = false;
@@ -337,6 +338,8 @@ impl Mapper {
                             },
                         });
                         if let Source::Row(fi) = source {
+                            // Kept once, as the failed value, not also as an unused field.
+                            used[fi] = true;
                             failed.push((fi, col));
                         }
                         failure.get_or_insert((field, e.found));

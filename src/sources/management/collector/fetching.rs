@@ -22,24 +22,25 @@ pub(super) async fn hand_on(
 ) -> Result<bool, ApiError> {
     let ct = &t.content_types[index];
     let mut queue: VecDeque<ContentItem> = items.into();
-    // Each blob holds a permit of the process-wide budget from before its fetch until it is
-    // handed on. Permits are taken in the content type's order, and only the oldest blob
-    // waits for one, so the blob every worker waits on always has its permit: no deadlock,
-    // whatever the other tenants hold.
-    let mut fetching: VecDeque<(ContentItem, Fetch, OwnedSemaphorePermit)> = VecDeque::new();
+    // Each blob holds two permits from before its fetch until it is handed on: one of its
+    // tenant's `blob_concurrency` and one of the process-wide budget. The tenant's comes first,
+    // so a tenant whose fetches are being retried (throttled, failing) holds at most
+    // `blob_concurrency` of the budget and the other tenants go on. Permits are taken in the
+    // content type's order, and only the oldest blob waits for them, so the blob every worker
+    // waits on always has both: no deadlock, whatever the other workers hold.
+    let mut fetching: VecDeque<(ContentItem, Fetch, Permits)> = VecDeque::new();
     let result = loop {
         while fetching.len() < t.settings.blob_concurrency && !queue.is_empty() {
-            let budget = t.settings.blob_budget.clone();
-            let permit = if fetching.is_empty() {
+            let permits = if fetching.is_empty() {
                 let mut shutdown = t.settings.options.shutdown.clone();
                 tokio::select! {
-                    permit = budget.acquire_owned() => permit.ok(),
+                    permits = take_permits(t) => permits,
                     () = shutdown.wait() => None,
                 }
             } else {
-                budget.try_acquire_owned().ok()
+                try_take_permits(t)
             };
-            let Some(permit) = permit else {
+            let Some(permits) = permits else {
                 break;
             };
             let Some(item) = queue.pop_front() else {
@@ -48,10 +49,9 @@ pub(super) async fn hand_on(
             let fetcher = t.clone();
             let uri = item.content_uri.clone();
             let handle = tokio::spawn(async move {
-                let _slot = fetcher.blob_slots.acquire().await;
                 retrying(&fetcher, "fetch content", || fetcher.client.fetch(&uri)).await
             });
-            fetching.push_back((item, handle, permit));
+            fetching.push_back((item, handle, permits));
         }
         let Some((item, handle, _permit)) = fetching.pop_front() else {
             if queue.is_empty() {
@@ -141,6 +141,21 @@ pub(super) async fn hand_on(
         }
     });
     result
+}
+
+/// A blob's place in its tenant's and in the process's budgets.
+pub(super) type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+async fn take_permits(t: &Tenant) -> Option<Permits> {
+    let tenant = t.blob_slots.clone().acquire_owned().await.ok()?;
+    let process = t.settings.blob_budget.clone().acquire_owned().await.ok()?;
+    Some((tenant, process))
+}
+
+fn try_take_permits(t: &Tenant) -> Option<Permits> {
+    let tenant = t.blob_slots.clone().try_acquire_owned().ok()?;
+    let process = t.settings.blob_budget.clone().try_acquire_owned().ok()?;
+    Some((tenant, process))
 }
 
 pub(super) fn blob_position(t: &Tenant, index: usize, item: &ContentItem) -> Position {

@@ -44,9 +44,9 @@ pub(super) async fn start_subscription(t: &Tenant, index: usize) -> Result<(), A
     // start the service may never have received, and events of those minutes are never
     // offered by a subscription that is off. A start whose answer was lost is asked again;
     // the service answers an enabled one with AF20024, taken as success.
-    let asked = now_millis();
     retrying(t, "start subscription", || t.client.start_subscription(ct)).await?;
-    tracker(t, index, |tr| tr.set_subscription_started(asked));
+    // The time of the answer: after a long retry the spacing counts from the start that took.
+    tracker(t, index, |tr| tr.set_subscription_started(now_millis()));
     let _ = t.events.send(CommitEvent::Moved);
     Counters::add(&t.counters.subscriptions_started, 1);
     tracing::info!(tenant = %t.label, content_type = %ct, "subscription started");
