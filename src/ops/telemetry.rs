@@ -34,14 +34,7 @@ pub struct LiveCounts {
 
 impl LiveCounts {
     pub fn row(&self, table: &str) {
-        if let Ok(mut rows) = self.rows.lock() {
-            match rows.get_mut(table) {
-                Some(n) => *n += 1,
-                None => {
-                    rows.insert(table.to_string(), 1);
-                }
-            }
-        }
+        bump(&self.rows, table);
     }
 
     pub fn rejected(&self, reason: &'static str) {
@@ -51,12 +44,17 @@ impl LiveCounts {
     }
 
     pub fn skipped(&self, category: &str) {
-        if let Ok(mut skipped) = self.skipped.lock() {
-            match skipped.get_mut(category) {
-                Some(n) => *n += 1,
-                None => {
-                    skipped.insert(category.to_string(), 1);
-                }
+        bump(&self.skipped, category);
+    }
+}
+
+/// Adds one to `key`'s count, allocating the key only the first time (this runs per row).
+fn bump(counts: &Mutex<BTreeMap<String, u64>>, key: &str) {
+    if let Ok(mut counts) = counts.lock() {
+        match counts.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(key.to_string(), 1);
             }
         }
     }
