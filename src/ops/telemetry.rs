@@ -468,3 +468,47 @@ pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>)
         tracing::error!(error = %e, "the health and metrics endpoint stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::retry::RetryPolicy;
+    use crate::sinks::workspace::Api;
+    use crate::state::dlq::DeadLetterStore;
+
+    #[test]
+    fn skipped_defender_rows_are_counted_per_category() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(WorkspaceSink::new(
+            reqwest::Client::new(),
+            Api::DataCollector {
+                workspace_id: "00000000-0000-4000-8000-000000000003".into(),
+                shared_key: "a2V5".into(),
+                azure_resource_id: None,
+            },
+            RetryPolicy::default(),
+            Arc::new(DeadLetterStore::open(dir.path()).unwrap()),
+        ));
+        let live = Arc::new(LiveCounts::default());
+        live.skipped("AdvancedHunting-DeviceEvents");
+        live.skipped("AdvancedHunting-DeviceEvents");
+        live.skipped("AdvancedHunting-IdentityLogonEvents");
+        let telemetry = Arc::new(Telemetry::new(sink, live, 1_000_000));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(telemetry));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                "m365_sentinel_records_skipped_total{category=\"AdvancedHunting-DeviceEvents\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "m365_sentinel_records_skipped_total{category=\"AdvancedHunting-IdentityLogonEvents\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -322,7 +322,15 @@ pub async fn run(
         }
         None => memory::deliver(&setup, rx, &sink, &targets, &options, &refusals).await?,
     };
-    if !stopped {
+    if stopped {
+        // The reader may still be cut short; what it skipped so far is in the live counts.
+        input.skipped = options
+            .live
+            .skipped
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+    } else {
         let (totals, skipped) = read_totals(reader).await?;
         input.files = totals.files;
         input.bytes_read = totals.bytes;
