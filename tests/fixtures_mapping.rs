@@ -337,3 +337,33 @@ fn unknown_categories_are_refused_by_default_and_skipped_and_counted_when_asked(
         .unwrap_or_else(|| panic!("no skipped count in {summary}"));
     assert!(line.trim_end().ends_with(" 2"), "{line}");
 }
+
+#[test]
+fn an_invalid_timestamp_falls_back_to_the_envelope_and_is_kept_once() {
+    let row = POST_DELIVERY_WITHOUT_TIMESTAMP.replace(
+        r#""properties":{"#,
+        r#""properties":{"Timestamp":"yesterday at noon","#,
+    );
+    let (_dir, path) = common::temp_input("rows.ndjson", format!("{row}\n").as_bytes());
+    let r = run(&[path]);
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let rows = r.table("EmailPostDeliveryEvents_CL");
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row["TimeGenerated"], "2026-03-04T09:10:11.1234567Z");
+    assert_eq!(row["Timestamp"], "2026-03-04T09:10:11.1234567Z");
+    // The value that did not convert is kept, once, under its own name.
+    let extra = row["AdditionalFields"].as_object().unwrap();
+    assert_eq!(extra["Timestamp"], "yesterday at noon");
+    assert!(!extra.contains_key("Timestamp_2"), "{extra:?}");
+    let kinds: Vec<&str> = r.notices[0]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"unconverted") && kinds.contains(&"fallback"),
+        "{kinds:?}"
+    );
+}

@@ -48,6 +48,11 @@ impl LiveCounts {
     }
 }
 
+/// A copy of live counts for a scrape (empty if a writer panicked holding the lock).
+pub fn snapshot<K: Clone>(counts: &Mutex<BTreeMap<K, u64>>) -> BTreeMap<K, u64> {
+    counts.lock().map(|c| c.clone()).unwrap_or_default()
+}
+
 /// Adds one to `key`'s count, allocating the key only the first time (this runs per row).
 fn bump(counts: &Mutex<BTreeMap<String, u64>>, key: &str) {
     if let Ok(mut counts) = counts.lock() {
@@ -164,7 +169,7 @@ fn counters(
 impl Collector for Telemetry {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.sink.stats();
-        let live_rows = self.live.rows.lock().map(|r| r.clone()).unwrap_or_default();
+        let live_rows = snapshot(&self.live.rows);
         counters(
             &mut e,
             "m365_sentinel_rows_mapped",
@@ -172,12 +177,7 @@ impl Collector for Telemetry {
             "table",
             live_rows,
         )?;
-        let rejected = self
-            .live
-            .rejected
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let rejected = snapshot(&self.live.rejected);
         counters(
             &mut e,
             "m365_sentinel_records_rejected",
@@ -185,12 +185,7 @@ impl Collector for Telemetry {
             "reason",
             rejected.into_iter().map(|(k, v)| (k.to_string(), v)),
         )?;
-        let skipped = self
-            .live
-            .skipped
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let skipped = snapshot(&self.live.skipped);
         counters(
             &mut e,
             "m365_sentinel_records_skipped",

@@ -324,12 +324,7 @@ pub async fn run(
     };
     if stopped {
         // The reader may still be cut short; what it skipped so far is in the live counts.
-        input.skipped = options
-            .live
-            .skipped
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
+        input.skipped = crate::ops::telemetry::snapshot(&options.live.skipped);
     } else {
         let (totals, skipped) = read_totals(reader).await?;
         input.files = totals.files;
