@@ -46,6 +46,26 @@ impl Cloud {
             Self::China => "https://monitor.azure.cn/.default",
         }
     }
+
+    /// The Log Analytics Query API (`/v1/workspaces/{id}/query`) and its token scope, per
+    /// learn.microsoft.com/azure/azure-monitor/logs/api/access-api (sovereign clouds listed
+    /// there).
+    pub fn query_api(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Public => (
+                "https://api.loganalytics.io",
+                "https://api.loganalytics.io/.default",
+            ),
+            Self::UsGovernment => (
+                "https://api.loganalytics.us",
+                "https://api.loganalytics.us/.default",
+            ),
+            Self::China => (
+                "https://api.loganalytics.azure.cn",
+                "https://api.loganalytics.azure.cn/.default",
+            ),
+        }
+    }
 }
 
 /// How the connector proves who it is.

@@ -49,6 +49,9 @@ pub struct Config {
     /// The on-disk queue between mapping and delivery (`run`).
     #[serde(default)]
     pub spool: crate::state::spool::SpoolConfig,
+    /// Chains over the delivered rows (`verify`).
+    #[serde(default)]
+    pub integrity: crate::integrity::IntegrityConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
 }
@@ -376,6 +379,7 @@ impl Config {
             self.management_api.validate(),
             self.defender.validate(),
             self.spool.validate(),
+            self.integrity.validate(),
             self.validate_log(),
         ]
         .into_iter()

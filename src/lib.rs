@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod content;
 pub mod http_client;
+pub mod integrity;
 pub mod ops;
 pub mod pipeline;
 pub mod record;

@@ -18,7 +18,8 @@ use cli::shared::Common;
     about = "Collects the Microsoft 365 unified audit log and Defender for Office 365 email events \
              into Sentinel-shaped Log Analytics tables.",
     after_help = "Exit status: 0 success; 1 error (config, schemas, I/O); 2 usage error; \
-                  3 completed, but records were rejected; 4 some tenants could not be collected.\n\
+                  3 completed, but records were rejected; 4 some tenants could not be collected; \
+                  5 verify found a chain not whole.\n\
                   Environment: M365_SENTINEL__SECTION__KEY=value overrides config keys."
 )]
 struct Cli {
@@ -75,6 +76,18 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Reads the delivered rows back (Log Analytics Query API) and recomputes their integrity
+    /// chains: missing, altered and forked rows, duplicates. Exit 0 only when whole, 5 if not.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        /// Only these tables (e.g. OfficeActivity_CL); default all.
+        #[arg(long = "table", short = 't')]
+        tables: Vec<String>,
+        /// Only rows with TimeGenerated at or after this time (ISO 8601).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +120,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq {
             action: DlqAction::Replay { common, table },
         } => cli::dlq::replay(&common, table),
+        Command::Verify {
+            common,
+            tables,
+            since,
+        } => cli::verify::verify(&common, tables, since),
     }
 }
 

@@ -66,23 +66,26 @@ fn the_template_has_a_table_and_a_stream_per_schema_with_every_column_typed() {
             .unwrap_or_else(|| panic!("no table {}", schema.output_table));
         let table_columns = table["properties"]["schema"]["columns"].as_array().unwrap();
         let stream_columns = streams[&schema.stream]["columns"].as_array().unwrap();
-        assert_eq!(table_columns.len(), schema.columns.len());
-        assert_eq!(stream_columns.len(), schema.columns.len());
-        for (c, (tc, sc)) in schema
+        // The schema's columns, then the integrity chain's four.
+        let chain = m365_sentinel::integrity::CHAIN_COLUMNS;
+        assert_eq!(table_columns.len(), schema.columns.len() + chain.len());
+        assert_eq!(stream_columns.len(), schema.columns.len() + chain.len());
+        let expected = schema
             .columns
             .iter()
-            .zip(table_columns.iter().zip(stream_columns))
-        {
-            assert_eq!(tc["name"], c.name.as_str());
-            assert_eq!(sc["name"], c.name.as_str());
-            let (want_table, want_stream) = match c.ty.table_type() {
+            .map(|c| (c.name.as_str(), c.ty))
+            .chain(chain);
+        for ((name, ty), (tc, sc)) in expected.zip(table_columns.iter().zip(stream_columns)) {
+            assert_eq!(tc["name"], name);
+            assert_eq!(sc["name"], name);
+            let (want_table, want_stream) = match ty.table_type() {
                 "bool" => ("boolean", "boolean"),
                 "datetime" => ("dateTime", "datetime"),
                 "guid" => ("guid", "string"),
                 other => (other, other),
             };
-            assert_eq!(tc["type"], want_table, "{} {}", schema.table, c.name);
-            assert_eq!(sc["type"], want_stream, "{} {}", schema.table, c.name);
+            assert_eq!(tc["type"], want_table, "{} {name}", schema.table);
+            assert_eq!(sc["type"], want_stream, "{} {name}", schema.table);
         }
         let flow = flows
             .iter()

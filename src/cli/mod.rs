@@ -9,3 +9,4 @@ pub mod pass;
 pub mod run;
 pub mod schema;
 pub mod shared;
+pub mod verify;

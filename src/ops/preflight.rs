@@ -374,6 +374,7 @@ pub fn check(config: &Config, schemas: &SchemaSet) -> Vec<Problem> {
         p.writable_dir("spool.dir", &config.spool.dir);
     }
     p.writable_dir("dlq.dir", &config.dlq.dir);
+    integrity(&mut p, config);
     if let Some(bundle) = &config.http.ca_bundle {
         p.readable("http.ca_bundle", bundle);
     }
@@ -387,6 +388,43 @@ pub fn check(config: &Config, schemas: &SchemaSet) -> Vec<Problem> {
         );
     }
     p.0
+}
+
+/// The chain keys load, and rows can be sealed where they are made durable (the spool).
+fn integrity(p: &mut Problems, config: &Config) {
+    let integrity = &config.integrity;
+    if !integrity.is_enabled() {
+        return;
+    }
+    if let Err(e) = integrity.keyring() {
+        p.add(
+            "integrity.keys_dir",
+            e.to_string(),
+            "mount the chain key secret (one file per key id, 32 bytes or more each)",
+        );
+    }
+    if !config.spool.enabled && config.sink.is_some() {
+        p.add(
+            "integrity.enabled",
+            "the integrity chain needs the spool (spool.enabled: false)",
+            "turn the spool on: a row's sequence and hash must be durable before it is sent, so a crash re-sends the same row rather than forking the chain",
+        );
+    }
+    if let Some(sink) = &config.sink
+        && sink.data_collector.is_some()
+    {
+        p.add(
+            "integrity.enabled",
+            "the integrity chain is for sink.logs_ingestion (the Data Collector API renames columns)",
+            "move to sink.logs_ingestion, or set integrity.enabled: false",
+        );
+    }
+    if let Some(id) = &integrity.workspace_id {
+        p.guid("integrity.workspace_id", id, "the workspace's Workspace ID");
+    }
+    if let Some(endpoint) = &integrity.query_endpoint {
+        p.url("integrity.query_endpoint", endpoint, true);
+    }
 }
 
 #[cfg(test)]

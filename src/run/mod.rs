@@ -67,6 +67,10 @@ pub enum RunError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Chain(#[from] crate::integrity::ChainError),
+    #[error(transparent)]
+    Keys(#[from] crate::integrity::KeyError),
     #[error("the reading thread stopped unexpectedly: {0}")]
     Reader(String),
 }

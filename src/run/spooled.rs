@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::{Item, Refusals, RowItem, RunError, RunOptions, ack_all, finish_in_flight};
 use crate::ack::Ack;
+use crate::integrity::Chain;
 use crate::ops::shutdown::Shutdown;
 use crate::ops::stats::Stats;
 use crate::pipeline::Setup;
@@ -60,11 +61,19 @@ pub(super) async fn deliver(
             options.shutdown_deadline,
         ));
     }
+    let chain = open_chain(setup, &spool)?;
     let writer_spool = spool.clone();
     let writer_targets = targets.to_vec();
     let writer_setup = setup.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        write_loop(&writer_setup, rx, writer_spool, &writer_targets, &refusals)
+        write_loop(
+            &writer_setup,
+            rx,
+            writer_spool,
+            &writer_targets,
+            &refusals,
+            chain,
+        )
     });
     let result = supervise(&spool, &mut streams, writer, options).await;
     spool.stop();
@@ -132,13 +141,37 @@ async fn first_failure(streams: &mut JoinSet<Result<(), RunError>>) -> RunError 
     }
 }
 
-/// Takes rows from the mapper in batches into the spool; acknowledges them once committed.
+/// The integrity chains, when `integrity` is on: heads from the spool's volume, or from the
+/// last rows the spool still holds when those are later.
+fn open_chain(setup: &Setup, spool: &Spool) -> Result<Option<Chain>, RunError> {
+    let integrity = &setup.config.integrity;
+    if !integrity.is_enabled() {
+        return Ok(None);
+    }
+    let Some(keys) = integrity.keyring()? else {
+        return Ok(None);
+    };
+    let last_rows: Vec<Option<Vec<u8>>> =
+        spool.recovery.iter().map(|r| r.last_row.clone()).collect();
+    let chain = Chain::open(
+        keys,
+        &integrity.chain_id(),
+        &setup.schemas,
+        &setup.config.spool.dir,
+        &last_rows,
+    )?;
+    Ok(Some(chain))
+}
+
+/// Takes rows from the mapper in batches into the spool (sealed into their chains when
+/// integrity is on); acknowledges them once committed.
 fn write_loop(
     setup: &Setup,
     mut rx: mpsc::Receiver<Item>,
     spool: Arc<Spool>,
     targets: &[Target],
     refusals: &Refusals,
+    mut chain: Option<Chain>,
 ) -> Result<Stats, RunError> {
     let limit = setup.config.batch.max_body_bytes;
     let mut input = Stats::for_tables(&setup.schemas, limit);
@@ -149,17 +182,25 @@ fn write_loop(
         while let Some(item) = next.take() {
             match item {
                 Item::Row(RowItem {
-                    table, json, ack, ..
+                    table,
+                    mut json,
+                    ack,
+                    ..
                 }) => {
                     refusals.mapped(table, &mut input);
-                    // A row that can never fit a request is dead-lettered now, not spooled.
-                    if json.len() + 2 > limit {
+                    // A row that can never fit a request is dead-lettered now, not spooled
+                    // (nor sealed: its place in the chain would be a gap).
+                    let seal = chain.as_ref().map_or(0, |c| c.overhead(table));
+                    if json.len() + 2 + seal > limit {
                         let too_large = crate::sinks::batch::RowTooLarge {
                             bytes: json.len(),
                             limit,
                         };
                         refusals.too_large(&targets[table], json, too_large, ack)?;
                     } else {
+                        if let Some(chain) = chain.as_mut() {
+                            chain.seal(table, &mut json)?;
+                        }
                         writer.push(table, json.as_bytes());
                         acks.extend(ack);
                     }
@@ -170,7 +211,11 @@ fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        match writer.commit() {
+        let heads = || match chain.as_mut() {
+            Some(chain) => chain.persist().map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        match writer.commit_then(heads) {
             Ok(()) => ack_all(acks.drain(..)),
             // Not written: its rows stay unacknowledged and their sources read them again.
             Err(SpoolError::Stopping) => break,

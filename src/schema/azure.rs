@@ -47,9 +47,12 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
     let mut flows = Vec::new();
     for t in &schemas.tables {
         let columns = |kind: fn(ColumnType) -> &'static str| -> Vec<Value> {
+            // The integrity chain's columns too: a row may carry them (integrity on) or not.
             t.columns
                 .iter()
-                .map(|c| json!({ "name": c.name, "type": kind(c.ty) }))
+                .map(|c| (c.name.as_str(), c.ty))
+                .chain(crate::integrity::CHAIN_COLUMNS)
+                .map(|(name, ty)| json!({ "name": name, "type": kind(ty) }))
                 .collect()
         };
         resources.push(json!({

@@ -32,10 +32,13 @@ pub fn emulator_config() -> Config {
         .tables
         .iter()
         .map(|t| {
+            // As `schema dcr` declares them: the schema's columns and the chain's.
             let columns = t
                 .columns
                 .iter()
-                .map(|c| (c.name.clone(), dcr_type(c.ty).to_string()))
+                .map(|c| (c.name.as_str(), c.ty))
+                .chain(m365_sentinel::integrity::CHAIN_COLUMNS)
+                .map(|(name, ty)| (name.to_string(), dcr_type(ty).to_string()))
                 .collect();
             (t.stream.clone(), columns)
         })

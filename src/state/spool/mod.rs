@@ -187,6 +187,9 @@ pub struct StreamRecovery {
     pub records_cut: usize,
     pub bytes_cut: u64,
     pub damage: Vec<String>,
+    /// The last row still waiting (its text), where a state written after the spool's own
+    /// (the integrity chain's head) may be behind it.
+    pub last_row: Option<Vec<u8>>,
 }
 
 pub struct Spool {
@@ -410,6 +413,9 @@ fn recover_stream(dir: &Path, name: &str) -> Result<(StreamState, Found, CursorF
             }
             private_fs::write_atomic(&path, &kept).map_err(io_err(&path))?;
             len = kept.len() as u64;
+        }
+        if let Some((payload, _)) = scan.records.last() {
+            report.last_row = Some(bytes[payload.clone()].to_vec());
         }
         report.rows += scan.records.len() as u64;
         report.bytes += len - from as u64;

@@ -59,6 +59,16 @@ impl SpoolWriter {
     /// room first. Errors only when the spool is stopping: the batch was then not written, and
     /// its rows must not be acknowledged.
     pub fn commit(&mut self) -> Result<(), SpoolError> {
+        self.commit_then(|| Ok(()))
+    }
+
+    /// As [`SpoolWriter::commit`], running `before_publish` once the batch is durable and
+    /// before any reader can see it (the integrity chain writes its heads there). It is retried
+    /// with backoff while it fails, as a write is, until the spool stops.
+    pub fn commit_then(
+        &mut self,
+        mut before_publish: impl FnMut() -> Result<(), String>,
+    ) -> Result<(), SpoolError> {
         if self.pending_bytes == 0 {
             return Ok(());
         }
@@ -71,6 +81,15 @@ impl SpoolWriter {
             let data = std::mem::take(&mut self.pending[stream]);
             self.write_durably(stream, &data)?;
             touched.push((stream, data.len() as u64));
+        }
+        let mut delay = Duration::from_millis(100);
+        while let Err(problem) = before_publish() {
+            tracing::error!(problem = %problem, "state written with the spool failed; trying again");
+            if self.spool.is_stopping() {
+                return Err(SpoolError::Stopping);
+            }
+            self.spool.nap(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
         let mut written = 0;
         for (stream, bytes) in touched {

@@ -6,6 +6,7 @@ mod certificate;
 mod data_collector;
 mod ingestion;
 mod management;
+mod query;
 mod tls;
 mod token;
 mod transport;
@@ -114,6 +115,8 @@ struct State {
     accepted_count: usize,
     requests: Vec<RequestLog>,
     truncated_fields: usize,
+    query_max_rows: usize,
+    query_max_bytes: usize,
 }
 
 struct Shared {
@@ -163,7 +166,11 @@ impl Emulator {
         L::Addr: std::fmt::Debug,
     {
         let scheme = if ca_pem.is_some() { "https" } else { "http" };
-        let mut state = State::default();
+        let mut state = State {
+            query_max_rows: query::DEFAULT_MAX_ROWS,
+            query_max_bytes: query::DEFAULT_MAX_BYTES,
+            ..State::default()
+        };
         state.mgmt.base_url = format!("{scheme}://{addr}");
         let shared = Arc::new(Shared {
             config,
@@ -194,6 +201,7 @@ impl Emulator {
                 post(ingestion::ingest),
             )
             .route("/api/logs", post(data_collector::collect))
+            .route("/v1/workspaces/{workspace}/query", post(query::query))
             .route(
                 "/api/v1.0/{tenant}/activity/feed/{*rest}",
                 axum::routing::any(management::handle),
@@ -248,6 +256,37 @@ impl Emulator {
 
     pub fn requests(&self) -> Vec<RequestLog> {
         self.shared.state().requests.clone()
+    }
+
+    /// The Query API's result limits (rows, bytes of JSON rows); the service's by default.
+    pub fn set_query_limits(&self, rows: usize, bytes: usize) {
+        let mut state = self.shared.state();
+        state.query_max_rows = rows;
+        state.query_max_bytes = bytes;
+    }
+
+    /// Deletes stored rows for which `doomed(stream, row)` holds (an intruder purging the
+    /// workspace, for the integrity tests); how many went.
+    pub fn delete_rows(&self, mut doomed: impl FnMut(&str, &serde_json::Value) -> bool) -> usize {
+        let mut state = self.shared.state();
+        let before = state.accepted.len();
+        state.accepted.retain(|(stream, row)| !doomed(stream, row));
+        before - state.accepted.len()
+    }
+
+    /// Changes stored rows in place: `change(stream, row)` returns true if it changed one.
+    pub fn alter_rows(
+        &self,
+        mut change: impl FnMut(&str, &mut serde_json::Value) -> bool,
+    ) -> usize {
+        let mut state = self.shared.state();
+        let mut changed = 0;
+        for (stream, row) in &mut state.accepted {
+            if change(stream, row) {
+                changed += 1;
+            }
+        }
+        changed
     }
 
     /// Field values the emulator cut at 64 KB, as the service does.

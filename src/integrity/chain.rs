@@ -1,0 +1,296 @@
+//! Sealing rows into their chain as the spool takes them, and keeping each chain's head (last
+//! sequence number and hash) on the spool's volume.
+//!
+//! Order of durability, in the spool writer: rows are sealed, written and flushed; then the
+//! heads are written (a slot file per stream, one write and fsync); only then are the rows
+//! published to delivery and acknowledged. A crash between the two leaves rows in the spool
+//! whose sequence is past the stored head: at start the last spooled row of each stream is
+//! read, and a later head found there wins. So a sequence number is never given twice, and
+//! rows sent again after a crash are the same bytes with the same hash.
+
+use std::path::Path;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use super::canonical::{CanonicalError, Columns};
+use super::{GENESIS, HASH_COLUMN, KEY_COLUMN, Keyring, SEQ_COLUMN, STREAM_COLUMN, hex, parse_hex};
+use crate::schema::SchemaSet;
+use crate::state::slot_file::{SlotFile, SlotRead};
+
+/// What every hash starts with, so a hash of this chain can't be passed off as another use of
+/// the same key.
+const DOMAIN: &[u8] = b"m365-sentinel chain v1\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("chain state {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error(
+        "chain state of {stream} in {path} is damaged ({why}); move its chain.0 and chain.1 files away to start the stream's chain again (verify then reports the restart as a fork)"
+    )]
+    Damaged {
+        stream: String,
+        path: String,
+        why: String,
+    },
+    #[error("row of {stream} can't be sealed: {error}")]
+    Row {
+        stream: String,
+        error: CanonicalError,
+    },
+}
+
+/// The hash of a row at `seq` in chain `stream` after `prev`, under `key`.
+pub fn link(key: &[u8], stream: &str, seq: u64, prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length; the keyring refuses short ones.
+    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
+        return GENESIS;
+    };
+    mac.update(DOMAIN);
+    mac.update(stream.as_bytes());
+    mac.update(b"\n");
+    mac.update(seq.to_string().as_bytes());
+    mac.update(b"\n");
+    mac.update(prev);
+    mac.update(canonical);
+    mac.finalize().into_bytes().into()
+}
+
+/// One stream's chain.
+struct StreamChain {
+    /// The `ChainStream` value: `<chain_id>/<table>`.
+    name: String,
+    columns: Columns,
+    seq: u64,
+    last: [u8; 32],
+    slots: SlotFile,
+    persisted: u64,
+    dir: String,
+}
+
+/// Every stream's chain, owned by the spool writer.
+pub struct Chain {
+    keys: Keyring,
+    streams: Vec<StreamChain>,
+    canonical: Vec<u8>,
+}
+
+/// The chain columns of a sealed row, as read back from its text.
+#[derive(Debug, Deserialize)]
+pub struct Seal {
+    #[serde(rename = "ChainStream")]
+    pub stream: String,
+    #[serde(rename = "ChainSeq")]
+    pub seq: u64,
+    #[serde(rename = "ChainHash")]
+    pub hash: String,
+}
+
+impl Chain {
+    /// Opens the chains of every table (heads in `spool_dir/<stream>/chain.*`); `last_rows`
+    /// (per table, the last row the spool still holds) may carry a later head.
+    pub fn open(
+        keys: Keyring,
+        chain_id: &str,
+        schemas: &SchemaSet,
+        spool_dir: &Path,
+        last_rows: &[Option<Vec<u8>>],
+    ) -> Result<Self, ChainError> {
+        let mut streams = Vec::new();
+        for (i, table) in schemas.tables.iter().enumerate() {
+            let name = format!("{chain_id}/{}", table.output_table);
+            let dir = spool_dir.join(&table.stream);
+            let shown = dir.display().to_string();
+            crate::state::private_fs::private_dir(&dir).map_err(|error| ChainError::Io {
+                path: shown.clone(),
+                error,
+            })?;
+            let (slots, read) = SlotFile::open(&dir, "chain").map_err(|error| ChainError::Io {
+                path: shown.clone(),
+                error,
+            })?;
+            let (mut seq, mut last) = match read {
+                SlotRead::Missing => (0, GENESIS),
+                SlotRead::Found(body) => parse_head(&body, &name).unwrap_or((0, GENESIS)),
+                SlotRead::Damaged(why) => {
+                    return Err(ChainError::Damaged {
+                        stream: name,
+                        path: shown,
+                        why,
+                    });
+                }
+            };
+            let persisted = seq;
+            if let Some(Some(row)) = last_rows.get(i)
+                && let Ok(seal) = serde_json::from_slice::<Seal>(row)
+                && seal.stream == name
+                && seal.seq > seq
+                && let Some(hash) = parse_hex(&seal.hash)
+            {
+                tracing::info!(stream = %name, stored = seq, spooled = seal.seq, "the chain's head is taken from the spool (the last run stopped before writing it)");
+                (seq, last) = (seal.seq, hash);
+            }
+            streams.push(StreamChain {
+                name,
+                columns: Columns::of(table),
+                seq,
+                last,
+                slots,
+                persisted,
+                dir: shown,
+            });
+        }
+        Ok(Self {
+            keys,
+            streams,
+            canonical: Vec::new(),
+        })
+    }
+
+    /// The most bytes sealing adds to a row of `table`.
+    pub fn overhead(&self, table: usize) -> usize {
+        let name = self.streams.get(table).map_or(0, |s| s.name.len());
+        // Four names, quotes, colons and commas; 20 digits; 64 hex; the key id.
+        name + self.keys.active_id().len() + 20 + 64 + 80
+    }
+
+    /// Gives the row (a JSON object's text) of `table` the next place in its chain.
+    pub fn seal(&mut self, table: usize, row: &mut String) -> Result<(), ChainError> {
+        let Some(stream) = self.streams.get_mut(table) else {
+            return Ok(());
+        };
+        stream
+            .columns
+            .of_sent(row, &mut self.canonical)
+            .map_err(|error| ChainError::Row {
+                stream: stream.name.clone(),
+                error,
+            })?;
+        let seq = stream.seq + 1;
+        let hash = link(
+            self.keys.active_key(),
+            &stream.name,
+            seq,
+            &stream.last,
+            &self.canonical,
+        );
+        let trimmed = row.trim_end().len();
+        row.truncate(trimmed);
+        row.pop(); // the closing brace
+        if !row.trim_end().ends_with('{') {
+            row.push(',');
+        }
+        row.push_str(&format!(
+            "\"{STREAM_COLUMN}\":{},\"{SEQ_COLUMN}\":{seq},\"{HASH_COLUMN}\":\"{}\",\"{KEY_COLUMN}\":{}}}",
+            serde_json::Value::String(stream.name.clone()),
+            hex(&hash),
+            serde_json::Value::String(self.keys.active_id().to_string()),
+        ));
+        stream.seq = seq;
+        stream.last = hash;
+        Ok(())
+    }
+
+    /// Writes the heads that moved since the last call (one write and fsync each).
+    pub fn persist(&mut self) -> Result<(), ChainError> {
+        for s in &mut self.streams {
+            if s.seq == s.persisted {
+                continue;
+            }
+            let text = format!("v1 {} {} {}\n", s.seq, hex(&s.last), s.name);
+            s.slots
+                .replace(text.as_bytes())
+                .map_err(|error| ChainError::Io {
+                    path: s.dir.clone(),
+                    error,
+                })?;
+            s.persisted = s.seq;
+        }
+        Ok(())
+    }
+
+    /// Each stream's chain name, last sequence number and hash (hex): the checkpoints.
+    pub fn heads(&self) -> Vec<(String, u64, String)> {
+        self.streams
+            .iter()
+            .map(|s| (s.name.clone(), s.seq, hex(&s.last)))
+            .collect()
+    }
+}
+
+/// `v1 SEQ HASH NAME`; None when it is another chain's (the chain id changed: a new chain).
+fn parse_head(body: &[u8], name: &str) -> Option<(u64, [u8; 32])> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut parts = text.trim_end().splitn(4, ' ');
+    (parts.next()? == "v1").then_some(())?;
+    let seq = parts.next()?.parse().ok()?;
+    let hash = parse_hex(parts.next()?)?;
+    (parts.next()? == name).then_some((seq, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn keys() -> Keyring {
+        Keyring::from_keys(BTreeMap::from([("k1".to_string(), vec![7u8; 32])]), "k1")
+    }
+
+    fn schemas() -> SchemaSet {
+        SchemaSet::embedded().unwrap()
+    }
+
+    #[test]
+    fn sealing_continues_across_restarts_and_a_spooled_head_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let schemas = schemas();
+        let none = vec![None; schemas.tables.len()];
+        let t = schemas.audit_table().unwrap();
+        let mut chain = Chain::open(keys(), "pod-0", &schemas, dir.path(), &none).unwrap();
+        let mut a = r#"{"TimeGenerated":"2024-01-01T00:00:00Z","Operation":"A"}"#.to_string();
+        chain.seal(t, &mut a).unwrap();
+        let sealed: serde_json::Value = serde_json::from_str(&a).unwrap();
+        assert_eq!(sealed["ChainSeq"], 1);
+        assert_eq!(sealed["ChainKeyId"], "k1");
+        assert!(
+            sealed["ChainStream"]
+                .as_str()
+                .unwrap()
+                .starts_with("pod-0/")
+        );
+        chain.persist().unwrap();
+        let mut b = r#"{"Operation":"B"}"#.to_string();
+        chain.seal(t, &mut b).unwrap();
+        // Crash before persisting b's head: the spool's last row carries it.
+        let mut last = none.clone();
+        last[t] = Some(b.clone().into_bytes());
+        let mut again = Chain::open(keys(), "pod-0", &schemas, dir.path(), &last).unwrap();
+        let mut c = r#"{"Operation":"C"}"#.to_string();
+        again.seal(t, &mut c).unwrap();
+        let c: serde_json::Value = serde_json::from_str(&c).unwrap();
+        assert_eq!(c["ChainSeq"], 3);
+        let b: serde_json::Value = serde_json::from_str(&b).unwrap();
+        let prev = parse_hex(b["ChainHash"].as_str().unwrap()).unwrap();
+        let mut canonical = Vec::new();
+        Columns::of(&schemas.tables[t])
+            .of_sent(r#"{"Operation":"C"}"#, &mut canonical)
+            .unwrap();
+        let expect = link(
+            &[7u8; 32],
+            c["ChainStream"].as_str().unwrap(),
+            3,
+            &prev,
+            &canonical,
+        );
+        assert_eq!(c["ChainHash"].as_str().unwrap(), hex(&expect));
+        // Without the spooled row only the persisted head is known.
+        let fresh = Chain::open(keys(), "pod-0", &schemas, dir.path(), &none).unwrap();
+        assert_eq!(fresh.heads()[t].1, 1);
+        // Another chain id starts its own chain.
+        let other = Chain::open(keys(), "pod-1", &schemas, dir.path(), &none).unwrap();
+        assert_eq!(other.heads()[t].1, 0);
+    }
+}

@@ -1,0 +1,282 @@
+//! Recomputing one chain from the rows read back, in sequence order: what is missing, altered,
+//! forked or there twice.
+
+use std::collections::BTreeMap;
+
+use crate::integrity::chain::link;
+use crate::integrity::{GENESIS, Keyring, parse_hex};
+
+/// A row as read back, reduced to what the check needs.
+#[derive(Debug, Clone)]
+pub struct ReadRow {
+    pub seq: u64,
+    pub hash: String,
+    pub key_id: String,
+    pub canonical: Vec<u8>,
+}
+
+/// What the check found in one chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainReport {
+    pub stream: String,
+    pub rows: u64,
+    /// The first and last sequence number read.
+    pub first: u64,
+    pub last: u64,
+    /// Sequence numbers with no row, as inclusive ranges.
+    pub missing: Vec<(u64, u64)>,
+    /// Rows whose hash does not match their content and place (changed since sealing, or
+    /// moved to another sequence number).
+    pub altered: Vec<u64>,
+    /// Sequence numbers held by two different rows that each claim to be the right one.
+    pub forks: Vec<u64>,
+    /// Sequence numbers present more than once with the same content and hash (sent again
+    /// after a crash or a lost answer): (sequence, extra copies).
+    pub duplicates: Vec<(u64, u64)>,
+    /// Rows sealed with a key the keyring doesn't hold: (sequence, key id).
+    pub unknown_keys: Vec<(u64, String)>,
+    /// Rows before `first` were not read (`--since`): the first row's link is not checked.
+    pub starts_late: bool,
+}
+
+impl ChainReport {
+    pub fn is_whole(&self) -> bool {
+        self.missing.is_empty()
+            && self.altered.is_empty()
+            && self.forks.is_empty()
+            && self.unknown_keys.is_empty()
+    }
+
+    pub fn missing_count(&self) -> u64 {
+        self.missing.iter().map(|(a, b)| b - a + 1).sum()
+    }
+}
+
+/// Checks a chain incrementally, page by page; rows must come in sequence order, all rows of
+/// a sequence number in the same call.
+pub struct Checker<'k> {
+    keys: &'k Keyring,
+    report: ChainReport,
+    /// The hash the next sequence number chains from; None when unknown (after a gap).
+    prev: Option<[u8; 32]>,
+    /// The sequence number expected next; 0 before the first row.
+    expected: u64,
+    late_start_allowed: bool,
+}
+
+impl<'k> Checker<'k> {
+    /// `late_start_allowed`: rows before the first one read were filtered out on purpose
+    /// (`--since`), so a chain starting after 1 is not a gap.
+    pub fn new(keys: &'k Keyring, stream: &str, late_start_allowed: bool) -> Self {
+        Self {
+            keys,
+            report: ChainReport {
+                stream: stream.to_string(),
+                ..ChainReport::default()
+            },
+            prev: None,
+            expected: 0,
+            late_start_allowed,
+        }
+    }
+
+    /// Feeds rows in sequence order.
+    pub fn feed(&mut self, rows: &[ReadRow]) {
+        let mut at = 0;
+        while at < rows.len() {
+            let seq = rows[at].seq;
+            let end = rows[at..]
+                .iter()
+                .position(|r| r.seq != seq)
+                .map_or(rows.len(), |n| at + n);
+            self.group(&rows[at..end]);
+            at = end;
+        }
+    }
+
+    fn group(&mut self, rows: &[ReadRow]) {
+        let seq = rows[0].seq;
+        let report = &mut self.report;
+        report.rows += rows.len() as u64;
+        if self.expected == 0 {
+            report.first = seq;
+            if seq == 1 {
+                self.prev = Some(GENESIS);
+            } else if self.late_start_allowed {
+                report.starts_late = true;
+            } else {
+                report.missing.push((1, seq - 1));
+            }
+        } else if seq > self.expected {
+            report.missing.push((self.expected, seq - 1));
+            self.prev = None;
+        }
+        report.last = seq;
+        self.expected = seq + 1;
+        let stream = report.stream.clone();
+        // Distinct copies: (stored hash, content) → how many.
+        let mut copies: BTreeMap<(&str, &[u8]), (u64, &ReadRow)> = BTreeMap::new();
+        for row in rows {
+            copies
+                .entry((row.hash.as_str(), row.canonical.as_slice()))
+                .or_insert((0, row))
+                .0 += 1;
+        }
+        let extra: u64 = copies.values().map(|(n, _)| n - 1).sum();
+        if extra > 0 {
+            report.duplicates.push((seq, extra));
+        }
+        let mut valid: Vec<&ReadRow> = Vec::new();
+        let mut altered = false;
+        for (_, row) in copies.values() {
+            let Some(key) = self.keys.key(&row.key_id) else {
+                report.unknown_keys.push((seq, row.key_id.clone()));
+                continue;
+            };
+            let Some(prev) = self.prev else {
+                continue;
+            };
+            let stored = parse_hex(&row.hash);
+            if stored == Some(link(key, &stream, seq, &prev, &row.canonical)) {
+                valid.push(row);
+            } else {
+                altered = true;
+            }
+        }
+        let distinct_hashes = {
+            let mut hashes: Vec<&str> = copies.keys().map(|(h, _)| *h).collect();
+            hashes.dedup();
+            hashes.len()
+        };
+        if altered {
+            report.altered.push(seq);
+        }
+        if valid.len() > 1 || (self.prev.is_none() && distinct_hashes > 1) {
+            report.forks.push(seq);
+        } else if self.prev.is_none() && copies.len() > 1 {
+            // Same hash, different content, and nothing to tell which is right.
+            report.altered.push(seq);
+        }
+        // The next row chains from the hash this one carries (when only its content was
+        // changed, the one after still checks out).
+        let next = valid
+            .first()
+            .map(|r| r.hash.as_str())
+            .or_else(|| copies.values().next().map(|(_, r)| r.hash.as_str()));
+        self.prev = next.and_then(parse_hex);
+    }
+
+    /// The report; `checkpoint`, the last sequence number the connector says it sent, makes
+    /// rows missing at the end visible.
+    pub fn finish(mut self, checkpoint: Option<u64>) -> ChainReport {
+        if let Some(c) = checkpoint
+            && c >= self.expected.max(1)
+        {
+            self.report.missing.push((self.expected.max(1), c));
+        }
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::integrity::hex;
+
+    const STREAM: &str = "pod-0/T_CL";
+
+    fn keys() -> Keyring {
+        Keyring::from_keys(BTreeMap::from([("k1".to_string(), vec![1u8; 32])]), "k1")
+    }
+
+    /// A whole chain of `n` rows.
+    fn chain(n: u64) -> Vec<ReadRow> {
+        let mut prev = GENESIS;
+        (1..=n)
+            .map(|seq| {
+                let canonical = format!("Op:1:{seq}").into_bytes();
+                let hash = link(&[1u8; 32], STREAM, seq, &prev, &canonical);
+                prev = hash;
+                ReadRow {
+                    seq,
+                    hash: hex(&hash),
+                    key_id: "k1".into(),
+                    canonical,
+                }
+            })
+            .collect()
+    }
+
+    fn check(rows: &[ReadRow], checkpoint: Option<u64>) -> ChainReport {
+        let keys = keys();
+        let mut checker = Checker::new(&keys, STREAM, false);
+        // In pages of 3, as verify reads them.
+        let mut at = 0;
+        while at < rows.len() {
+            let mut end = (at + 3).min(rows.len());
+            while end < rows.len() && rows[end].seq == rows[end - 1].seq {
+                end += 1;
+            }
+            checker.feed(&rows[at..end]);
+            at = end;
+        }
+        checker.finish(checkpoint)
+    }
+
+    #[test]
+    fn a_whole_chain_with_duplicates_is_whole() {
+        let mut rows = chain(10);
+        rows.insert(4, rows[4].clone());
+        rows.insert(4, rows[4].clone());
+        let r = check(&rows, Some(10));
+        assert!(r.is_whole(), "{r:?}");
+        assert_eq!(r.duplicates, vec![(5, 2)]);
+        assert_eq!((r.first, r.last, r.rows), (1, 10, 12));
+    }
+
+    #[test]
+    fn deletions_changes_and_forks_are_reported_exactly() {
+        let mut rows = chain(20);
+        rows[6].canonical = b"Op:1:X".to_vec(); // seq 7 changed
+        rows.drain(11..14); // seqs 12..=14 gone
+        rows.remove(2); // seq 3 gone
+        let mut fork = rows[0].clone(); // a second, different row claiming seq 2
+        fork.canonical = b"other".to_vec();
+        fork.seq = 2;
+        fork.hash = hex(&link(
+            &[1u8; 32],
+            STREAM,
+            2,
+            &parse_hex(&rows[0].hash).unwrap(),
+            b"other",
+        ));
+        rows.insert(2, fork);
+        let r = check(&rows, Some(22));
+        assert_eq!(r.missing, vec![(3, 3), (12, 14), (21, 22)]);
+        assert_eq!(r.altered, vec![7]);
+        assert_eq!(r.forks, vec![2]);
+        assert!(!r.is_whole());
+        assert_eq!(r.missing_count(), 6);
+    }
+
+    #[test]
+    fn a_late_start_is_a_gap_unless_rows_were_filtered_out() {
+        let rows = chain(6);
+        let r = check(&rows[2..], None);
+        assert_eq!(r.missing, vec![(1, 2)]);
+        let keys = keys();
+        let mut checker = Checker::new(&keys, STREAM, true);
+        checker.feed(&rows[2..]);
+        let r = checker.finish(None);
+        assert!(r.is_whole() && r.starts_late, "{r:?}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported() {
+        let mut rows = chain(3);
+        rows[1].key_id = "k9".into();
+        let r = check(&rows, None);
+        assert_eq!(r.unknown_keys, vec![(2, "k9".to_string())]);
+        assert!(!r.is_whole());
+    }
+}
