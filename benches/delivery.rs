@@ -2,8 +2,9 @@
 //! real sink (tokens from azure_identity). Reports records per CPU-second of the connector (the
 //! process's CPU minus the emulator's own threads), peak RSS (of the whole process, emulator
 //! included, so an upper bound) and the average request fill.
-//! Runs the memory-only path, then the spooled path (`DELIVERY_BENCH_SPOOL=off|on` for one),
-//! and prints their ratio.
+//! Runs the memory-only path, the spooled path, and the spooled path with the integrity chain
+//! (`DELIVERY_BENCH_SPOOL=off|on|chain` for one), and prints their ratios. The spooled runs
+//! write health rows too, as `run` does by default; the count checked is the audit table's.
 //! Run: `cargo bench --bench delivery` (N records: `DELIVERY_BENCH_RECORDS`, default 300,000).
 
 use std::sync::Arc;
@@ -95,21 +96,57 @@ fn main() {
         .iter()
         .map(|t| config.target(t).expect("target"))
         .collect();
-    let modes: &[bool] = match std::env::var("DELIVERY_BENCH_SPOOL").as_deref() {
-        Ok("on") => &[true],
-        Ok("off") => &[false],
-        _ => &[false, true],
+    // (spool, chain)
+    let modes: &[(bool, bool)] = match std::env::var("DELIVERY_BENCH_SPOOL").as_deref() {
+        Ok("on") => &[(true, false)],
+        Ok("off") => &[(false, false)],
+        Ok("chain") => &[(true, true)],
+        _ => &[(false, false), (true, false), (true, true)],
     };
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    std::fs::write(
+        keys.join("k1"),
+        "bench-chain-key-0123456789abcdef0123456789",
+    )
+    .expect("key");
+    let spool_dir = dir.path().join("spool");
+    let chained = Arc::new(
+        Setup::load(
+            None,
+            None,
+            [
+                (
+                    "M365_SENTINEL__INTEGRITY__KEYS_DIR".to_string(),
+                    keys.display().to_string(),
+                ),
+                (
+                    "M365_SENTINEL__SPOOL__DIR".to_string(),
+                    spool_dir.display().to_string(),
+                ),
+            ],
+        )
+        .expect("setup with integrity"),
+    );
+    let audit_stream = setup.schemas.tables[setup.schemas.audit_table().expect("audit table")]
+        .stream
+        .clone();
     let mut rates = Vec::new();
-    for &spooled in modes {
+    let mut cpu_rates = Vec::new();
+    for &(spooled, chain) in modes {
         let spool = spooled.then(|| {
             let streams = setup.schemas.streams();
             let config = m365_sentinel::state::spool::SpoolConfig {
-                dir: dir.path().join("spool"),
+                dir: spool_dir.clone(),
                 ..Default::default()
             };
             m365_sentinel::state::spool::Spool::open(&config, &streams).expect("spool")
         });
+        let run_setup = if chain {
+            chained.clone()
+        } else {
+            setup.clone()
+        };
         let options = RunOptions {
             flush_delay: Duration::from_secs(5),
             concurrency: 4,
@@ -117,14 +154,23 @@ fn main() {
             shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
             shutdown_deadline: Duration::from_secs(25),
             live: Default::default(),
+            boards: Default::default(),
         };
-        let accepted_before = emulator.accepted_count();
+        let audit_rows = || -> usize {
+            emulator
+                .requests()
+                .iter()
+                .filter(|r| r.status == 204 && r.stream == audit_stream)
+                .map(|r| r.rows)
+                .sum()
+        };
+        let accepted_before = audit_rows();
         let sink_before = sink.stats();
         let (cpu_before, emulator_before) = cpu_seconds();
         let started = Instant::now();
         let stats = runtime
             .block_on(run(
-                setup.clone(),
+                run_setup,
                 Intake::Files(vec![input.clone()]),
                 Delivery::Workspace {
                     sink: sink.clone(),
@@ -138,14 +184,11 @@ fn main() {
         let (cpu_after, emulator_after) = cpu_seconds();
         let emulator_cpu = emulator_after - emulator_before;
         let connector_cpu = (cpu_after - cpu_before) - emulator_cpu;
-        assert_eq!(
-            emulator.accepted_count() - accepted_before,
-            n,
-            "every record delivered"
-        );
+        assert_eq!(audit_rows() - accepted_before, n, "every record delivered");
         println!(
-            "--- spool {} (fsync policy: always) ---",
-            if spooled { "on" } else { "off" }
+            "--- spool {} (fsync policy: always){} ---",
+            if spooled { "on" } else { "off" },
+            if chain { ", integrity chain on" } else { "" }
         );
         println!("records:                   {n}");
         println!("records per second (wall): {:.0}", n as f64 / wall);
@@ -158,11 +201,19 @@ fn main() {
         };
         report(n, wall, connector_cpu, emulator_cpu, &this_run);
         rates.push(n as f64 / wall);
+        cpu_rates.push(n as f64 / connector_cpu.max(0.01));
     }
-    if let [off, on] = rates[..] {
+    if let ([off, on, ..], [cpu_off, cpu_on, ..]) = (&rates[..], &cpu_rates[..]) {
         println!(
-            "spool on / spool off:      {:.0}% of the memory-only throughput",
-            on / off * 100.0
+            "spool on / spool off:      {:.0}% of the memory-only throughput ({:.0}% of its records per CPU-second)",
+            on / off * 100.0,
+            cpu_on / cpu_off * 100.0
+        );
+    }
+    if let [_, on, chain] = cpu_rates[..] {
+        println!(
+            "integrity chain:           {:+.1}% CPU per record over the spooled path",
+            (on / chain - 1.0) * 100.0
         );
     }
 }

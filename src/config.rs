@@ -52,6 +52,9 @@ pub struct Config {
     /// Chains over the delivered rows (`verify`).
     #[serde(default)]
     pub integrity: crate::integrity::IntegrityConfig,
+    /// Health rows in the workspace (M365SentinelHealth_CL).
+    #[serde(default)]
+    pub health: crate::ops::health::HealthConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
 }
@@ -380,6 +383,7 @@ impl Config {
             self.defender.validate(),
             self.spool.validate(),
             self.integrity.validate(),
+            self.health.validate(),
             self.validate_log(),
         ]
         .into_iter()

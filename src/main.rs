@@ -87,6 +87,10 @@ enum Command {
         /// Only rows with TimeGenerated at or after this time (ISO 8601).
         #[arg(long)]
         since: Option<String>,
+        /// Checkpoints younger than this many minutes are not held against the chain: rows
+        /// take a few minutes to become queryable after the workspace accepted them.
+        #[arg(long, default_value_t = 15)]
+        settle_minutes: u64,
     },
 }
 
@@ -124,7 +128,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             common,
             tables,
             since,
-        } => cli::verify::verify(&common, tables, since),
+            settle_minutes,
+        } => cli::verify::verify(&common, tables, since, settle_minutes),
     }
 }
 

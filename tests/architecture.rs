@@ -22,7 +22,9 @@ fn architecture_names_every_folder_and_only_paths_that_exist() {
             );
         }
     }
-    let top = ["tests/", "scripts/", "helm/", "benches/", "schemas/"];
+    let top = [
+        "tests/", "scripts/", "helm/", "benches/", "schemas/", "rules/",
+    ];
     let mut checked = 0;
     for name in names {
         let path = name.split_whitespace().next().unwrap_or("");

@@ -51,14 +51,20 @@ fn the_template_has_a_table_and_a_stream_per_schema_with_every_column_typed() {
     let tables = resources(&t, "Microsoft.OperationalInsights/workspaces/tables");
     let dcrs = resources(&t, "Microsoft.Insights/dataCollectionRules");
     assert_eq!(tables.len(), setup.schemas.tables.len());
-    assert_eq!(tables.len(), 6);
+    // Six Sentinel-shaped tables and the connector's health table.
+    assert_eq!(tables.len(), 7);
+    assert!(
+        tables
+            .iter()
+            .any(|t| t["properties"]["schema"]["name"] == "M365SentinelHealth_CL")
+    );
     assert_eq!(dcrs.len(), 1);
     let dcr = &dcrs[0];
     assert_eq!(dcr["kind"], "Direct");
     let streams = dcr["properties"]["streamDeclarations"].as_object().unwrap();
-    assert_eq!(streams.len(), 6);
+    assert_eq!(streams.len(), 7);
     let flows = dcr["properties"]["dataFlows"].as_array().unwrap();
-    assert_eq!(flows.len(), 6);
+    assert_eq!(flows.len(), 7);
     for schema in &setup.schemas.tables {
         let table = tables
             .iter()

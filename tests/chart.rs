@@ -308,3 +308,41 @@ fn monitors_scrape_the_metrics_port_when_enabled() {
             .is_none_or(|d| d.as_array().is_some_and(|a| a.is_empty()))
     );
 }
+
+#[test]
+fn the_integrity_keys_secret_is_mounted_where_keys_dir_points() {
+    let rendered = render_yaml(
+        "integrityKeysSecret: chain-keys\nconfig:\n  integrity:\n    keys_dir: /var/run/secrets/m365-sentinel-chain\n    key_id: k1\n",
+    )
+    .unwrap();
+    let pod = &manifest(&rendered, "statefulset.yaml")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "chain-keys")
+        .expect("a chain-keys volume");
+    assert_eq!(volume["secret"]["secretName"], "chain-keys");
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "chain-keys"
+        && m["mountPath"] == "/var/run/secrets/m365-sentinel-chain"
+        && m["readOnly"] == true));
+    let config = manifest(&rendered, "configmap.yaml")["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config.contains("keys_dir: /var/run/secrets/m365-sentinel-chain"),
+        "{config}"
+    );
+    // Without it, no such volume.
+    let plain = render_yaml("dryRun: false\n").unwrap();
+    let volumes = &manifest(&plain, "statefulset.yaml")["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        !volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "chain-keys")
+    );
+}

@@ -83,8 +83,8 @@ fn database(schemas: &SchemaSet) -> Value {
     }
     assert_eq!(
         tables.len(),
-        6,
-        "schema dcr declares the five email/audit tables and UrlClickEvents"
+        7,
+        "schema dcr declares the five email/audit tables, UrlClickEvents and the health table"
     );
     for entry in std::fs::read_dir(corpus().join("other-tables")).unwrap() {
         let path = entry.unwrap().path();
@@ -537,4 +537,39 @@ fn every_column_the_content_uses_is_in_schemas_with_the_sentinel_type() {
             "tests/content/columns-used.txt was out of date and has been rewritten: review and commit it"
         );
     }
+}
+
+#[test]
+fn the_health_alert_rules_bind_against_the_health_table() {
+    let schemas = schemas();
+    let template = m365_sentinel::ops::health_rules::template().unwrap();
+    let queries: Vec<(String, String)> = template["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "Microsoft.SecurityInsights/alertRules")
+        .map(|r| {
+            (
+                r["properties"]["displayName"].as_str().unwrap().to_string(),
+                r["properties"]["query"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        queries.len(),
+        4,
+        "stopped reporting, lag, failing, dead letters"
+    );
+    let errors = analyze(&database(&schemas), &queries);
+    assert_eq!(errors.len(), 4);
+    for (id, errs) in &errors {
+        assert!(errs.is_empty(), "{id}: {errs:?}");
+    }
+    // The analyzer does catch a column the table lacks.
+    let wrong = vec![(
+        "wrong".to_string(),
+        "M365SentinelHealth_CL | where NoSuchColumn > 0".to_string(),
+    )];
+    let errors = analyze(&database(&schemas), &wrong);
+    assert!(!errors["wrong"].is_empty());
 }

@@ -35,19 +35,27 @@ fn integrity_config(emulator: &Emulator, dir: &Path, page_rows: usize) -> PathBu
     config
 }
 
-async fn verify(config: &Path) -> (i32, String) {
-    let out = run_to_end(vec![
+/// `verify` of the audit table (or, with `all`, of every table), checkpoints of any age.
+async fn verify_tables(config: &Path, all: bool) -> (i32, String) {
+    let mut args = vec![
         "verify".into(),
         "--config".into(),
         config.display().to_string(),
-        "--table".into(),
-        "OfficeActivity_CL".into(),
-    ])
-    .await;
+        "--settle-minutes".into(),
+        "0".into(),
+    ];
+    if !all {
+        args.extend(["--table".into(), "OfficeActivity_CL".into()]);
+    }
+    let out = run_to_end(args).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("verify:\n{stdout}{stderr}");
     (out.status.code().unwrap_or(-1), stdout)
+}
+
+async fn verify(config: &Path) -> (i32, String) {
+    verify_tables(config, false).await
 }
 
 fn seq(row: &serde_json::Value) -> u64 {
@@ -82,7 +90,12 @@ async fn a_healthy_run_verifies_whole_and_tampering_is_reported_by_sequence_numb
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<serde_json::Value> = emulator.accepted().into_iter().map(|(_, r)| r).collect();
+    let rows: Vec<serde_json::Value> = emulator
+        .accepted()
+        .into_iter()
+        .filter(|(s, _)| s == AUDIT)
+        .map(|(_, r)| r)
+        .collect();
     assert_eq!(rows.len(), content.records.len());
     let mut seqs: Vec<u64> = rows.iter().map(seq).collect();
     seqs.sort_unstable();
@@ -104,11 +117,22 @@ async fn a_healthy_run_verifies_whole_and_tampering_is_reported_by_sequence_numb
         "{report}"
     );
 
-    // Tamper: delete one row, change one value, drop a range.
-    let deleted = emulator.delete_rows(|_, r| seq(r) == 10 || (30..=34).contains(&seq(r)));
-    assert_eq!(deleted, 6);
-    let altered = emulator.alter_rows(|_, r| {
-        if seq(r) != 2_000 {
+    // Every table, the health table's own chain among them.
+    let (code, report) = verify_tables(&config, true).await;
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("M365SentinelHealth_CL: 1 chain(s)"),
+        "{report}"
+    );
+
+    // Tamper: delete one row, change one value, drop a range, cut the end (which only the
+    // checkpoint in the health table shows).
+    let deleted = emulator.delete_rows(|s, r| {
+        s == AUDIT && (seq(r) == 10 || (30..=34).contains(&seq(r)) || seq(r) > 2_997)
+    });
+    assert_eq!(deleted, 9);
+    let altered = emulator.alter_rows(|s, r| {
+        if s != AUDIT || seq(r) != 2_000 {
             return false;
         }
         r["Operation"] = serde_json::Value::String("FileDeleted".into());
@@ -118,7 +142,7 @@ async fn a_healthy_run_verifies_whole_and_tampering_is_reported_by_sequence_numb
     let (code, report) = verify(&config).await;
     assert_eq!(code, 5, "{report}");
     assert!(
-        report.contains("missing: 6 sequence number(s): 10, 30..34"),
+        report.contains("missing: 9 sequence number(s): 10, 30..34, 2998..3000"),
         "{report}"
     );
     assert!(

@@ -44,6 +44,7 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
     });
+    let boards = options.boards.clone();
     let listen = setup.config.metrics.listen.clone();
     let delivery = Delivery::Workspace {
         sink,
@@ -60,6 +61,10 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
             telemetry.collector = sources.counters();
             telemetry.sources = sources.statuses();
             telemetry.recent = Some(sources.recent.clone());
+            boards.set(m365_sentinel::ops::health::Boards {
+                lag: telemetry.lag.clone(),
+                sources: telemetry.sources.clone(),
+            });
         }
         if let Some(addr) = &listen {
             let listener = rt
@@ -75,8 +80,18 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
     // Threads still reading (stdin, a fetch in flight) must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(2));
     let s = &stats.sink;
+    // The connector's own health rows are told apart from the data.
+    let health_rows = setup
+        .schemas
+        .health_table()
+        .and_then(|i| {
+            s.delivered_by_table
+                .get(&setup.schemas.tables[i].output_table)
+        })
+        .copied()
+        .unwrap_or(0);
     println!(
-        "{}{} row(s) mapped, {} input record(s) refused; delivered {} row(s) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",
+        "{}{} row(s) mapped, {} input record(s) refused; delivered {} row(s) (and {health_rows} health row(s)) in {} request(s) ({} bytes gzip of {}), {} retries, {} dead-lettered",
         if management {
             String::new()
         } else {
@@ -84,7 +99,7 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
         },
         stats.input.rows(),
         stats.input.rejected_total(),
-        s.delivered_rows,
+        s.delivered_rows.saturating_sub(health_rows),
         s.requests,
         s.bytes_sent,
         s.bytes_uncompressed,

@@ -26,6 +26,12 @@ pub enum SchemaAction {
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
     },
+    /// The analytics rules on the health table (stopped reporting, lag over 24 hours, failing,
+    /// dead letters growing) as an ARM template.
+    Rules {
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+    },
 }
 
 pub fn schema(action: SchemaAction) -> anyhow::Result<ExitCode> {
@@ -41,6 +47,11 @@ pub fn schema(action: SchemaAction) -> anyhow::Result<ExitCode> {
                 out,
                 m365_sentinel::schema::azure::kql_functions(&setup.schemas),
             )
+        }
+        SchemaAction::Rules { out } => {
+            let template =
+                m365_sentinel::ops::health_rules::template().map_err(|e| anyhow::anyhow!(e))?;
+            (out, serde_json::to_string_pretty(&template)? + "\n")
         }
     };
     match out {

@@ -21,6 +21,7 @@ pub fn verify(
     common: &Common,
     tables: Vec<String>,
     since: Option<String>,
+    settle_minutes: u64,
 ) -> anyhow::Result<ExitCode> {
     let setup = load(common)?;
     init_logging(&setup.config.log.level, setup.config.log.format);
@@ -77,12 +78,24 @@ pub fn verify(
         &scope,
         setup.config.retry_policy(),
     );
-    let options = VerifyOptions {
+    let mut options = VerifyOptions {
         since,
         page_rows: integrity.page_rows(),
         checkpoints: BTreeMap::new(),
     };
+    let health = setup
+        .schemas
+        .health_table()
+        .map(|i| setup.schemas.tables[i].output_table.clone());
+    let now = m365_sentinel::sources::management::client::now_millis();
+    let settle = i64::try_from(settle_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX);
+    let before =
+        m365_sentinel::stages::map::datetime::format_unix_millis(now.saturating_sub(settle));
     let reports = runtime()?.block_on(async {
+        if let Some(health) = &health {
+            options.checkpoints =
+                m365_sentinel::integrity::verify::checkpoints(&client, health, &before).await?;
+        }
         let mut reports = Vec::new();
         for &t in &chosen {
             let schema = &setup.schemas.tables[t];

@@ -183,7 +183,7 @@ impl Deployable {
 
     /// Adds the `<Table>_All` functions of `schema kql` as saved searches with their alias.
     pub fn add_functions(&mut self, schemas: &SchemaSet) {
-        for t in &schemas.tables {
+        for t in schemas.sentinel_tables() {
             let alias = format!("{}_All", t.table);
             self.resources.push(json!({
                 "type": "Microsoft.OperationalInsights/workspaces/savedSearches",

@@ -73,8 +73,18 @@ struct StreamChain {
 /// Every stream's chain, owned by the spool writer.
 pub struct Chain {
     keys: Keyring,
-    streams: Vec<StreamChain>,
+    /// Per table; None for a table another chain writer seals.
+    streams: Vec<Option<StreamChain>>,
     canonical: Vec<u8>,
+}
+
+/// A chain's head: the last row sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub table: usize,
+    pub chain: String,
+    pub seq: u64,
+    pub hash: String,
 }
 
 /// The chain columns of a sealed row, as read back from its text.
@@ -98,8 +108,25 @@ impl Chain {
         spool_dir: &Path,
         last_rows: &[Option<Vec<u8>>],
     ) -> Result<Self, ChainError> {
+        let all: Vec<usize> = (0..schemas.tables.len()).collect();
+        Self::open_tables(keys, chain_id, schemas, spool_dir, last_rows, &all)
+    }
+
+    /// As [`Chain::open`], for `tables` only (each chain has one writer).
+    pub fn open_tables(
+        keys: Keyring,
+        chain_id: &str,
+        schemas: &SchemaSet,
+        spool_dir: &Path,
+        last_rows: &[Option<Vec<u8>>],
+        tables: &[usize],
+    ) -> Result<Self, ChainError> {
         let mut streams = Vec::new();
         for (i, table) in schemas.tables.iter().enumerate() {
+            if !tables.contains(&i) {
+                streams.push(None);
+                continue;
+            }
             let name = format!("{chain_id}/{}", table.output_table);
             let dir = spool_dir.join(&table.stream);
             let shown = dir.display().to_string();
@@ -132,7 +159,7 @@ impl Chain {
                 tracing::info!(stream = %name, stored = seq, spooled = seal.seq, "the chain's head is taken from the spool (the last run stopped before writing it)");
                 (seq, last) = (seal.seq, hash);
             }
-            streams.push(StreamChain {
+            streams.push(Some(StreamChain {
                 name,
                 columns: Columns::of(table),
                 seq,
@@ -140,7 +167,7 @@ impl Chain {
                 slots,
                 persisted,
                 dir: shown,
-            });
+            }));
         }
         Ok(Self {
             keys,
@@ -151,14 +178,18 @@ impl Chain {
 
     /// The most bytes sealing adds to a row of `table`.
     pub fn overhead(&self, table: usize) -> usize {
-        let name = self.streams.get(table).map_or(0, |s| s.name.len());
+        let name = self
+            .streams
+            .get(table)
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.name.len());
         // Four names, quotes, colons and commas; 20 digits; 64 hex; the key id.
         name + self.keys.active_id().len() + 20 + 64 + 80
     }
 
     /// Gives the row (a JSON object's text) of `table` the next place in its chain.
     pub fn seal(&mut self, table: usize, row: &mut String) -> Result<(), ChainError> {
-        let Some(stream) = self.streams.get_mut(table) else {
+        let Some(Some(stream)) = self.streams.get_mut(table) else {
             return Ok(());
         };
         stream
@@ -195,7 +226,7 @@ impl Chain {
 
     /// Writes the heads that moved since the last call (one write and fsync each).
     pub fn persist(&mut self) -> Result<(), ChainError> {
-        for s in &mut self.streams {
+        for s in self.streams.iter_mut().flatten() {
             if s.seq == s.persisted {
                 continue;
             }
@@ -211,11 +242,20 @@ impl Chain {
         Ok(())
     }
 
-    /// Each stream's chain name, last sequence number and hash (hex): the checkpoints.
-    pub fn heads(&self) -> Vec<(String, u64, String)> {
+    /// Each chain's table index, name, last sequence number and hash (hex): the checkpoints.
+    pub fn heads(&self) -> Vec<Head> {
         self.streams
             .iter()
-            .map(|s| (s.name.clone(), s.seq, hex(&s.last)))
+            .enumerate()
+            .filter_map(|(table, s)| {
+                let s = s.as_ref()?;
+                Some(Head {
+                    table,
+                    chain: s.name.clone(),
+                    seq: s.seq,
+                    hash: hex(&s.last),
+                })
+            })
             .collect()
     }
 }
@@ -288,9 +328,9 @@ mod tests {
         assert_eq!(c["ChainHash"].as_str().unwrap(), hex(&expect));
         // Without the spooled row only the persisted head is known.
         let fresh = Chain::open(keys(), "pod-0", &schemas, dir.path(), &none).unwrap();
-        assert_eq!(fresh.heads()[t].1, 1);
+        assert_eq!(fresh.heads()[t].seq, 1);
         // Another chain id starts its own chain.
         let other = Chain::open(keys(), "pod-1", &schemas, dir.path(), &none).unwrap();
-        assert_eq!(other.heads()[t].1, 0);
+        assert_eq!(other.heads()[t].seq, 0);
     }
 }

@@ -17,7 +17,7 @@ pub mod config;
 pub mod keys;
 pub mod verify;
 
-pub use chain::{Chain, ChainError};
+pub use chain::{Chain, ChainError, Head};
 pub use config::IntegrityConfig;
 pub use keys::{KeyError, Keyring};
 

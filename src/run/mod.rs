@@ -11,6 +11,7 @@
 //! to files (`dry_run.rs`), where the exact bodies are written and nothing is committed.
 
 mod dry_run;
+mod health;
 mod memory;
 mod spooled;
 
@@ -98,6 +99,8 @@ pub struct RunOptions {
     pub shutdown_deadline: Duration,
     /// Counts kept as the run goes, for the metrics endpoint.
     pub live: Arc<crate::ops::telemetry::LiveCounts>,
+    /// The live sources' boards, for the health rows (filled once they start).
+    pub boards: crate::ops::health::SourceBoards,
 }
 
 impl RunOptions {
@@ -119,6 +122,7 @@ impl RunOptions {
             shutdown,
             shutdown_deadline: Duration::from_secs(deadline_secs),
             live: Arc::default(),
+            boards: crate::ops::health::SourceBoards::default(),
         }
     }
 }

@@ -15,9 +15,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Item, Refusals, RowItem, RunError, RunOptions, ack_all, finish_in_flight};
+use super::{Item, Refusals, RowItem, RunError, RunOptions, ack_all, finish_in_flight, health};
 use crate::ack::Ack;
 use crate::integrity::Chain;
+use crate::ops::health::Heads;
 use crate::ops::shutdown::Shutdown;
 use crate::ops::stats::Stats;
 use crate::pipeline::Setup;
@@ -61,21 +62,46 @@ pub(super) async fn deliver(
             options.shutdown_deadline,
         ));
     }
-    let chain = open_chain(setup, &spool)?;
+    let health_table = setup
+        .schemas
+        .health_table()
+        .filter(|_| setup.config.health.enabled);
+    let data_tables: Vec<usize> = (0..targets.len())
+        .filter(|t| Some(*t) != health_table)
+        .collect();
+    let chain = open_chain(setup, &spool, &data_tables)?;
+    let heads: Heads = Arc::default();
+    let health = match health_table {
+        Some(table) => {
+            let chain = open_chain(setup, &spool, &[table])?;
+            Some(health::start(
+                setup,
+                &spool,
+                sink,
+                options,
+                table,
+                chain,
+                heads.clone(),
+            ))
+        }
+        None => None,
+    };
     let writer_spool = spool.clone();
     let writer_targets = targets.to_vec();
     let writer_setup = setup.clone();
     let writer = tokio::task::spawn_blocking(move || {
+        let writer = SpoolWriter::for_streams(writer_spool, &data_tables, false);
         write_loop(
             &writer_setup,
             rx,
-            writer_spool,
+            writer,
             &writer_targets,
             &refusals,
             chain,
+            &heads,
         )
     });
-    let result = supervise(&spool, &mut streams, writer, options).await;
+    let result = supervise(&spool, &mut streams, writer, options, health).await;
     spool.stop();
     let (input, stopped) = match result {
         Ok(done) => done,
@@ -100,6 +126,7 @@ async fn supervise(
     streams: &mut JoinSet<Result<(), RunError>>,
     mut writer: tokio::task::JoinHandle<Result<Stats, RunError>>,
     options: &RunOptions,
+    health: Option<health::HealthTask>,
 ) -> Result<(Option<Stats>, bool), RunError> {
     let mut shutdown = options.shutdown.clone();
     let input = tokio::select! {
@@ -118,13 +145,25 @@ async fn supervise(
     };
     let stopped = input.is_none() || options.shutdown.is_set();
     if !stopped {
-        // The intake is exhausted: deliver everything, then stop the readers.
+        // The intake is exhausted: deliver everything, then the last health rows (with the
+        // final checkpoints), then stop the readers.
         spool.finish_intake();
-        tokio::select! {
-            () = spool.drained() => {}
-            failed = first_failure(streams) => return Err(failed),
-            () = shutdown.wait() => {}
+        let mut health = health;
+        loop {
+            tokio::select! {
+                () = spool.drained() => {}
+                failed = first_failure(streams) => return Err(failed),
+                () = shutdown.wait() => break,
+            }
+            let Some(task) = health.take() else { break };
+            let _ = task.finish.send(true);
+            let _ = task.handle.await;
         }
+        if let Some(task) = health {
+            task.handle.abort();
+        }
+    } else if let Some(task) = health {
+        task.handle.abort();
     }
     Ok((input, stopped || options.shutdown.is_set()))
 }
@@ -143,7 +182,7 @@ async fn first_failure(streams: &mut JoinSet<Result<(), RunError>>) -> RunError 
 
 /// The integrity chains, when `integrity` is on: heads from the spool's volume, or from the
 /// last rows the spool still holds when those are later.
-fn open_chain(setup: &Setup, spool: &Spool) -> Result<Option<Chain>, RunError> {
+fn open_chain(setup: &Setup, spool: &Spool, tables: &[usize]) -> Result<Option<Chain>, RunError> {
     let integrity = &setup.config.integrity;
     if !integrity.is_enabled() {
         return Ok(None);
@@ -153,12 +192,13 @@ fn open_chain(setup: &Setup, spool: &Spool) -> Result<Option<Chain>, RunError> {
     };
     let last_rows: Vec<Option<Vec<u8>>> =
         spool.recovery.iter().map(|r| r.last_row.clone()).collect();
-    let chain = Chain::open(
+    let chain = Chain::open_tables(
         keys,
         &integrity.chain_id(),
         &setup.schemas,
         &setup.config.spool.dir,
         &last_rows,
+        tables,
     )?;
     Ok(Some(chain))
 }
@@ -168,14 +208,14 @@ fn open_chain(setup: &Setup, spool: &Spool) -> Result<Option<Chain>, RunError> {
 fn write_loop(
     setup: &Setup,
     mut rx: mpsc::Receiver<Item>,
-    spool: Arc<Spool>,
+    mut writer: SpoolWriter,
     targets: &[Target],
     refusals: &Refusals,
     mut chain: Option<Chain>,
+    heads: &Heads,
 ) -> Result<Stats, RunError> {
     let limit = setup.config.batch.max_body_bytes;
     let mut input = Stats::for_tables(&setup.schemas, limit);
-    let mut writer = SpoolWriter::new(spool);
     let mut acks: Vec<Ack> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -211,12 +251,18 @@ fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        let heads = || match chain.as_mut() {
+        let persist_heads = || match chain.as_mut() {
             Some(chain) => chain.persist().map_err(|e| e.to_string()),
             None => Ok(()),
         };
-        match writer.commit_then(heads) {
-            Ok(()) => ack_all(acks.drain(..)),
+        match writer.commit_then(persist_heads) {
+            Ok(()) => {
+                ack_all(acks.drain(..));
+                // Published now: the health rows may checkpoint them once delivered.
+                if let Some(chain) = &chain {
+                    *heads.lock().unwrap_or_else(|e| e.into_inner()) = chain.heads();
+                }
+            }
             // Not written: its rows stay unacknowledged and their sources read them again.
             Err(SpoolError::Stopping) => break,
             Err(e) => return Err(e.into()),

@@ -137,7 +137,8 @@ pub fn kql_functions(schemas: &SchemaSet) -> String {
          // Save each as a workspace function (alias = the name before '='), e.g. with\n\
          // az monitor log-analytics workspace saved-search create --func-alias <name> ...\n",
     );
-    for t in &schemas.tables {
+    // The health table is the connector's own: no Sentinel table to unite it with.
+    for t in schemas.sentinel_tables() {
         out.push_str(&format!(
             "\n// {table}: the Sentinel table and {output}\n{table}_All = union isfuzzy=true {table}, {output}\n",
             table = t.table,

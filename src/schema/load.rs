@@ -52,6 +52,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../schemas/OfficeActivity.yaml"),
     ),
     (
+        "M365SentinelHealth.yaml",
+        include_str!("../../schemas/M365SentinelHealth.yaml"),
+    ),
+    (
         "EmailEvents.yaml",
         include_str!("../../schemas/EmailEvents.yaml"),
     ),
@@ -310,10 +314,19 @@ fn build_table(
                 InputKind::Audit
             }
         },
+        "health" => {
+            if file.input.category.is_some() || file.input.root.is_some() {
+                err(
+                    key_line(text, "input"),
+                    "input kind health takes neither category nor root".into(),
+                );
+            }
+            InputKind::Health
+        }
         other => {
             err(
                 key_line(text, "kind"),
-                format!("unknown input kind {other:?}; use audit or defender"),
+                format!("unknown input kind {other:?}; use audit, defender or health"),
             );
             InputKind::Audit
         }

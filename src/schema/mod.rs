@@ -26,6 +26,8 @@ pub enum InputKind {
     Audit,
     /// Defender XDR Streaming API rows of one `category`; columns read keys of the `root` object.
     Defender { category: String, root: String },
+    /// The connector's own health rows (no collected record is routed here).
+    Health,
 }
 
 /// Spelling of a JSON boolean in a string column: `True`/`False` as .NET writes them (Exchange's
@@ -125,16 +127,19 @@ pub struct SchemaSet {
     pub tables: Vec<TableSchema>,
     pub enums: Vec<Arc<EnumTable>>,
     audit_table: Option<usize>,
+    health_table: Option<usize>,
     by_category: HashMap<String, usize>,
 }
 
 impl SchemaSet {
     fn new(tables: Vec<TableSchema>, enums: Vec<Arc<EnumTable>>) -> Self {
         let mut audit_table = None;
+        let mut health_table = None;
         let mut by_category = HashMap::new();
         for (i, t) in tables.iter().enumerate() {
             match &t.input {
                 InputKind::Audit => audit_table = Some(i),
+                InputKind::Health => health_table = Some(i),
                 InputKind::Defender { category, .. } => {
                     by_category.insert(category.clone(), i);
                 }
@@ -144,8 +149,21 @@ impl SchemaSet {
             tables,
             enums,
             audit_table,
+            health_table,
             by_category,
         }
+    }
+
+    /// The tables that reproduce a Sentinel table (all but the health table).
+    pub fn sentinel_tables(&self) -> impl Iterator<Item = &TableSchema> {
+        self.tables
+            .iter()
+            .filter(|t| !matches!(t.input, InputKind::Health))
+    }
+
+    /// The table the connector's health rows go to, if one is configured.
+    pub fn health_table(&self) -> Option<usize> {
+        self.health_table
     }
 
     /// The table audit records go to, if one is configured.

@@ -57,6 +57,36 @@ pub struct VerifyOptions {
     pub checkpoints: BTreeMap<String, u64>,
 }
 
+/// The last sequence number checkpointed per chain, from the health table's checkpoint rows
+/// written before `before` (later ones may name rows the workspace has not made queryable yet).
+pub async fn checkpoints(
+    client: &QueryClient,
+    health_table: &str,
+    before: &str,
+) -> Result<BTreeMap<String, u64>, VerifyError> {
+    let result = client
+        .query(&format!(
+            "{health_table} | where Kind == \"checkpoint\" and TimeGenerated < datetime({before}) | summarize Seq = max(CheckpointSeq) by CheckpointChain"
+        ))
+        .await?;
+    let index = result.index();
+    let (Some(&chain_at), Some(&seq_at)) = (index.get("CheckpointChain"), index.get("Seq")) else {
+        return Err(VerifyError::Column {
+            table: health_table.to_string(),
+            column: "CheckpointChain".into(),
+        });
+    };
+    Ok(result
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let chain = r.get(chain_at)?.as_str()?.to_string();
+            Some((chain, as_u64(r.get(seq_at)?)?))
+        })
+        .filter(|(chain, _)| !chain.is_empty())
+        .collect())
+}
+
 /// A KQL string literal.
 fn literal(s: &str) -> String {
     let mut out = String::from("\"");

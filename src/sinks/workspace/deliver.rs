@@ -191,6 +191,18 @@ impl WorkspaceSink {
         self.dead_letter_rows(&letters)
     }
 
+    fn table_failing(&self, target: &Target, throttled: bool, message: &str) {
+        self.count(|s| {
+            s.failing_by_table.insert(
+                target.table.clone(),
+                super::TableFailure {
+                    throttled,
+                    message: message.to_string(),
+                },
+            );
+        });
+    }
+
     /// Stores rows refused for good (by the service, or too large to send at all).
     pub fn dead_letter_rows(&self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         self.dlq.append(letters)?;
@@ -218,19 +230,34 @@ impl WorkspaceSink {
                 let answer = match self.send(target, &body).await {
                     Ok(a) => a,
                     Err(problem) => {
+                        self.table_failing(target, false, "the workspace could not be reached");
                         self.report(Some(problem));
                         self.count(|s| s.retries += 1);
                         tokio::time::sleep(self.jittered(step, None)).await;
                         continue;
                     }
                 };
-                match classify(answer.status) {
+                let verdict = classify(answer.status);
+                if verdict != Verdict::Delivered {
+                    let message = format!(
+                        "HTTP {} {}",
+                        answer.status,
+                        answer.error_code.as_deref().unwrap_or("")
+                    );
+                    self.table_failing(target, answer.status == 429, message.trim_end());
+                }
+                match verdict {
                     Verdict::Delivered => {
                         self.count(|s| {
                             s.delivered_rows += body.rows() as u64;
                             *s.delivered_by_table
                                 .entry(target.table.clone())
                                 .or_default() += body.rows() as u64;
+                            s.last_delivery_ms_by_table.insert(
+                                target.table.clone(),
+                                crate::sources::management::client::now_millis(),
+                            );
+                            s.failing_by_table.remove(&target.table);
                         });
                         self.report(None);
                         break;

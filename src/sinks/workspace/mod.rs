@@ -66,6 +66,18 @@ pub struct SinkStats {
     pub responses_by_status: std::collections::BTreeMap<u16, u64>,
     /// Token requests that failed (wrong secret, missing role, Entra unreachable).
     pub token_failures: u64,
+    /// When each output table's last request was accepted (ms since the epoch).
+    pub last_delivery_ms_by_table: std::collections::BTreeMap<String, i64>,
+    /// Why each table's requests are not being accepted, while that lasts (the health rows).
+    pub failing_by_table: std::collections::BTreeMap<String, TableFailure>,
+}
+
+/// A table's latest unaccepted answer, until a request of it is accepted again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFailure {
+    /// The service throttles (429), rather than refuses or fails.
+    pub throttled: bool,
+    pub message: String,
 }
 
 pub struct WorkspaceSink {

@@ -34,6 +34,10 @@ pub struct Lag {
     pub lag_ms: i64,
     /// Blobs whose content expired before it could be read (AF20051 or a position too old).
     pub expired: u64,
+    /// Calls of this tenant the service throttled (AF429, 429), counted from the start.
+    pub throttled: u64,
+    /// Why this content type can't be collected (credential, consent), while that lasts.
+    pub failure: Option<String>,
 }
 
 fn fresh(tenant: &str, content_type: &str) -> (Lag, Level) {
@@ -42,6 +46,8 @@ fn fresh(tenant: &str, content_type: &str) -> (Lag, Level) {
         content_type: content_type.to_string(),
         lag_ms: 0,
         expired: 0,
+        throttled: 0,
+        failure: None,
     };
     (lag, Level::Fine)
 }
@@ -49,6 +55,8 @@ fn fresh(tenant: &str, content_type: &str) -> (Lag, Level) {
 #[derive(Default)]
 pub struct LagBoard {
     entries: Mutex<BTreeMap<(String, String), (Lag, Level)>>,
+    /// Throttled calls per tenant (the service's limits are per tenant), from the start.
+    throttles: Mutex<BTreeMap<String, u64>>,
 }
 
 impl LagBoard {
@@ -93,10 +101,35 @@ impl LagBoard {
         }
     }
 
+    /// Records a throttled call of `tenant`; each of its content types shows the tenant's count.
+    pub fn throttled(&self, tenant: &str) {
+        if let Ok(mut throttles) = self.throttles.lock() {
+            *throttles.entry(tenant.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Sets (or, with None, clears) why (tenant, content type) can't be collected.
+    pub fn failure(&self, tenant: &str, content_type: &str, failure: Option<String>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            let (entry, _) = entries
+                .entry((tenant.to_string(), content_type.to_string()))
+                .or_insert_with(|| fresh(tenant, content_type));
+            entry.failure = failure;
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<Lag> {
+        let throttles = self.throttles.lock().map(|t| t.clone()).unwrap_or_default();
         self.entries
             .lock()
-            .map(|e| e.values().map(|(l, _)| l.clone()).collect())
+            .map(|e| {
+                e.values()
+                    .map(|(l, _)| Lag {
+                        throttled: throttles.get(&l.tenant).copied().unwrap_or(0),
+                        ..l.clone()
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -306,16 +306,22 @@ impl Spool {
 
     /// True when every row written so far was delivered.
     pub fn is_drained(&self) -> bool {
-        self.streams.iter().all(|s| {
-            let state = s.lock();
-            let cursor = state.cursor;
-            state.ranges.is_empty()
-                && state.segments.iter().all(|seg| {
-                    seg.seq < cursor.seq
-                        || (seg.seq == cursor.seq && seg.published <= cursor.offset)
-                        || (seg.seq > cursor.seq && seg.published == 0)
-                })
-        })
+        (0..self.streams.len()).all(|i| self.is_stream_drained(i))
+    }
+
+    /// True when every row of stream `index` published so far was delivered.
+    pub fn is_stream_drained(&self, index: usize) -> bool {
+        let Some(s) = self.streams.get(index) else {
+            return true;
+        };
+        let state = s.lock();
+        let cursor = state.cursor;
+        state.ranges.is_empty()
+            && state.segments.iter().all(|seg| {
+                seg.seq < cursor.seq
+                    || (seg.seq == cursor.seq && seg.published <= cursor.offset)
+                    || (seg.seq > cursor.seq && seg.published == 0)
+            })
     }
 
     /// Returns once every row written so far was delivered.

@@ -30,22 +30,43 @@ pub struct SpoolWriter {
     pending_bytes: u64,
     /// The lowest number the next new segment of each stream may take.
     next_seq: Vec<u64>,
+    /// The streams this writer appends to (each stream has one writer).
+    owned: Vec<bool>,
+    /// Writes without waiting for room (the health rows: small, and they must get through
+    /// exactly when the spool is full).
+    exempt: bool,
 }
 
 impl SpoolWriter {
     pub fn new(spool: Arc<Spool>) -> Self {
         let streams = spool.streams.len();
+        Self::for_streams(spool, &(0..streams).collect::<Vec<_>>(), false)
+    }
+
+    /// A writer of `streams` only, beside another writer of the others; `exempt` writes
+    /// without waiting for room.
+    pub fn for_streams(spool: Arc<Spool>, streams: &[usize], exempt: bool) -> Self {
+        let count = spool.streams.len();
         Self {
             spool,
-            active: (0..streams).map(|_| None).collect(),
-            pending: vec![Vec::new(); streams],
+            active: (0..count).map(|_| None).collect(),
+            pending: vec![Vec::new(); count],
             pending_bytes: 0,
-            next_seq: vec![0; streams],
+            next_seq: vec![0; count],
+            owned: (0..count).map(|i| streams.contains(&i)).collect(),
+            exempt,
         }
     }
 
-    /// Adds a row to the batch.
+    /// Adds a row to the batch (of a stream this writer owns; others are ignored).
     pub fn push(&mut self, stream: usize, row: &[u8]) {
+        if !self.owned.get(stream).copied().unwrap_or(false) {
+            tracing::error!(
+                stream,
+                "a row for a stream another writer owns was not written"
+            );
+            return;
+        }
         let before = self.pending[stream].len();
         segment::encode(&mut self.pending[stream], row);
         self.pending_bytes += (self.pending[stream].len() - before) as u64;
@@ -72,7 +93,9 @@ impl SpoolWriter {
         if self.pending_bytes == 0 {
             return Ok(());
         }
-        self.wait_for_room()?;
+        if !self.exempt {
+            self.wait_for_room()?;
+        }
         let mut touched = Vec::new();
         for stream in 0..self.pending.len() {
             if self.pending[stream].is_empty() {
@@ -165,6 +188,9 @@ impl SpoolWriter {
     fn release_delivered_tails(&mut self) {
         let mut freed = 0;
         for (stream, s) in self.spool.streams.iter().enumerate() {
+            if !self.owned[stream] {
+                continue;
+            }
             let released = {
                 let mut state = s.lock();
                 let cursor = state.cursor;

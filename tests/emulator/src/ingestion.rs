@@ -58,7 +58,10 @@ pub(crate) async fn ingest(
     let fault = {
         let mut state = shared.state();
         // An outage answers everything with its status, queued faults untouched.
-        match state.outage {
+        match state
+            .outage
+            .or_else(|| state.stream_outages.get(&stream).copied())
+        {
             Some(status) => Some(Fault::Status {
                 status,
                 retry_after: None,

@@ -109,6 +109,8 @@ struct State {
     faults: VecDeque<Fault>,
     /// While set, every ingestion request is answered with this status (a workspace outage).
     outage: Option<u16>,
+    /// Outages of single streams (one table's DCR flow failing), by stream.
+    stream_outages: HashMap<String, u16>,
     /// Rows whose JSON text contains this are refused with a 400, as a poison row.
     poison: Option<String>,
     accepted: Vec<(String, serde_json::Value)>,
@@ -237,6 +239,16 @@ impl Emulator {
     /// Answers every ingestion request with `status` until called with None: an outage.
     pub fn set_outage(&self, status: Option<u16>) {
         self.shared.state().outage = status;
+    }
+
+    /// Answers every request to `stream` with `status` until called with None (one table
+    /// failing while the others are delivered).
+    pub fn set_stream_outage(&self, stream: &str, status: Option<u16>) {
+        let mut state = self.shared.state();
+        match status {
+            Some(s) => state.stream_outages.insert(stream.to_string(), s),
+            None => state.stream_outages.remove(stream),
+        };
     }
 
     /// Refuses (400) any request holding a row whose text contains `marker`; None lifts it.

@@ -6,7 +6,7 @@
 //! values as null, reals as doubles.
 //!
 //! KQL: only the shapes `verify` sends (anything else is a 400 BadArgumentError, as a syntax
-//! error is): `TABLE (| where COND (and COND)*)* [| summarize NAME = count() by COL]
+//! error is): `TABLE (| where COND (and COND)*)* [| summarize NAME = count()|max(COL) by COL]
 //! [| order by COL asc|desc] [| take N]`, COND one of `COL == "text"`, `COL > N` (also `>=`,
 //! `<`, `<=`, with a number or `datetime(...)`), `isempty(COL)`.
 //!
@@ -244,10 +244,16 @@ enum Literal {
 }
 
 #[derive(Debug)]
+enum Aggregate {
+    Count,
+    Max(String),
+}
+
+#[derive(Debug)]
 struct Parsed {
     table: String,
     wheres: Vec<Cond>,
-    summarize: Option<(String, String)>,
+    summarize: Option<(String, Aggregate, String)>,
     order: Option<(String, bool)>,
     take: Option<usize>,
 }
@@ -305,14 +311,21 @@ fn parse(kql: &str) -> Result<Parsed, String> {
             let (name, rest) = rest
                 .split_once('=')
                 .ok_or("summarize needs NAME = count()")?;
-            let by = rest
+            let (aggregate, by) = rest
                 .trim()
-                .strip_prefix("count() by ")
-                .ok_or("only count() by COL is supported")?;
+                .split_once(" by ")
+                .ok_or("only NAME = count() or max(COL) by COL is supported")?;
+            let aggregate = match aggregate.trim() {
+                "count()" => Aggregate::Count,
+                other => match other.strip_prefix("max(").and_then(|r| r.strip_suffix(')')) {
+                    Some(col) if is_name(col) => Aggregate::Max(col.to_string()),
+                    _ => return Err(format!("unsupported aggregate '{other}'")),
+                },
+            };
             if !is_name(name.trim()) || !is_name(by.trim()) {
                 return Err(format!("bad summarize '{stage}'"));
             }
-            parsed.summarize = Some((name.trim().into(), by.trim().into()));
+            parsed.summarize = Some((name.trim().into(), aggregate, by.trim().into()));
         } else if let Some(rest) = stage.strip_prefix("order by ") {
             let mut words = rest.split_whitespace();
             let col = words.next().ok_or("order by needs a column")?;
@@ -443,18 +456,34 @@ fn run(
         }
     }
     let mut columns = columns.to_vec();
-    if let Some((name, by)) = &q.summarize {
+    if let Some((name, aggregate, by)) = &q.summarize {
         let i = at(by)?;
-        let mut groups: Vec<(Value, u64)> = Vec::new();
+        let of = match aggregate {
+            Aggregate::Count => None,
+            Aggregate::Max(col) => Some(at(col)?),
+        };
+        let mut groups: Vec<(Value, Value)> = Vec::new();
         for r in &rows {
+            let value = match of {
+                None => json!(1),
+                Some(c) => r[c].clone(),
+            };
             match groups.iter_mut().find(|(k, _)| *k == r[i]) {
-                Some((_, n)) => *n += 1,
-                None => groups.push((r[i].clone(), 1)),
+                Some((_, acc)) => match of {
+                    None => *acc = json!(acc.as_u64().unwrap_or(0) + 1),
+                    Some(_) => {
+                        if value.as_f64() > acc.as_f64() {
+                            *acc = value;
+                        }
+                    }
+                },
+                None => groups.push((r[i].clone(), value)),
             }
         }
         let kind = columns[i].1.clone();
-        columns = vec![(by.clone(), kind), (name.clone(), "long".into())];
-        rows = groups.into_iter().map(|(k, n)| vec![k, json!(n)]).collect();
+        let value_kind = of.map_or("long".to_string(), |c| columns[c].1.clone());
+        columns = vec![(by.clone(), kind), (name.clone(), value_kind)];
+        rows = groups.into_iter().map(|(k, v)| vec![k, v]).collect();
     }
     if let Some((col, asc)) = &q.order {
         let i = columns
@@ -487,5 +516,7 @@ mod tests {
         assert_eq!(q.take, Some(10));
         assert!(parse("T_CL | project X").is_err());
         assert!(parse("T_CL | summarize Rows = count() by ChainStream").is_ok());
+        assert!(parse("T_CL | summarize S = max(CheckpointSeq) by CheckpointChain").is_ok());
+        assert!(parse("T_CL | summarize S = sum(X) by Y").is_err());
     }
 }

@@ -76,7 +76,10 @@ where
             {
                 attempt += 1;
                 let counter = match e {
-                    ApiError::Throttled { .. } => &t.counters.throttled,
+                    ApiError::Throttled { .. } => {
+                        t.lag.throttled(&t.label);
+                        &t.counters.throttled
+                    }
                     _ => &t.counters.transient_errors,
                 };
                 Counters::add(counter, 1);

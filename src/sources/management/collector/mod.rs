@@ -424,9 +424,10 @@ async fn content_worker(t: Arc<Tenant>, index: usize) -> Result<(), String> {
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {}
+            Ok(()) => t.lag.failure(&t.label, &ct, None),
             Err(_) if t.settings.options.shutdown.is_set() => return Ok(()),
             Err(ApiError::TenantSetup(message)) => {
+                t.lag.failure(&t.label, &ct, Some(message.clone()));
                 let message = format!("tenant {} ({ct}): {message}", t.label);
                 tracing::error!(tenant = %t.label, content_type = %ct, error = %message, "tenant cannot be collected");
                 if t.settings.options.once {
