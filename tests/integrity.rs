@@ -103,7 +103,7 @@ async fn a_healthy_run_verifies_whole_and_tampering_is_reported_by_sequence_numb
     assert!(
         rows.iter()
             .all(|r| r["ChainKeyId"] == "k1"
-                && r["ChainHash"].as_str().is_some_and(|h| h.len() == 64))
+                && r["ChainHash"].as_str().is_some_and(|h| h.len() == 22))
     );
 
     // Whole, also when the Query API cuts pages over its row limit (read smaller).

@@ -15,11 +15,8 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::schema::{ColumnType, TableSchema};
 use crate::stages::map::datetime;
@@ -53,28 +50,65 @@ impl Columns {
     }
 
     /// Canonical bytes of a row as sent (`row`: its JSON object text) into `out` (cleared).
-    /// Fields that are not schema columns (the chain's own) are not covered.
+    /// Fields that are not schema columns (the chain's own) are not covered. Runs for every
+    /// row the spool takes, so it scans the text itself: the mapper writes compact JSON with
+    /// the columns in schema order, which is matched in step (a name lookup only when not).
     pub fn of_sent(&self, row: &str, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
         out.clear();
-        let fields: TopLevel<'_> =
-            serde_json::from_str(row).map_err(|e| CanonicalError::NotAnObject(e.to_string()))?;
-        let mut found: Vec<(usize, ColumnType, &str)> = fields
-            .0
-            .iter()
-            .filter_map(|(name, raw)| {
-                let (i, ty) = self.by_name.get(name.as_ref())?;
-                Some((*i, *ty, raw.get()))
-            })
-            .collect();
-        // The mapper writes columns in schema order; sorting keeps the form right regardless.
-        if !found.is_sorted_by_key(|(i, _, _)| *i) {
-            found.sort_by_key(|(i, _, _)| *i);
+        let not_object = || CanonicalError::NotAnObject(row.chars().take(60).collect());
+        let bytes = row.as_bytes();
+        let mut at = skip_ws(bytes, 0);
+        if bytes.get(at) != Some(&b'{') {
+            return Err(not_object());
+        }
+        at = skip_ws(bytes, at + 1);
+        let mut found: Vec<(usize, &str)> = Vec::with_capacity(self.names.len());
+        let mut next = 0;
+        if bytes.get(at) != Some(&b'}') {
+            loop {
+                if bytes.get(at) != Some(&b'"') {
+                    return Err(not_object());
+                }
+                let key_end = string_end(bytes, at).ok_or_else(not_object)?;
+                let key = &row[at + 1..key_end - 1];
+                at = skip_ws(bytes, key_end);
+                if bytes.get(at) != Some(&b':') {
+                    return Err(not_object());
+                }
+                at = skip_ws(bytes, at + 1);
+                let value_end = value_end(bytes, at).ok_or_else(not_object)?;
+                // Columns a row lacks leave gaps: look a few names ahead before hashing.
+                let mut ahead = self
+                    .names
+                    .get(next..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take(LOOK_AHEAD);
+                let column = match ahead.position(|(name, _)| name == key) {
+                    Some(n) => Some(next + n),
+                    None => self.by_name.get(key).map(|(i, _)| *i),
+                };
+                if let Some(i) = column {
+                    found.push((i, &row[at..value_end]));
+                    next = i + 1;
+                }
+                at = skip_ws(bytes, value_end);
+                match bytes.get(at) {
+                    Some(b',') => at = skip_ws(bytes, at + 1),
+                    Some(b'}') => break,
+                    _ => return Err(not_object()),
+                }
+            }
+        }
+        if !found.is_sorted_by_key(|(i, _)| *i) {
+            found.sort_by_key(|(i, _)| *i);
         }
         let mut value = String::new();
-        for (i, ty, raw) in found {
+        for (i, raw) in found {
+            let (name, ty) = &self.names[i];
             value.clear();
-            if canonical_value(ty, raw, &mut value) {
-                push_field(out, &self.names[i].0, &value);
+            if canonical_value(*ty, raw, &mut value) {
+                push_field(out, name, &value);
             }
         }
         Ok(())
@@ -95,12 +129,86 @@ impl Columns {
     }
 }
 
+/// Names compared in step before a lookup by name.
+const LOOK_AHEAD: usize = 24;
+
 fn push_field(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(name.as_bytes());
     out.push(b':');
-    out.extend_from_slice(value.len().to_string().as_bytes());
+    let mut digits = [0u8; 20];
+    let mut n = value.len();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
     out.push(b':');
     out.extend_from_slice(value.as_bytes());
+}
+
+fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
+/// The index after the closing quote of the JSON string opening at `at`.
+fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        let found = memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        i += found;
+        if bytes[i] == b'\\' {
+            i += 2;
+        } else {
+            return Some(i + 1);
+        }
+    }
+}
+
+/// The index after the JSON value starting at `at`.
+fn value_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at)? {
+        b'"' => string_end(bytes, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            while let Some(&b) = bytes.get(i) {
+                match b {
+                    b'"' => {
+                        i = string_end(bytes, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let mut i = at;
+            while bytes
+                .get(i)
+                .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+            {
+                i += 1;
+            }
+            (i > at).then_some(i)
+        }
+    }
 }
 
 /// The canonical text of one value (`raw`: JSON text) of a column of type `ty` into `out`;
@@ -245,29 +353,6 @@ fn push_string(out: &mut String, s: &str) {
     match serde_json::to_string(s) {
         Ok(text) => out.push_str(&text),
         Err(_) => out.push_str("\"\""),
-    }
-}
-
-/// A JSON object's top-level fields as written, values left as raw text.
-struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = TopLevel<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(32));
-                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    fields.push((k, v));
-                }
-                Ok(TopLevel(fields))
-            }
-        }
-        deserializer.deserialize_map(Fields)
     }
 }
 

@@ -15,7 +15,10 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::canonical::{CanonicalError, Columns};
-use super::{GENESIS, HASH_COLUMN, KEY_COLUMN, Keyring, SEQ_COLUMN, STREAM_COLUMN, hex, parse_hex};
+use super::{
+    GENESIS, HASH_COLUMN, Hash, KEY_COLUMN, Keyring, SEQ_COLUMN, STREAM_COLUMN, decode_hash,
+    encode_hash,
+};
 use crate::schema::SchemaSet;
 use crate::state::slot_file::{SlotFile, SlotRead};
 
@@ -43,7 +46,7 @@ pub enum ChainError {
 }
 
 /// The hash of a row at `seq` in chain `stream` after `prev`, under `key`.
-pub fn link(key: &[u8], stream: &str, seq: u64, prev: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+pub fn link(key: &[u8], stream: &str, seq: u64, prev: &Hash, canonical: &[u8]) -> Hash {
     // HMAC takes keys of any length; the keyring refuses short ones.
     let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
         return GENESIS;
@@ -51,11 +54,13 @@ pub fn link(key: &[u8], stream: &str, seq: u64, prev: &[u8; 32], canonical: &[u8
     mac.update(DOMAIN);
     mac.update(stream.as_bytes());
     mac.update(b"\n");
-    mac.update(seq.to_string().as_bytes());
-    mac.update(b"\n");
+    mac.update(&seq.to_be_bytes());
     mac.update(prev);
     mac.update(canonical);
-    mac.finalize().into_bytes().into()
+    let full = mac.finalize().into_bytes();
+    let mut hash = GENESIS;
+    hash.copy_from_slice(&full[..GENESIS.len()]);
+    hash
 }
 
 /// One stream's chain.
@@ -64,7 +69,7 @@ struct StreamChain {
     name: String,
     columns: Columns,
     seq: u64,
-    last: [u8; 32],
+    last: Hash,
     slots: SlotFile,
     persisted: u64,
     dir: String,
@@ -154,7 +159,7 @@ impl Chain {
                 && let Ok(seal) = serde_json::from_slice::<Seal>(row)
                 && seal.stream == name
                 && seal.seq > seq
-                && let Some(hash) = parse_hex(&seal.hash)
+                && let Some(hash) = decode_hash(&seal.hash)
             {
                 tracing::info!(stream = %name, stored = seq, spooled = seal.seq, "the chain's head is taken from the spool (the last run stopped before writing it)");
                 (seq, last) = (seal.seq, hash);
@@ -216,7 +221,7 @@ impl Chain {
         row.push_str(&format!(
             "\"{STREAM_COLUMN}\":{},\"{SEQ_COLUMN}\":{seq},\"{HASH_COLUMN}\":\"{}\",\"{KEY_COLUMN}\":{}}}",
             serde_json::Value::String(stream.name.clone()),
-            hex(&hash),
+            encode_hash(&hash),
             serde_json::Value::String(self.keys.active_id().to_string()),
         ));
         stream.seq = seq;
@@ -230,7 +235,7 @@ impl Chain {
             if s.seq == s.persisted {
                 continue;
             }
-            let text = format!("v1 {} {} {}\n", s.seq, hex(&s.last), s.name);
+            let text = format!("v1 {} {} {}\n", s.seq, encode_hash(&s.last), s.name);
             s.slots
                 .replace(text.as_bytes())
                 .map_err(|error| ChainError::Io {
@@ -253,7 +258,7 @@ impl Chain {
                     table,
                     chain: s.name.clone(),
                     seq: s.seq,
-                    hash: hex(&s.last),
+                    hash: encode_hash(&s.last),
                 })
             })
             .collect()
@@ -261,12 +266,12 @@ impl Chain {
 }
 
 /// `v1 SEQ HASH NAME`; None when it is another chain's (the chain id changed: a new chain).
-fn parse_head(body: &[u8], name: &str) -> Option<(u64, [u8; 32])> {
+fn parse_head(body: &[u8], name: &str) -> Option<(u64, Hash)> {
     let text = std::str::from_utf8(body).ok()?;
     let mut parts = text.trim_end().splitn(4, ' ');
     (parts.next()? == "v1").then_some(())?;
     let seq = parts.next()?.parse().ok()?;
-    let hash = parse_hex(parts.next()?)?;
+    let hash = decode_hash(parts.next()?)?;
     (parts.next()? == name).then_some((seq, hash))
 }
 
@@ -313,7 +318,7 @@ mod tests {
         let c: serde_json::Value = serde_json::from_str(&c).unwrap();
         assert_eq!(c["ChainSeq"], 3);
         let b: serde_json::Value = serde_json::from_str(&b).unwrap();
-        let prev = parse_hex(b["ChainHash"].as_str().unwrap()).unwrap();
+        let prev = decode_hash(b["ChainHash"].as_str().unwrap()).unwrap();
         let mut canonical = Vec::new();
         Columns::of(&schemas.tables[t])
             .of_sent(r#"{"Operation":"C"}"#, &mut canonical)
@@ -325,12 +330,71 @@ mod tests {
             &prev,
             &canonical,
         );
-        assert_eq!(c["ChainHash"].as_str().unwrap(), hex(&expect));
+        assert_eq!(c["ChainHash"].as_str().unwrap(), encode_hash(&expect));
         // Without the spooled row only the persisted head is known.
         let fresh = Chain::open(keys(), "pod-0", &schemas, dir.path(), &none).unwrap();
         assert_eq!(fresh.heads()[t].seq, 1);
         // Another chain id starts its own chain.
         let other = Chain::open(keys(), "pod-1", &schemas, dir.path(), &none).unwrap();
         assert_eq!(other.heads()[t].seq, 0);
+    }
+
+    #[test]
+    fn a_rotated_key_continues_the_chain_and_verify_needs_the_old_one_too() {
+        use crate::integrity::verify::{Checker, ReadRow};
+        let dir = tempfile::tempdir().unwrap();
+        let schemas = schemas();
+        let t = schemas.audit_table().unwrap();
+        let none = vec![None; schemas.tables.len()];
+        let both = BTreeMap::from([
+            ("k1".to_string(), vec![7u8; 32]),
+            ("k2".to_string(), vec![9u8; 40]),
+        ]);
+        let mut sealed = Vec::new();
+        let mut chain = Chain::open(keys(), "pod-0", &schemas, dir.path(), &none).unwrap();
+        for op in ["A", "B"] {
+            let mut row = format!(r#"{{"Operation":"{op}"}}"#);
+            chain.seal(t, &mut row).unwrap();
+            sealed.push(row);
+        }
+        chain.persist().unwrap();
+        let rotated = Keyring::from_keys(both.clone(), "k2");
+        let mut chain = Chain::open(rotated, "pod-0", &schemas, dir.path(), &none).unwrap();
+        for op in ["C", "D"] {
+            let mut row = format!(r#"{{"Operation":"{op}"}}"#);
+            chain.seal(t, &mut row).unwrap();
+            sealed.push(row);
+        }
+        let columns = Columns::of(&schemas.tables[t]);
+        let read: Vec<ReadRow> = sealed
+            .iter()
+            .map(|text| {
+                let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                let mut canonical = Vec::new();
+                columns.of_sent(text, &mut canonical).unwrap();
+                ReadRow {
+                    seq: v["ChainSeq"].as_u64().unwrap(),
+                    hash: v["ChainHash"].as_str().unwrap().to_string(),
+                    key_id: v["ChainKeyId"].as_str().unwrap().to_string(),
+                    canonical,
+                }
+            })
+            .collect();
+        assert_eq!(read[1].key_id, "k1");
+        assert_eq!(read[2].key_id, "k2");
+        let stream = chain.heads()[t].chain.clone();
+        let ring = Keyring::from_keys(both.clone(), "k2");
+        let mut checker = Checker::new(&ring, &stream, false);
+        checker.feed(&read);
+        let report = checker.finish(Some(4));
+        assert!(report.is_whole(), "{report:?}");
+        // Without the old key, its rows can't be checked: reported, not passed.
+        let only_new =
+            Keyring::from_keys(BTreeMap::from([("k2".to_string(), vec![9u8; 40])]), "k2");
+        let mut checker = Checker::new(&only_new, &stream, false);
+        checker.feed(&read);
+        let report = checker.finish(Some(4));
+        assert_eq!(report.unknown_keys.len(), 2);
+        assert!(!report.is_whole());
     }
 }

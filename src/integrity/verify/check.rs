@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::integrity::chain::link;
-use crate::integrity::{GENESIS, Keyring, parse_hex};
+use crate::integrity::{GENESIS, Hash, Keyring, decode_hash};
 
 /// A row as read back, reduced to what the check needs.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub struct Checker<'k> {
     keys: &'k Keyring,
     report: ChainReport,
     /// The hash the next sequence number chains from; None when unknown (after a gap).
-    prev: Option<[u8; 32]>,
+    prev: Option<Hash>,
     /// The sequence number expected next; 0 before the first row.
     expected: u64,
     late_start_allowed: bool,
@@ -136,7 +136,7 @@ impl<'k> Checker<'k> {
             let Some(prev) = self.prev else {
                 continue;
             };
-            let stored = parse_hex(&row.hash);
+            let stored = decode_hash(&row.hash);
             if stored == Some(link(key, &stream, seq, &prev, &row.canonical)) {
                 valid.push(row);
             } else {
@@ -163,7 +163,7 @@ impl<'k> Checker<'k> {
             .first()
             .map(|r| r.hash.as_str())
             .or_else(|| copies.values().next().map(|(_, r)| r.hash.as_str()));
-        self.prev = next.and_then(parse_hex);
+        self.prev = next.and_then(decode_hash);
     }
 
     /// The report; `checkpoint`, the last sequence number the connector says it sent, makes
@@ -181,7 +181,7 @@ impl<'k> Checker<'k> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integrity::hex;
+    use crate::integrity::encode_hash;
 
     const STREAM: &str = "pod-0/T_CL";
 
@@ -199,7 +199,7 @@ mod tests {
                 prev = hash;
                 ReadRow {
                     seq,
-                    hash: hex(&hash),
+                    hash: encode_hash(&hash),
                     key_id: "k1".into(),
                     canonical,
                 }
@@ -243,11 +243,11 @@ mod tests {
         let mut fork = rows[0].clone(); // a second, different row claiming seq 2
         fork.canonical = b"other".to_vec();
         fork.seq = 2;
-        fork.hash = hex(&link(
+        fork.hash = encode_hash(&link(
             &[1u8; 32],
             STREAM,
             2,
-            &parse_hex(&rows[0].hash).unwrap(),
+            &decode_hash(&rows[0].hash).unwrap(),
             b"other",
         ));
         rows.insert(2, fork);
