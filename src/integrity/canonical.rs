@@ -246,19 +246,21 @@ pub fn canonical_value(ty: ColumnType, raw: &str, out: &mut String) -> bool {
             }
         }
         ColumnType::Dynamic => {
-            let Ok(mut value) = serde_json::from_str::<Value>(raw) else {
-                out.push_str(raw);
-                return true;
-            };
-            if let Value::String(s) = &value {
-                if s.is_empty() {
+            let start = out.len();
+            if raw.starts_with('"') {
+                let text = json_string(raw);
+                if text.is_empty() {
                     return false;
                 }
-                if let Ok(inner) = serde_json::from_str::<Value>(s) {
-                    value = inner;
+                // A string holding JSON counts as that JSON, as Log Analytics stores it.
+                if !canonical_json(&text, out) {
+                    out.truncate(start);
+                    push_escaped(out, &text);
                 }
+            } else if !canonical_json(raw, out) {
+                out.truncate(start);
+                out.push_str(raw);
             }
-            push_json(out, &value);
         }
     }
     true
@@ -313,47 +315,148 @@ fn push_number(out: &mut String, n: &serde_json::Number) {
     }
 }
 
-/// Compact JSON, object keys sorted, numbers as [`push_number`].
-fn push_json(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => push_number(out, n),
-        Value::String(s) => push_string(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_json(out, item);
-            }
-            out.push(']');
+/// Nesting deeper than this is not canonicalized (kept as sent): no input can exhaust the stack.
+const MAX_DEPTH: usize = 64;
+
+/// Writes `text` (one JSON value, whitespace around allowed) compact, object keys sorted,
+/// strings with escapes resolved and written one way, numbers as [`push_number`]; false (with
+/// `out` partly written) when it is not valid JSON. A byte scan, no tree: it runs for every
+/// dynamic value of every sealed row.
+fn canonical_json(text: &str, out: &mut String) -> bool {
+    let bytes = text.as_bytes();
+    let start = skip_ws(bytes, 0);
+    match value_end(bytes, start) {
+        Some(end) if skip_ws(bytes, end) == bytes.len() => {
+            canonical_span(text, start, end, out, 0).is_some()
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_string(out, key);
-                out.push(':');
-                if let Some(v) = map.get(key) {
-                    push_json(out, v);
-                }
-            }
-            out.push('}');
-        }
+        _ => false,
     }
 }
 
-fn push_string(out: &mut String, s: &str) {
-    match serde_json::to_string(s) {
-        Ok(text) => out.push_str(&text),
-        Err(_) => out.push_str("\"\""),
+/// The value spanning `text[start..end]` (found by [`value_end`]).
+fn canonical_span(
+    text: &str,
+    start: usize,
+    end: usize,
+    out: &mut String,
+    depth: usize,
+) -> Option<()> {
+    let bytes = text.as_bytes();
+    if depth > MAX_DEPTH {
+        return None;
     }
+    match bytes.get(start)? {
+        b'{' => {
+            let mut entries: Vec<(Cow<'_, str>, usize, usize)> = Vec::new();
+            let mut at = skip_ws(bytes, start + 1);
+            if bytes.get(at) != Some(&b'}') {
+                loop {
+                    if bytes.get(at) != Some(&b'"') {
+                        return None;
+                    }
+                    let key_end = string_end(bytes, at)?;
+                    let key = json_string(&text[at..key_end]);
+                    at = skip_ws(bytes, key_end);
+                    if bytes.get(at) != Some(&b':') {
+                        return None;
+                    }
+                    at = skip_ws(bytes, at + 1);
+                    let value_to = value_end(bytes, at)?;
+                    entries.push((key, at, value_to));
+                    at = skip_ws(bytes, value_to);
+                    match bytes.get(at) {
+                        Some(b',') => at = skip_ws(bytes, at + 1),
+                        Some(b'}') => break,
+                        _ => return None,
+                    }
+                }
+            }
+            (at + 1 == end).then_some(())?;
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push('{');
+            for (i, (key, from, to)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_escaped(out, key);
+                out.push(':');
+                canonical_span(text, *from, *to, out, depth + 1)?;
+            }
+            out.push('}');
+        }
+        b'[' => {
+            out.push('[');
+            let mut at = skip_ws(bytes, start + 1);
+            let mut first = true;
+            if bytes.get(at) != Some(&b']') {
+                loop {
+                    let value_to = value_end(bytes, at)?;
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    canonical_span(text, at, value_to, out, depth + 1)?;
+                    at = skip_ws(bytes, value_to);
+                    match bytes.get(at) {
+                        Some(b',') => at = skip_ws(bytes, at + 1),
+                        Some(b']') => break,
+                        _ => return None,
+                    }
+                }
+            }
+            (at + 1 == end).then_some(())?;
+            out.push(']');
+        }
+        b'"' => {
+            let raw = &text[start..end];
+            // Only a well-formed string: an escape the decoder refuses makes the value invalid.
+            if raw.contains('\\') && serde_json::from_str::<String>(raw).is_err() {
+                return None;
+            }
+            push_escaped(out, &json_string(raw));
+        }
+        _ => {
+            let raw = &text[start..end];
+            match raw {
+                "true" | "false" | "null" => out.push_str(raw),
+                _ if is_plain_integer(raw) => out.push_str(raw),
+                _ => push_number(out, &serde_json::from_str::<serde_json::Number>(raw).ok()?),
+            }
+        }
+    }
+    Some(())
+}
+
+/// An integer literal already in its canonical spelling (no sign on zero, no leading zero),
+/// short enough to be an i64.
+fn is_plain_integer(raw: &str) -> bool {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" && raw.len() == 1 || !digits.starts_with('0'))
+}
+
+/// A JSON string, escaped one way: quote, backslash and control characters only.
+fn push_escaped(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -409,6 +512,16 @@ mod tests {
             assert_eq!(canon(ty, r#""""#), None, "{ty}");
         }
         assert_eq!(canon(Long, "null"), None);
+        // Not JSON, or nested past the limit: kept as sent, no panic.
+        assert_eq!(canon(Dynamic, "{\"a\":"), Some("{\"a\":".to_string()));
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(canon(Dynamic, &deep), Some(deep.clone()));
+        assert_eq!(canon(Dynamic, "[-0, 010]"), Some("[-0, 010]".to_string()));
+        assert_eq!(canon(Dynamic, "[-0,1e2]"), Some("[0,100]".to_string()));
+        assert_eq!(
+            canon(Dynamic, r#"{"z":"\u0041\n","a":{"y":true,"b":null}}"#),
+            Some(r#"{"a":{"b":null,"y":true},"z":"A\u000a"}"#.to_string())
+        );
         assert_ne!(canon(String, r#""a""#), canon(String, r#""b""#));
         assert_ne!(canon(Long, "1"), canon(Long, "2"));
     }

@@ -218,12 +218,24 @@ impl Chain {
         if !row.trim_end().ends_with('{') {
             row.push(',');
         }
-        row.push_str(&format!(
-            "\"{STREAM_COLUMN}\":{},\"{SEQ_COLUMN}\":{seq},\"{HASH_COLUMN}\":\"{}\",\"{KEY_COLUMN}\":{}}}",
-            serde_json::Value::String(stream.name.clone()),
-            encode_hash(&hash),
-            serde_json::Value::String(self.keys.active_id().to_string()),
-        ));
+        // Names and ids are plain (chain ids and key ids are checked at load): no escaping.
+        row.push_str("\"");
+        row.push_str(STREAM_COLUMN);
+        row.push_str("\":\"");
+        row.push_str(&stream.name);
+        row.push_str("\",\"");
+        row.push_str(SEQ_COLUMN);
+        row.push_str("\":");
+        push_decimal(row, seq);
+        row.push_str(",\"");
+        row.push_str(HASH_COLUMN);
+        row.push_str("\":\"");
+        row.push_str(&encode_hash(&hash));
+        row.push_str("\",\"");
+        row.push_str(KEY_COLUMN);
+        row.push_str("\":\"");
+        row.push_str(self.keys.active_id());
+        row.push_str("\"}");
         stream.seq = seq;
         stream.last = hash;
         Ok(())
@@ -263,6 +275,11 @@ impl Chain {
             })
             .collect()
     }
+}
+
+fn push_decimal(out: &mut String, n: u64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{n}");
 }
 
 /// `v1 SEQ HASH NAME`; None when it is another chain's (the chain id changed: a new chain).
