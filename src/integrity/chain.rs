@@ -219,7 +219,7 @@ impl Chain {
             row.push(',');
         }
         // Names and ids are plain (chain ids and key ids are checked at load): no escaping.
-        row.push_str("\"");
+        row.push('"');
         row.push_str(STREAM_COLUMN);
         row.push_str("\":\"");
         row.push_str(&stream.name);
