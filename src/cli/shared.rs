@@ -48,13 +48,7 @@ pub fn sink_from(
                 .credential
                 .as_ref()
                 .context("sink.logs_ingestion needs sink.credential")?;
-            let transport = azure_core::http::Transport::new(Arc::new(client.clone()));
-            let credential = m365_sentinel::auth::credential(
-                credential_config,
-                config.cloud,
-                config.authority_host.as_deref(),
-                Some(transport),
-            )?;
+            let credential = sink_credential(config, credential_config, &client)?;
             let targets = setup
                 .schemas
                 .tables
@@ -95,6 +89,21 @@ pub fn sink_from(
     };
     let sink = WorkspaceSink::new(client, api, setup.config.retry_policy(), dlq.clone());
     Ok((Arc::new(sink), targets, dlq))
+}
+
+/// The sink's credential, its token requests going through `http` (proxy and CA settings).
+pub fn sink_credential(
+    sink: &m365_sentinel::config::SinkConfig,
+    credential: &m365_sentinel::auth::CredentialConfig,
+    http: &reqwest::Client,
+) -> anyhow::Result<Arc<dyn azure_core::credentials::TokenCredential>> {
+    let transport = azure_core::http::Transport::new(Arc::new(http.clone()));
+    Ok(m365_sentinel::auth::credential(
+        credential,
+        sink.cloud,
+        sink.authority_host.as_deref(),
+        Some(transport),
+    )?)
 }
 
 /// `--input` when given, else the config's `input.paths`; one of them must name something.

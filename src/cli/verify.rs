@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use m365_sentinel::integrity::verify::{
@@ -62,13 +61,7 @@ pub fn verify(
             .collect::<anyhow::Result<_>>()?
     };
     let http = m365_sentinel::http_client::build(&setup.config.http)?;
-    let transport = azure_core::http::Transport::new(Arc::new(http.clone()));
-    let credential = m365_sentinel::auth::credential(
-        credential_config,
-        sink.cloud,
-        sink.authority_host.as_deref(),
-        Some(transport),
-    )?;
+    let credential = super::shared::sink_credential(sink, credential_config, &http)?;
     let (endpoint, scope) = integrity.query_api(sink.cloud);
     let client = QueryClient::new(
         http,

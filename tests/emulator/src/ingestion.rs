@@ -118,10 +118,7 @@ async fn check(
     if query.get("api-version").map(String::as_str) != Some("2023-01-01") {
         return refuse(400, "InvalidApiVersion", "api-version must be 2023-01-01");
     }
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = crate::bearer(headers);
     let Some(token) = bearer else {
         return refuse(401, "InvalidAuthentication", "a bearer token is required");
     };

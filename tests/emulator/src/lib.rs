@@ -65,6 +65,14 @@ pub(crate) fn cut_field(value: &mut serde_json::Value, limit: usize) -> bool {
     }
 }
 
+/// The bearer token of a request, if it has one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// A misbehaviour for the next ingestion request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {

@@ -256,10 +256,7 @@ fn answer(
     let mut guard = shared.state();
     let state = &mut *guard;
     // The token: issued here, unexpired, for this tenant and the manage audience.
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = crate::bearer(headers);
     let Some(token) = bearer else {
         return error(
             StatusCode::UNAUTHORIZED,

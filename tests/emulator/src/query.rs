@@ -51,10 +51,7 @@ pub(crate) async fn query(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = crate::bearer(&headers);
     let Some(token) = bearer else {
         return error(
             StatusCode::UNAUTHORIZED,
