@@ -106,6 +106,19 @@ impl Columns {
         let mut value = String::new();
         for (i, raw) in found {
             let (name, ty) = &self.names[i];
+            // Most values are already in their canonical spelling: a plain string, an integer.
+            let plain = match ty {
+                ColumnType::String => raw
+                    .strip_prefix('"')
+                    .and_then(|r| r.strip_suffix('"'))
+                    .filter(|inner| !inner.is_empty() && !inner.contains('\\')),
+                ColumnType::Int | ColumnType::Long => Some(raw).filter(|r| is_plain_integer(r)),
+                _ => None,
+            };
+            if let Some(text) = plain {
+                push_field(out, name, text);
+                continue;
+            }
             value.clear();
             if canonical_value(*ty, raw, &mut value) {
                 push_field(out, name, &value);
