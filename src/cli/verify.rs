@@ -187,6 +187,9 @@ fn describe_table(r: &TableReport) -> String {
         r.chains.len(),
         if r.is_whole() { "whole" } else { "NOT whole" }
     );
+    if r.absent {
+        out.push_str("  the workspace has no such table (not deployed: `schema dcr`)\n");
+    }
     for c in &r.chains {
         out.push_str(&describe_chain(c));
     }

@@ -21,6 +21,9 @@ use serde_json::Value;
 use crate::schema::{ColumnType, TableSchema};
 use crate::stages::map::datetime;
 
+/// The column the hash does not cover.
+pub const UNCOVERED: &str = "TimeGenerated";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CanonicalError {
     #[error("the row is not a JSON object: {0}")]
@@ -36,9 +39,13 @@ pub struct Columns {
 
 impl Columns {
     pub fn of(schema: &TableSchema) -> Self {
+        // TimeGenerated is left out: the workspace replaces a value more than two days old or
+        // a day ahead with the time it received the row, so a backfill or a long outage would
+        // read as altered rows. (The Defender tables carry the same time in Timestamp.)
         let names: Vec<(String, ColumnType)> = schema
             .columns
             .iter()
+            .filter(|c| c.name != UNCOVERED)
             .map(|c| (c.name.clone(), c.ty))
             .collect();
         let by_name = names
@@ -238,7 +245,10 @@ pub fn canonical_value(ty: ColumnType, raw: &str, out: &mut String) -> bool {
                 return false;
             }
             match ty {
-                ColumnType::Guid => out.push_str(&text.to_ascii_lowercase()),
+                ColumnType::Guid => {
+                    let bare = text.strip_prefix('{').and_then(|t| t.strip_suffix('}'));
+                    out.push_str(&bare.unwrap_or(&text).to_ascii_lowercase());
+                }
                 ColumnType::DateTime => push_datetime(out, &text),
                 _ => out.push_str(&text),
             }
@@ -246,6 +256,11 @@ pub fn canonical_value(ty: ColumnType, raw: &str, out: &mut String) -> bool {
         ColumnType::Int | ColumnType::Long | ColumnType::Real => {
             let text = json_string(raw);
             match serde_json::from_str::<serde_json::Number>(&text) {
+                // A real column holds a double, whatever digits were sent.
+                Ok(n) if ty == ColumnType::Real => match n.as_f64() {
+                    Some(f) => push_double(out, f),
+                    None => out.push_str(&text),
+                },
                 Ok(n) => push_number(out, &n),
                 Err(_) => out.push_str(&text),
             }
@@ -311,20 +326,26 @@ fn push_datetime(out: &mut String, text: &str) {
     }
 }
 
+/// An integer that fits a long as itself, any other number as the double it reads as (Log
+/// Analytics keeps numbers as long or real).
 fn push_number(out: &mut String, n: &serde_json::Number) {
     use std::fmt::Write;
     if let Some(i) = n.as_i64() {
         let _ = write!(out, "{i}");
-    } else if let Some(u) = n.as_u64() {
-        let _ = write!(out, "{u}");
     } else if let Some(f) = n.as_f64() {
-        if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
-            let _ = write!(out, "{}", f as i64);
-        } else {
-            let _ = write!(out, "{f}");
-        }
+        push_double(out, f);
     } else {
         out.push_str(&n.to_string());
+    }
+}
+
+/// A double: integral ones below 2^53 without a fraction, others in Rust's shortest form.
+fn push_double(out: &mut String, f: f64) {
+    use std::fmt::Write;
+    if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
+        let _ = write!(out, "{}", f as i64);
+    } else {
+        let _ = write!(out, "{f}");
     }
 }
 
@@ -385,7 +406,10 @@ fn canonical_span(
                 }
             }
             (at + 1 == end).then_some(())?;
+            // A key given twice counts once, its last value, as a JSON reader keeps it.
+            entries.reverse();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.dedup_by(|later, kept| later.0 == kept.0);
             out.push('{');
             for (i, (key, from, to)) in entries.iter().enumerate() {
                 if i > 0 {
@@ -525,6 +549,23 @@ mod tests {
             assert_eq!(canon(ty, r#""""#), None, "{ty}");
         }
         assert_eq!(canon(Long, "null"), None);
+        // Reals by the double they are; braces off GUIDs; a repeated key once, its last value.
+        assert_eq!(
+            canon(Real, "9007199254740993"),
+            canon(Real, "9007199254740992.0")
+        );
+        assert_eq!(
+            canon(Guid, r#""{AB12CD34-0000-4000-8000-000000000000}""#),
+            canon(Guid, r#""ab12cd34-0000-4000-8000-000000000000""#)
+        );
+        assert_eq!(
+            canon(Dynamic, r#"{"a":1,"a":2}"#),
+            Some(r#"{"a":2}"#.to_string())
+        );
+        assert_eq!(
+            canon(Dynamic, "[18446744073709551615]"),
+            canon(Dynamic, "[1.8446744073709552e19]")
+        );
         // Not JSON, or nested past the limit: kept as sent, no panic.
         assert_eq!(canon(Dynamic, "{\"a\":"), Some("{\"a\":".to_string()));
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);

@@ -31,7 +31,7 @@ pub enum ChainError {
     #[error("chain state {path}: {error}")]
     Io { path: String, error: std::io::Error },
     #[error(
-        "chain state of {stream} in {path} is damaged ({why}); move its chain.0 and chain.1 files away to start the stream's chain again (verify then reports the restart as a fork)"
+        "chain state of {stream} in {path} is damaged ({why}); move its chain-<id>.0 and .1 files away to start the stream's chain again (verify then reports the restart as a fork)"
     )]
     Damaged {
         stream: String,
@@ -139,13 +139,28 @@ impl Chain {
                 path: shown.clone(),
                 error,
             })?;
-            let (slots, read) = SlotFile::open(&dir, "chain").map_err(|error| ChainError::Io {
-                path: shown.clone(),
-                error,
-            })?;
+            // One head file per chain id: a stream that changes chains and back finds its
+            // own head again.
+            let (slots, read) =
+                SlotFile::open(&dir, &format!("chain-{chain_id}")).map_err(|error| {
+                    ChainError::Io {
+                        path: shown.clone(),
+                        error,
+                    }
+                })?;
             let (mut seq, mut last) = match read {
                 SlotRead::Missing => (0, GENESIS),
-                SlotRead::Found(body) => parse_head(&body, &name).unwrap_or((0, GENESIS)),
+                SlotRead::Found(body) => match parse_head(&body, &name) {
+                    Some(head) => head,
+                    None => {
+                        return Err(ChainError::Damaged {
+                            stream: name,
+                            path: shown,
+                            why: "the head file is not one this version writes for this chain"
+                                .into(),
+                        });
+                    }
+                },
                 SlotRead::Damaged(why) => {
                     return Err(ChainError::Damaged {
                         stream: name,

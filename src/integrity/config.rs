@@ -73,13 +73,24 @@ impl IntegrityConfig {
         }
     }
 
-    pub fn chain_id(&self) -> String {
-        self.chain_id
-            .clone()
-            .or_else(|| std::env::var("POD_NAME").ok())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .filter(|id| is_key_id(id))
-            .unwrap_or_else(|| "m365-sentinel".to_string())
+    /// This replica's chain id: `chain_id`, else the pod name (POD_NAME, HOSTNAME), else the
+    /// machine's host name; None when none is usable, since two instances sharing an id
+    /// would fork each other's chains.
+    pub fn chain_id(&self) -> Option<String> {
+        let host = || {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        };
+        [
+            self.chain_id.clone(),
+            std::env::var("POD_NAME").ok(),
+            std::env::var("HOSTNAME").ok(),
+            host(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|id| is_key_id(id))
     }
 
     pub fn page_rows(&self) -> usize {

@@ -81,8 +81,9 @@ impl Status {
     }
 }
 
-/// The chains' heads as last published, for checkpoint rows.
-pub type Heads = Arc<Mutex<Vec<crate::integrity::Head>>>;
+/// The chains' heads as last published, with where their rows end in the spool: a head is
+/// checkpointed once its stream's cursor has passed that place.
+pub type Heads = Arc<Mutex<Vec<(crate::integrity::Head, crate::state::spool::Pos)>>>;
 
 /// The live sources' boards, filled in once the sources are started.
 #[derive(Clone, Default)]
@@ -137,7 +138,9 @@ pub struct HealthReporter {
     last_delivered: BTreeMap<String, u64>,
     last_dead: BTreeMap<String, u64>,
     last_rejected: u64,
-    last_full_ms: Option<i64>,
+    /// Throttle counts as of the last full round: throttled lasts until the next one.
+    full_throttled: BTreeMap<Key, u64>,
+    last_full: Option<std::time::Instant>,
     last_checkpoint: BTreeMap<String, u64>,
 }
 
@@ -168,7 +171,8 @@ impl HealthReporter {
             last_delivered: BTreeMap::new(),
             last_dead: BTreeMap::new(),
             last_rejected: 0,
-            last_full_ms: None,
+            full_throttled: BTreeMap::new(),
+            last_full: None,
             last_checkpoint: BTreeMap::new(),
         }
     }
@@ -182,8 +186,9 @@ impl HealthReporter {
         now_ms: i64,
         force: bool,
     ) -> Vec<String> {
-        let interval_ms = i64::try_from(self.config.interval_secs * 1000).unwrap_or(i64::MAX);
-        let full = force || self.last_full_ms.is_none_or(|t| now_ms - t >= interval_ms);
+        let interval = Duration::from_secs(self.config.interval_secs);
+        // A monotonic clock: a wall clock stepped back must not stop the rows.
+        let full = force || self.last_full.is_none_or(|t| t.elapsed() >= interval);
         let stats = inputs.sink.stats();
         let spool_full = inputs.spool.as_ref().is_some_and(|s| s.is_full());
         let boards = inputs.boards.get();
@@ -259,7 +264,10 @@ impl HealthReporter {
             rows.push(row.to_string());
         }
         if full {
-            self.last_full_ms = Some(now_ms);
+            self.last_full = Some(std::time::Instant::now());
+            for (key, seen) in &observed {
+                self.full_throttled.insert(key.clone(), seen.throttled);
+            }
             for head in heads {
                 let (chain, seq, hash) = (&head.chain, &head.seq, &head.hash);
                 if *seq == 0 || self.last_checkpoint.get(chain) == Some(seq) {
@@ -322,7 +330,7 @@ impl HealthReporter {
                 if lag.lag_ms > lag_limit {
                     status = Status::Lagging;
                 }
-                if lag.throttled > self.last_throttled.get(&key).copied().unwrap_or(0) {
+                if lag.throttled > self.full_throttled.get(&key).copied().unwrap_or(0) {
                     status = Status::Throttled;
                     error = Some((
                         "throttling",

@@ -403,6 +403,13 @@ fn integrity(p: &mut Problems, config: &Config) {
             "mount the chain key secret (one file per key id, 32 bytes or more each)",
         );
     }
+    if integrity.chain_id().is_none() {
+        p.add(
+            "integrity.chain_id",
+            "no usable chain id: neither set, nor a pod or host name of letters, digits, '-', '_' and '.'",
+            "set integrity.chain_id to a name unique to this instance (two instances sharing one would fork each other's chains)",
+        );
+    }
     if !config.spool.enabled && config.sink.is_some() {
         p.add(
             "integrity.enabled",

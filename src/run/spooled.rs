@@ -148,19 +148,31 @@ async fn supervise(
         // The intake is exhausted: deliver everything, then the last health rows (with the
         // final checkpoints), then stop the readers.
         spool.finish_intake();
-        let mut health = health;
-        loop {
-            tokio::select! {
-                () = spool.drained() => {}
-                failed = first_failure(streams) => return Err(failed),
-                () = shutdown.wait() => break,
+        let health_table = health.as_ref().map(|h| h.table);
+        tokio::select! {
+            () = spool.streams_drained(|i| Some(i) != health_table) => {}
+            failed = first_failure(streams) => return Err(failed),
+            () = shutdown.wait() => {
+                if let Some(task) = health {
+                    task.handle.abort();
+                }
+                return Ok((input, true));
             }
-            let Some(task) = health.take() else { break };
-            let _ = task.finish.send(true);
-            let _ = task.handle.await;
         }
         if let Some(task) = health {
-            task.handle.abort();
+            let _ = task.finish.send(true);
+            let _ = task.handle.await;
+            // A health stream the workspace doesn't take (a DCR deployed before it existed)
+            // must not hold the end of the run: its rows stay for the next start.
+            tokio::select! {
+                done = tokio::time::timeout(health::DRAIN, spool.streams_drained(|i| i == task.table)) => {
+                    if done.is_err() {
+                        tracing::warn!(wait_secs = health::DRAIN.as_secs(), "the health rows were not all delivered in time; they stay in the spool for the next start (is the health table's stream in the DCR? `schema dcr`)");
+                    }
+                }
+                failed = first_failure(streams) => return Err(failed),
+                () = shutdown.wait() => {}
+            }
         }
     } else if let Some(task) = health {
         task.handle.abort();
@@ -192,9 +204,14 @@ fn open_chain(setup: &Setup, spool: &Spool, tables: &[usize]) -> Result<Option<C
     };
     let last_rows: Vec<Option<Vec<u8>>> =
         spool.recovery.iter().map(|r| r.last_row.clone()).collect();
+    let Some(chain_id) = integrity.chain_id() else {
+        return Err(RunError::Reader(
+            "integrity: no chain id (set integrity.chain_id: each instance needs its own)".into(),
+        ));
+    };
     let chain = Chain::open_tables(
         keys,
-        &integrity.chain_id(),
+        &chain_id,
         &setup.schemas,
         &setup.config.spool.dir,
         &last_rows,
@@ -241,7 +258,12 @@ fn write_loop(
                         if let Some(chain) = chain.as_mut() {
                             chain.seal(table, &mut json)?;
                         }
-                        writer.push(table, json.as_bytes());
+                        if !writer.push(table, json.as_bytes()) {
+                            return Err(RunError::Reader(format!(
+                                "a row for table {} reached the data writer, which doesn't write that stream",
+                                targets[table].table
+                            )));
+                        }
                         acks.extend(ack);
                     }
                 }
@@ -260,7 +282,15 @@ fn write_loop(
                 ack_all(acks.drain(..));
                 // Published now: the health rows may checkpoint them once delivered.
                 if let Some(chain) = &chain {
-                    *heads.lock().unwrap_or_else(|e| e.into_inner()) = chain.heads();
+                    let published = chain
+                        .heads()
+                        .into_iter()
+                        .filter_map(|h| {
+                            let end = writer.end_of(h.table)?;
+                            Some((h, end))
+                        })
+                        .collect();
+                    *heads.lock().unwrap_or_else(|e| e.into_inner()) = published;
                 }
             }
             // Not written: its rows stay unacknowledged and their sources read them again.

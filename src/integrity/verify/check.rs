@@ -48,7 +48,10 @@ impl ChainReport {
     }
 
     pub fn missing_count(&self) -> u64 {
-        self.missing.iter().map(|(a, b)| b - a + 1).sum()
+        self.missing
+            .iter()
+            .map(|(a, b)| b.saturating_sub(*a).saturating_add(1))
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -105,14 +108,14 @@ impl<'k> Checker<'k> {
             } else if self.late_start_allowed {
                 report.starts_late = true;
             } else {
-                report.missing.push((1, seq - 1));
+                report.missing.push((1, seq.saturating_sub(1)));
             }
         } else if seq > self.expected {
-            report.missing.push((self.expected, seq - 1));
+            report.missing.push((self.expected, seq.saturating_sub(1)));
             self.prev = None;
         }
         report.last = seq;
-        self.expected = seq + 1;
+        self.expected = seq.saturating_add(1);
         let stream = report.stream.clone();
         // Distinct copies: (stored hash, content) → how many.
         let mut copies: BTreeMap<(&str, &[u8]), (u64, &ReadRow)> = BTreeMap::new();

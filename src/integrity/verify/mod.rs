@@ -32,6 +32,9 @@ pub enum VerifyError {
     Column { table: String, column: String },
 }
 
+/// The Query API's row limit.
+const MAX_PAGE_ROWS: usize = 500_000;
+
 /// What verify found in one table.
 #[derive(Debug, Clone, Default)]
 pub struct TableReport {
@@ -41,6 +44,8 @@ pub struct TableReport {
     pub unchained: u64,
     /// Their first few TimeGenerated values.
     pub unchained_examples: Vec<String>,
+    /// The workspace has no such table.
+    pub absent: bool,
 }
 
 impl TableReport {
@@ -66,9 +71,20 @@ pub async fn checkpoints(
 ) -> Result<BTreeMap<String, u64>, VerifyError> {
     let result = client
         .query(&format!(
-            "{health_table} | where Kind == \"checkpoint\" and TimeGenerated < datetime({before}) | summarize Seq = max(CheckpointSeq) by CheckpointChain"
+            "{health_table} | where Kind == \"checkpoint\" and TimeGenerated < datetime({before}) and isnotempty({STREAM_COLUMN}) | summarize Seq = max(CheckpointSeq) by CheckpointChain"
         ))
-        .await?;
+        .await;
+    // No health table in the workspace: no checkpoints.
+    let result = match result {
+        Ok(result) => result,
+        Err(QueryError::Status {
+            status: 400,
+            message,
+        }) if message.contains("resolve") => {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let index = result.index();
     let (Some(&chain_at), Some(&seq_at)) = (index.get("CheckpointChain"), index.get("Seq")) else {
         return Err(VerifyError::Column {
@@ -118,11 +134,27 @@ pub async fn verify_table(
         table: table.clone(),
         ..TableReport::default()
     };
-    let streams = client
+    let streams = match client
         .query(&format!(
             "{table}{since} | summarize Rows = count() by {STREAM_COLUMN}"
         ))
-        .await?;
+        .await
+    {
+        Ok(streams) => streams,
+        // A table the workspace doesn't have (never deployed): nothing to read, but any
+        // chain checkpointed into it is missing whole.
+        Err(QueryError::Status {
+            status: 400,
+            message,
+        }) if message.contains("resolve") => {
+            report.absent = true;
+            ResultTable {
+                columns: vec![STREAM_COLUMN.to_string(), "Rows".to_string()],
+                rows: Vec::new(),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let index = streams.index();
     let column = |name: &str| {
         index.get(name).copied().ok_or_else(|| VerifyError::Column {
@@ -141,14 +173,39 @@ pub async fn verify_table(
             names.push(name.to_string());
         }
     }
-    // Chains the connector checkpointed but of which no row is left are missing whole.
+    // Chains the connector checkpointed but of which no row is left are missing whole (not
+    // with --since: a chain may simply have no rows that recent).
     let prefix_known = |n: &String| n.ends_with(&format!("/{table}"));
-    for name in options.checkpoints.keys().filter(|n| prefix_known(n)) {
-        if !names.contains(name) {
-            names.push(name.clone());
+    if options.since.is_none() {
+        for name in options.checkpoints.keys().filter(|n| prefix_known(n)) {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
         }
     }
     names.sort();
+    // With --since, each chain is read from the lowest sequence number of a row that recent,
+    // then every row after it whatever its time: rows come into a chain in arrival order,
+    // not event order, so a time filter would cut holes in it.
+    let mut starts: BTreeMap<String, u64> = BTreeMap::new();
+    if !since.is_empty() && !names.is_empty() {
+        let found = client
+            .query(&format!(
+                "{table}{since} | where isnotempty({STREAM_COLUMN}) | summarize Start = min({SEQ_COLUMN}) by {STREAM_COLUMN}"
+            ))
+            .await?;
+        let index = found.index();
+        if let (Some(&name_at), Some(&start_at)) = (index.get(STREAM_COLUMN), index.get("Start")) {
+            for row in &found.rows {
+                if let (Some(name), Some(start)) = (
+                    row.get(name_at).and_then(Value::as_str),
+                    row.get(start_at).and_then(as_u64),
+                ) {
+                    starts.insert(name.to_string(), start);
+                }
+            }
+        }
+    }
     if report.unchained > 0 {
         let examples = client
             .query(&format!(
@@ -165,7 +222,12 @@ pub async fn verify_table(
     }
     let columns = Columns::of(schema);
     for name in names {
-        let chain = verify_chain(client, keys, &columns, table, &since, &name, options).await?;
+        let chain = if report.absent {
+            Checker::new(keys, &name, false).finish(options.checkpoints.get(&name).copied())
+        } else {
+            let from = starts.get(&name).copied().unwrap_or(1);
+            verify_chain(client, keys, &columns, table, from, &name, options).await?
+        };
         report.chains.push(chain);
     }
     Ok(report)
@@ -176,16 +238,16 @@ async fn verify_chain(
     keys: &Keyring,
     columns: &Columns,
     table: &str,
-    since: &str,
+    from: u64,
     name: &str,
     options: &VerifyOptions,
 ) -> Result<ChainReport, VerifyError> {
     let mut checker = Checker::new(keys, name, options.since.is_some());
-    let mut after = 0u64;
+    let mut after = from.saturating_sub(1);
     let mut page = options.page_rows.max(1);
     loop {
         let kql = format!(
-            "{table}{since} | where {STREAM_COLUMN} == {} and {SEQ_COLUMN} > {after} | order by {SEQ_COLUMN} asc | take {page}",
+            "{table} | where {STREAM_COLUMN} == {} and {SEQ_COLUMN} > {after} | order by {SEQ_COLUMN} asc | take {page}",
             literal(name)
         );
         let result = match client.query(&kql).await {
@@ -204,12 +266,17 @@ async fn verify_chain(
             let last = rows.last().map_or(0, |r| r.seq);
             rows.retain(|r| r.seq < last);
             if rows.is_empty() {
-                return Err(VerifyError::PageTooSmall {
-                    table: table.to_string(),
-                    stream: name.to_string(),
-                    seq: last,
-                    page,
-                });
+                // More copies of one sequence number than a page holds: read bigger pages.
+                if page >= MAX_PAGE_ROWS {
+                    return Err(VerifyError::PageTooSmall {
+                        table: table.to_string(),
+                        stream: name.to_string(),
+                        seq: last,
+                        page,
+                    });
+                }
+                page = (page * 2).min(MAX_PAGE_ROWS);
+                continue;
             }
         }
         checker.feed(&rows);

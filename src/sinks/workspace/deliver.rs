@@ -238,13 +238,26 @@ impl WorkspaceSink {
                     }
                 };
                 let verdict = classify(answer.status);
-                if verdict != Verdict::Delivered {
-                    let message = format!(
+                // What the health rows say of the table: throttled on 429; failing only on
+                // answers that don't pass by themselves (refused identity, wrong endpoint).
+                let message = || {
+                    format!(
                         "HTTP {} {}",
                         answer.status,
                         answer.error_code.as_deref().unwrap_or("")
-                    );
-                    self.table_failing(target, answer.status == 429, message.trim_end());
+                    )
+                    .trim_end()
+                    .to_string()
+                };
+                match verdict {
+                    Verdict::Retry if answer.status == 429 => {
+                        self.table_failing(target, true, &message());
+                    }
+                    Verdict::Unauthorized if refreshed => {
+                        self.table_failing(target, false, &message())
+                    }
+                    Verdict::Misconfigured => self.table_failing(target, false, &message()),
+                    _ => {}
                 }
                 match verdict {
                     Verdict::Delivered => {

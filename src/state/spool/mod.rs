@@ -326,15 +326,46 @@ impl Spool {
 
     /// Returns once every row written so far was delivered.
     pub async fn drained(&self) {
+        self.streams_drained(|_| true).await;
+    }
+
+    /// Returns once every row written so far to the streams `which` picks was delivered.
+    pub async fn streams_drained(&self, which: impl Fn(usize) -> bool) {
         loop {
             let progress = self.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            if self.is_drained() {
+            if (0..self.streams.len())
+                .filter(|i| which(*i))
+                .all(|i| self.is_stream_drained(i))
+            {
                 return;
             }
             progress.await;
         }
+    }
+
+    /// Everything before this place of stream `index` was delivered.
+    pub fn cursor(&self, index: usize) -> Option<Pos> {
+        Some(self.streams.get(index)?.lock().cursor)
+    }
+
+    /// Bytes of stream `index` on disk not yet delivered.
+    pub fn stream_backlog(&self, index: usize) -> u64 {
+        let Some(s) = self.streams.get(index) else {
+            return 0;
+        };
+        let state = s.lock();
+        let cursor = state.cursor;
+        state
+            .segments
+            .iter()
+            .map(|seg| match seg.seq.cmp(&cursor.seq) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Equal => seg.published.saturating_sub(cursor.offset),
+                std::cmp::Ordering::Greater => seg.published,
+            })
+            .sum()
     }
 
     fn is_stopping(&self) -> bool {

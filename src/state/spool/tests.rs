@@ -22,7 +22,7 @@ fn row(i: usize) -> Vec<u8> {
 fn write(spool: &Arc<Spool>, stream: usize, rows: std::ops::Range<usize>) {
     let mut w = SpoolWriter::new(spool.clone());
     for i in rows {
-        w.push(stream, &row(i));
+        assert!(w.push(stream, &row(i)));
         if w.pending_bytes() > 4096 {
             w.commit().unwrap();
         }

@@ -58,18 +58,27 @@ impl SpoolWriter {
         }
     }
 
-    /// Adds a row to the batch (of a stream this writer owns; others are ignored).
-    pub fn push(&mut self, stream: usize, row: &[u8]) {
+    /// Adds a row to the batch; false (nothing added) for a stream this writer doesn't own,
+    /// which the caller must not acknowledge.
+    #[must_use]
+    pub fn push(&mut self, stream: usize, row: &[u8]) -> bool {
         if !self.owned.get(stream).copied().unwrap_or(false) {
-            tracing::error!(
-                stream,
-                "a row for a stream another writer owns was not written"
-            );
-            return;
+            return false;
         }
         let before = self.pending[stream].len();
         segment::encode(&mut self.pending[stream], row);
         self.pending_bytes += (self.pending[stream].len() - before) as u64;
+        true
+    }
+
+    /// Where the rows written so far to `stream` end (None before any): once a stream's
+    /// cursor reaches it, they are all delivered.
+    pub fn end_of(&self, stream: usize) -> Option<super::Pos> {
+        let active = self.active.get(stream)?.as_ref()?;
+        Some(super::Pos {
+            seq: active.seq,
+            offset: active.len,
+        })
     }
 
     pub fn pending_bytes(&self) -> u64 {
@@ -314,7 +323,8 @@ impl SpoolWriter {
             match active.file.write_all(data) {
                 Ok(()) => {
                     active.len += data.len() as u64;
-                    if self.spool.usage.full.swap(false, Ordering::Relaxed) {
+                    // Only a writer that waits for room says whether there is room.
+                    if !self.exempt && self.spool.usage.full.swap(false, Ordering::Relaxed) {
                         tracing::info!("spool writes again: collection resumes");
                     }
                     return Ok(created);

@@ -8,7 +8,7 @@
 //! KQL: only the shapes `verify` sends (anything else is a 400 BadArgumentError, as a syntax
 //! error is): `TABLE (| where COND (and COND)*)* [| summarize NAME = count()|max(COL) by COL]
 //! [| order by COL asc|desc] [| take N]`, COND one of `COL == "text"`, `COL > N` (also `>=`,
-//! `<`, `<=`, with a number or `datetime(...)`), `isempty(COL)`.
+//! `<`, `<=`, with a number or `datetime(...)`), `isempty(COL)`, `isnotempty(COL)`; aggregates `count()`, `max(COL)`, `min(COL)`.
 //!
 //! Limits as the service's (learn.microsoft.com/azure/azure-monitor/service-limits, log
 //! queries): 500,000 rows and about 100 MB a result, lower for tests with
@@ -231,7 +231,8 @@ fn sorted(v: &Value) -> Value {
 #[derive(Debug)]
 enum Cond {
     Compare(String, &'static str, Literal),
-    IsEmpty(String),
+    /// `isempty(COL)` (true) or `isnotempty(COL)` (false).
+    IsEmpty(String, bool),
 }
 
 #[derive(Debug)]
@@ -244,6 +245,7 @@ enum Literal {
 enum Aggregate {
     Count,
     Max(String),
+    Min(String),
 }
 
 #[derive(Debug)]
@@ -314,10 +316,20 @@ fn parse(kql: &str) -> Result<Parsed, String> {
                 .ok_or("only NAME = count() or max(COL) by COL is supported")?;
             let aggregate = match aggregate.trim() {
                 "count()" => Aggregate::Count,
-                other => match other.strip_prefix("max(").and_then(|r| r.strip_suffix(')')) {
-                    Some(col) if is_name(col) => Aggregate::Max(col.to_string()),
-                    _ => return Err(format!("unsupported aggregate '{other}'")),
-                },
+                other => {
+                    let of = |f: &str| {
+                        other
+                            .strip_prefix(f)
+                            .and_then(|r| r.strip_suffix(')'))
+                            .filter(|c| is_name(c))
+                            .map(str::to_string)
+                    };
+                    match (of("max("), of("min(")) {
+                        (Some(col), _) => Aggregate::Max(col),
+                        (_, Some(col)) => Aggregate::Min(col),
+                        _ => return Err(format!("unsupported aggregate '{other}'")),
+                    }
+                }
             };
             if !is_name(name.trim()) || !is_name(by.trim()) {
                 return Err(format!("bad summarize '{stage}'"));
@@ -371,7 +383,13 @@ fn split_and(s: &str) -> Vec<&str> {
 
 fn parse_cond(s: &str) -> Result<Cond, String> {
     if let Some(col) = s.strip_prefix("isempty(").and_then(|r| r.strip_suffix(')')) {
-        return Ok(Cond::IsEmpty(col.trim().to_string()));
+        return Ok(Cond::IsEmpty(col.trim().to_string(), true));
+    }
+    if let Some(col) = s
+        .strip_prefix("isnotempty(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        return Ok(Cond::IsEmpty(col.trim().to_string(), false));
     }
     for op in ["==", ">=", "<=", ">", "<"] {
         if let Some((col, lit)) = s.split_once(op) {
@@ -434,9 +452,9 @@ fn run(
     };
     for cond in &q.wheres {
         match cond {
-            Cond::IsEmpty(col) => {
+            Cond::IsEmpty(col, empty) => {
                 let i = at(col)?;
-                rows.retain(|r| matches!(&r[i], Value::Null) || r[i] == "");
+                rows.retain(|r| (matches!(&r[i], Value::Null) || r[i] == "") == *empty);
             }
             Cond::Compare(col, op, lit) => {
                 let i = at(col)?;
@@ -455,9 +473,10 @@ fn run(
     let mut columns = columns.to_vec();
     if let Some((name, aggregate, by)) = &q.summarize {
         let i = at(by)?;
-        let of = match aggregate {
-            Aggregate::Count => None,
-            Aggregate::Max(col) => Some(at(col)?),
+        let (of, max) = match aggregate {
+            Aggregate::Count => (None, true),
+            Aggregate::Max(col) => (Some(at(col)?), true),
+            Aggregate::Min(col) => (Some(at(col)?), false),
         };
         let mut groups: Vec<(Value, Value)> = Vec::new();
         for r in &rows {
@@ -469,7 +488,12 @@ fn run(
                 Some((_, acc)) => match of {
                     None => *acc = json!(acc.as_u64().unwrap_or(0) + 1),
                     Some(_) => {
-                        if value.as_f64() > acc.as_f64() {
+                        let better = if max {
+                            value.as_f64() > acc.as_f64()
+                        } else {
+                            value.as_f64() < acc.as_f64()
+                        };
+                        if better {
                             *acc = value;
                         }
                     }
