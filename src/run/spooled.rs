@@ -50,8 +50,13 @@ pub(super) async fn deliver(
     // Delivery first: what the last run left goes before anything new.
     let limit = setup.config.batch.max_body_bytes;
     let mut streams = JoinSet::new();
+    let health_index = setup
+        .schemas
+        .health_table()
+        .filter(|_| setup.config.health.enabled);
+    let mut health_delivery = None;
     for (index, target) in targets.iter().enumerate() {
-        streams.spawn(deliver_stream(
+        let handle = streams.spawn(deliver_stream(
             spool.reader(index),
             sink.clone(),
             target.clone(),
@@ -61,11 +66,11 @@ pub(super) async fn deliver(
             options.shutdown.clone(),
             options.shutdown_deadline,
         ));
+        if Some(index) == health_index {
+            health_delivery = Some(handle);
+        }
     }
-    let health_table = setup
-        .schemas
-        .health_table()
-        .filter(|_| setup.config.health.enabled);
+    let health_table = health_index;
     let data_tables: Vec<usize> = (0..targets.len())
         .filter(|t| Some(*t) != health_table)
         .collect();
@@ -112,8 +117,18 @@ pub(super) async fn deliver(
             return Err(e);
         }
     };
+    // Health rows the workspace would not take in time stay in the spool: their delivery,
+    // retrying, is not waited for (the data's is).
+    if let (Some(handle), Some(index)) = (health_delivery, health_index)
+        && !spool.is_stream_drained(index)
+    {
+        handle.abort();
+    }
     while let Some(done) = streams.join_next().await {
-        done.map_err(|e| RunError::Reader(e.to_string()))??;
+        match done {
+            Err(e) if e.is_cancelled() => {}
+            done => done.map_err(|e| RunError::Reader(e.to_string()))??,
+        }
     }
     let input = input.unwrap_or_else(|| Stats::for_tables(&setup.schemas, limit));
     Ok((input, stopped || options.shutdown.is_set()))
