@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::schema::{ColumnType, TableSchema};
 use crate::stages::map::datetime;
+use crate::stages::map::json::decode_string;
 
 /// The column the hash does not cover.
 pub const UNCOVERED: &str = "TimeGenerated";
@@ -296,15 +297,7 @@ pub fn canonical_value(ty: ColumnType, raw: &str, out: &mut String) -> bool {
 
 /// The text of a JSON string (escapes resolved), or the raw text of any other value.
 fn json_string(raw: &str) -> Cow<'_, str> {
-    if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        if !inner.contains('\\') {
-            return Cow::Borrowed(inner);
-        }
-        if let Ok(s) = serde_json::from_str::<String>(raw) {
-            return Cow::Owned(s);
-        }
-    }
-    Cow::Borrowed(raw)
+    decode_string(raw).unwrap_or(Cow::Borrowed(raw))
 }
 
 fn push_datetime(out: &mut String, text: &str) {
@@ -445,12 +438,8 @@ fn canonical_span(
             out.push(']');
         }
         b'"' => {
-            let raw = &text[start..end];
             // Only a well-formed string: an escape the decoder refuses makes the value invalid.
-            if raw.contains('\\') && serde_json::from_str::<String>(raw).is_err() {
-                return None;
-            }
-            push_escaped(out, &json_string(raw));
+            push_escaped(out, &decode_string(&text[start..end])?);
         }
         _ => {
             let raw = &text[start..end];

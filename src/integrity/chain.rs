@@ -104,7 +104,7 @@ pub struct Seal {
 }
 
 impl Chain {
-    /// Opens the chains of every table (heads in `spool_dir/<stream>/chain.*`); `last_rows`
+    /// Opens the chains of every table (heads in `spool_dir/<stream>/chain-<chain_id>.0` and `.1`); `last_rows`
     /// (per table, the last row the spool still holds) may carry a later head.
     pub fn open(
         keys: Keyring,

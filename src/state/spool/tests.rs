@@ -64,6 +64,9 @@ async fn rows_come_back_in_order_per_stream_and_survive_a_restart() {
     let spool = Spool::open(&cfg, &streams()).unwrap();
     assert_eq!(spool.recovery[0].rows, 500);
     assert_eq!(spool.recovery[1].rows, 10);
+    // The last row waiting is handed over (a later chain head may be in it).
+    assert_eq!(spool.recovery[0].last_row, Some(row(499)));
+    assert_eq!(spool.recovery[1].last_row, Some(row(1009)));
     let mut a = spool.reader(0);
     assert_eq!(drain(&mut a, true).await.len(), 500);
     let mut b = spool.reader(1);
@@ -72,6 +75,11 @@ async fn rows_come_back_in_order_per_stream_and_survive_a_restart() {
     // Stream A was delivered: only B's rows come back.
     let spool = Spool::open(&cfg, &streams()).unwrap();
     assert_eq!((spool.recovery[0].rows, spool.recovery[1].rows), (0, 10));
+    assert_eq!(
+        spool.recovery[0].last_row, None,
+        "nothing waits in a delivered stream"
+    );
+    assert_eq!(spool.recovery[1].last_row, Some(row(1009)));
 }
 
 #[tokio::test]
