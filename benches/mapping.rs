@@ -15,7 +15,7 @@ use records::records;
 
 fn bench(c: &mut Criterion) {
     let setup = Setup::load(None, None, std::iter::empty()).expect("embedded setup");
-    let mapper = setup.mapper();
+    let mapper = setup.front();
     let lines = records(3_000);
     let avg = lines.iter().map(String::len).sum::<usize>() / lines.len();
     eprintln!("average record: {avg} bytes");
@@ -106,11 +106,14 @@ fn bench(c: &mut Criterion) {
             rows
         })
     });
-    let unredacted = m365_sentinel::stages::map::Mapper::new(
-        setup.schemas.clone(),
-        m365_sentinel::stages::redact::Redactor::none(),
-        setup.config.map_options(),
-    );
+    let unredacted = m365_sentinel::pipeline::Front {
+        mapper: m365_sentinel::stages::map::Mapper::new(
+            setup.schemas.clone(),
+            m365_sentinel::stages::redact::Redactor::none(),
+            setup.config.map_options(),
+        ),
+        policy: setup.policy.clone(),
+    };
     group.bench_function("same_without_redaction_rules", |b| {
         b.iter(|| {
             let mut rows = 0usize;

@@ -13,6 +13,7 @@ use crate::sources::file::{Exclude, Framed, ReadTotals, SourceError, read_inputs
 use crate::sources::unit::Unit;
 use crate::stages::decode::{Decoded, Fields, decode_unit};
 use crate::stages::map::{MappedRow, Mapper};
+use crate::stages::policy::Policy;
 use crate::stages::redact::Redactor;
 use crate::stages::route::route;
 use crate::state::dlq::DeadLetter;
@@ -31,6 +32,8 @@ pub struct Setup {
     pub config: Config,
     pub schemas: Arc<SchemaSet>,
     pub redactor: Redactor,
+    /// The cost policy (`policy.yaml`); its counts are the run's.
+    pub policy: Arc<Policy>,
     /// Where the schemas came from, for messages.
     pub schema_origin: String,
 }
@@ -69,21 +72,33 @@ impl Setup {
             )
             .into());
         }
+        let policy = Policy::load(&files, &schemas)?;
         Ok(Self {
             config,
             schemas: Arc::new(schemas),
             redactor,
+            policy: Arc::new(policy),
             schema_origin: files.origin,
         })
     }
 
-    pub fn mapper(&self) -> Mapper {
-        Mapper::new(
-            self.schemas.clone(),
-            self.redactor.clone(),
-            self.config.map_options(),
-        )
+    /// What turns a record into rows: the mapper (with redaction) and the policy.
+    pub fn front(&self) -> Front {
+        Front {
+            mapper: Mapper::new(
+                self.schemas.clone(),
+                self.redactor.clone(),
+                self.config.map_options(),
+            ),
+            policy: self.policy.clone(),
+        }
     }
+}
+
+/// The stages a record passes after decoding: routed and mapped, then the policy.
+pub struct Front {
+    pub mapper: Mapper,
+    pub policy: Arc<Policy>,
 }
 
 /// What processing a unit of input yields.
@@ -97,31 +112,39 @@ pub enum Output<'a> {
     Rejected(Rejected),
 }
 
-/// Decode, route and map one unit of input.
+/// Decode, route, map and apply the policy to one unit of input.
 pub fn process_unit<'a>(
-    mapper: &Mapper,
+    front: &Front,
     text: &'a str,
     pos: &Position,
     emit: &mut dyn FnMut(Output<'a>),
 ) {
-    process_unit_admitting(mapper, text, pos, &mut |_| true, emit);
+    process_unit_admitting(front, text, pos, &mut |_| true, emit);
 }
 
 /// As [`process_unit`], skipping records `admit` refuses (duplicates by record Id).
 pub fn process_unit_admitting<'a>(
-    mapper: &Mapper,
+    front: &Front,
     text: &'a str,
     pos: &Position,
     admit: &mut dyn FnMut(&Fields) -> bool,
     emit: &mut dyn FnMut(Output<'a>),
 ) {
+    let mapper = &front.mapper;
     decode_unit(text, pos, &mut |decoded| match decoded {
         Decoded::Record(_, fields, _) if !admit(&fields) => {}
         Decoded::Record(pos, fields, text) => {
-            let mapped =
-                route(mapper.schemas(), fields).and_then(|routed| mapper.map(&routed, text));
+            let mapped = route(mapper.schemas(), fields)
+                .and_then(|routed| mapper.map(&routed, text).map(|row| (routed, row)));
             match mapped {
-                Ok(row) => emit(Output::Row { pos, row, text }),
+                Ok((_, row)) if front.policy.is_empty() => emit(Output::Row { pos, row, text }),
+                Ok((routed, row)) => front.policy.apply(&routed.root, row, &mut |row| {
+                    emit(Output::Row {
+                        pos: pos.clone(),
+                        row,
+                        text,
+                    })
+                }),
                 Err(reason) => emit(Output::Rejected(Rejected {
                     pos,
                     reason,
@@ -162,7 +185,7 @@ pub fn drive(
     stop: &Shutdown,
     emit: &mut dyn FnMut(Output<'_>, Option<Ack>) -> bool,
 ) -> Result<ReadTotals, SourceError> {
-    let mapper = setup.mapper();
+    let front = setup.front();
     match intake {
         Intake::Files(inputs) => {
             let file_options = setup.config.file_options();
@@ -173,7 +196,7 @@ pub fn drive(
                 exclude,
                 &mut |framed| match framed {
                     Framed::Unit { .. } if stop.is_set() || !open => {}
-                    Framed::Unit { pos, text } => process_unit(&mapper, text, &pos, &mut |out| {
+                    Framed::Unit { pos, text } => process_unit(&front, text, &pos, &mut |out| {
                         open = open && emit(out, None);
                     }),
                     Framed::Rejected(r) => open = open && emit(Output::Rejected(r), None),
@@ -190,7 +213,7 @@ pub fn drive(
                     Ok(text) => {
                         totals.bytes += text.len() as u64;
                         process_unit_admitting(
-                            &mapper,
+                            &front,
                             text,
                             &unit.pos,
                             &mut |fields| unit.dedupe.admit(fields),

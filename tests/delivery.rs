@@ -80,7 +80,7 @@ async fn world(policy: RetryPolicy) -> World {
 
 /// Maps `lines` and cuts them into bodies per table, as dry-run would.
 fn cut_bodies(setup: &Setup, lines: &[String], limit: usize) -> Vec<(usize, Body)> {
-    let mapper = setup.mapper();
+    let mapper = setup.front();
     let mut builders: Vec<BodyBuilder> = setup
         .schemas
         .tables

@@ -42,6 +42,8 @@ pub struct Stats {
     /// Adjustments made to rows (unconverted, truncated, redacted), by (table, column, kind).
     pub notes: BTreeMap<(String, String, &'static str), u64>,
     pub body_limit: u64,
+    /// What each policy rule did in this run, in file order.
+    pub policy: Vec<crate::stages::policy::RuleReport>,
 }
 
 impl Stats {
@@ -70,9 +72,19 @@ impl Stats {
         self.rejected.values().sum()
     }
 
-    /// Records and refused pieces of input seen.
+    /// Records and refused pieces of input seen: rows sent, less the copies routes made, plus
+    /// the rows policy removed, refusals and skipped rows.
     pub fn records_in(&self) -> u64 {
-        self.rows() + self.rejected_total() + self.skipped_total()
+        let removed: u64 = self.policy.iter().map(|r| r.removed_rows).sum();
+        let copies: u64 = self.policy.iter().map(|r| r.added_rows).sum();
+        (self.rows() + removed).saturating_sub(copies)
+            + self.rejected_total()
+            + self.skipped_total()
+    }
+
+    /// Rows the policy removed (dropped or sampled out), all rules.
+    pub fn policy_removed(&self) -> u64 {
+        self.policy.iter().map(|r| r.removed_rows).sum()
     }
 
     pub fn skipped_total(&self) -> u64 {
@@ -111,6 +123,13 @@ impl Stats {
             self.rows(),
             self.rejected_total()
         );
+        if !self.policy.is_empty() {
+            let _ = writeln!(
+                s,
+                "policy: {} row(s) removed by its rules (counted below; rows mapped is what is sent)",
+                self.policy_removed()
+            );
+        }
         let _ = writeln!(
             s,
             "\n{:<26} {:<34} {:>9} {:>7} {:>13} {:>11} {:>6}",
@@ -179,6 +198,9 @@ impl Stats {
                 let _ = writeln!(s, "  {category:<40} {n:>9}");
             }
         }
+        if !self.policy.is_empty() {
+            s.push_str(&policy_table(&self.policy));
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\nrow adjustments (table, column, what):");
             for ((table, column, kind), n) in &self.notes {
@@ -187,4 +209,36 @@ impl Stats {
         }
         s
     }
+}
+
+/// The policy's rules and what each did (the run's summary and the dry-run's).
+pub fn policy_table(rules: &[crate::stages::policy::RuleReport]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\npolicy rules (schemas/policy.yaml):\n  {:<28} {:<26} {:<7} {:>9} {:>9} {:>13} {:>13} {:>13}",
+        "rule",
+        "table",
+        "action",
+        "matched",
+        "removed",
+        "bytes removed",
+        "bytes moved",
+        "bytes added"
+    );
+    for r in rules {
+        let _ = writeln!(
+            s,
+            "  {:<28} {:<26} {:<7} {:>9} {:>9} {:>13} {:>13} {:>13}",
+            r.rule,
+            r.table,
+            r.action,
+            r.matched,
+            r.removed_rows,
+            r.removed_bytes,
+            r.moved_bytes,
+            r.added_bytes
+        );
+    }
+    s
 }

@@ -72,8 +72,10 @@ impl DryRun {
         mut self,
         totals: ReadTotals,
         skipped: Skipped,
+        policy: Vec<crate::stages::policy::RuleReport>,
     ) -> Result<Stats, RunError> {
         self.stats.files = totals.files;
+        self.stats.policy = policy;
         self.stats.bytes_read = totals.bytes;
         self.stats.skipped = skipped;
         for table in 0..self.builders.len() {

@@ -266,6 +266,17 @@ pub async fn run(
         Delivery::Workspace { .. } => None,
     };
     let (tx, rx) = mpsc::channel::<Item>(CHANNEL_ROWS);
+    // The policy's counts live as long as the setup: this run's are the difference.
+    let policy_before = setup.policy.report();
+    let policy_since = |setup: &Setup| -> Vec<crate::stages::policy::RuleReport> {
+        setup
+            .policy
+            .report()
+            .iter()
+            .zip(&policy_before)
+            .map(|(now, before)| now.since(before))
+            .collect()
+    };
     let reader_setup = setup.clone();
     let stop = options.shutdown.clone();
     let limit = setup.config.batch.max_body_bytes;
@@ -309,7 +320,7 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Reader(e.to_string()))?;
         let (totals, skipped) = read_totals(reader).await?;
-        let input = files.finish(totals, skipped)?;
+        let input = files.finish(totals, skipped, policy_since(&setup))?;
         return Ok(RunStats {
             input,
             sink: SinkStats::default(),
@@ -339,6 +350,7 @@ pub async fn run(
         input.bytes_read = totals.bytes;
         input.skipped = skipped;
     }
+    input.policy = policy_since(&setup);
     Ok(RunStats {
         input,
         sink: sink.stats(),

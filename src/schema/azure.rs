@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::{ColumnType, SchemaSet};
 
-const TABLES_API: &str = "2022-10-01";
+// 2023-01-01-preview is the first tables API with the Auxiliary plan.
+const TABLES_API: &str = "2023-01-01-preview";
 const DCR_API: &str = "2023-03-11";
 
 /// The column type in a workspace table definition.
@@ -39,6 +40,15 @@ fn stream_type(ty: ColumnType) -> &'static str {
     }
 }
 
+/// A retention setting as the tables API takes it: the days, or -1 for the default.
+fn retention(days: Option<u32>, plan: super::Plan) -> Value {
+    match (days, plan) {
+        (Some(d), _) => json!(d),
+        (None, super::Plan::Analytics) => json!(-1),
+        (None, _) => json!(super::plans::FIXED_RETENTION),
+    }
+}
+
 /// An ARM template (deploy with `az deployment group create`) for the tables and the DCR.
 pub fn arm_template(schemas: &SchemaSet) -> Value {
     let mut resources = Vec::new();
@@ -60,9 +70,10 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
             "apiVersion": TABLES_API,
             "name": format!("[concat(parameters('workspaceName'), '/{}')]", t.output_table),
             "properties": {
-                "plan": "[parameters('tablePlan')]",
-                "retentionInDays": "[parameters('retentionInDays')]",
-                "totalRetentionInDays": "[parameters('totalRetentionInDays')]",
+                "plan": t.plan.plan.name(),
+                // -1: the workspace's default (Analytics); Basic and Auxiliary keep 30 days.
+                "retentionInDays": retention(t.plan.retention_days, t.plan.plan),
+                "totalRetentionInDays": t.plan.total_retention_days.map_or(json!(-1), |d| json!(d)),
                 "schema": {
                     "name": t.output_table,
                     "description": format!("{} rows collected by m365-sentinel (the columns of the Sentinel table {})", t.table, t.table),
@@ -115,9 +126,6 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
             },
             "dataCollectionRuleName": { "type": "string", "defaultValue": "m365-sentinel" },
             "location": { "type": "string", "defaultValue": "[resourceGroup().location]" },
-            "tablePlan": { "type": "string", "defaultValue": "Analytics", "allowedValues": ["Analytics", "Basic"] },
-            "retentionInDays": { "type": "int", "defaultValue": -1, "metadata": { "description": "-1: the workspace's retention." } },
-            "totalRetentionInDays": { "type": "int", "defaultValue": -1 },
         },
         "resources": resources,
         "outputs": {

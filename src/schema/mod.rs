@@ -4,12 +4,15 @@
 
 pub mod azure;
 mod load;
+pub mod plans;
 mod types;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use load::{ENUMS_FILE, REDACTION_FILE, SchemaError, SchemaErrors, SchemaFiles, envelope_key};
+pub use load::{
+    ENUMS_FILE, POLICY_FILE, REDACTION_FILE, SchemaError, SchemaErrors, SchemaFiles, envelope_key,
+};
 
 /// A `from` source with this prefix reads the Defender row's envelope (the record around its
 /// `properties`) instead of the row: `envelope.time`.
@@ -28,6 +31,47 @@ pub enum InputKind {
     Defender { category: String, root: String },
     /// The connector's own health rows (no collected record is routed here).
     Health,
+    /// Rows a policy rule routes here from table `from` (declared in `policy.yaml`; its columns
+    /// are `from`'s). No record reaches it by shape or category.
+    Routed { from: String },
+}
+
+/// A workspace table plan: what ingestion costs and what queries and rules may do with it.
+/// Learn: "Select a table plan" (logs/data-platform-logs#table-plans) and the tables REST API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum Plan {
+    #[default]
+    Analytics,
+    Basic,
+    Auxiliary,
+}
+
+impl Plan {
+    pub const ALL: [Plan; 3] = [Plan::Analytics, Plan::Basic, Plan::Auxiliary];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Analytics => "Analytics",
+            Self::Basic => "Basic",
+            Self::Auxiliary => "Auxiliary",
+        }
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A table's plan and retention, as the tables API takes them. None: the workspace's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TablePlan {
+    pub plan: Plan,
+    /// Interactive (analytics) retention in days.
+    pub retention_days: Option<u32>,
+    /// Total retention (interactive plus long-term) in days.
+    pub total_retention_days: Option<u32>,
 }
 
 /// Spelling of a JSON boolean in a string column: `True`/`False` as .NET writes them (Exchange's
@@ -88,6 +132,8 @@ pub struct TableSchema {
     pub drop: Vec<String>,
     /// How a JSON boolean is written into a string column.
     pub bool_text: BoolText,
+    /// The workspace table's plan and retention (`schema dcr`; the dry-run's cost report).
+    pub plan: TablePlan,
     /// Source field name → (column index, preference rank) for every column it feeds.
     field_index: HashMap<String, Vec<(usize, u8)>>,
 }
@@ -143,6 +189,7 @@ impl SchemaSet {
                 InputKind::Defender { category, .. } => {
                     by_category.insert(category.clone(), i);
                 }
+                InputKind::Routed { .. } => {}
             }
         }
         Self {
@@ -154,11 +201,12 @@ impl SchemaSet {
         }
     }
 
-    /// The tables that reproduce a Sentinel table (all but the health table).
+    /// The tables that reproduce a Sentinel table (not the health table, nor the tables only
+    /// policy routes reach: those are other plans, which Sentinel's rules don't read).
     pub fn sentinel_tables(&self) -> impl Iterator<Item = &TableSchema> {
         self.tables
             .iter()
-            .filter(|t| !matches!(t.input, InputKind::Health))
+            .filter(|t| !matches!(t.input, InputKind::Health | InputKind::Routed { .. }))
     }
 
     /// The table the connector's health rows go to, if one is configured.

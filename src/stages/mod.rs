@@ -3,5 +3,6 @@
 
 pub mod decode;
 pub mod map;
+pub mod policy;
 pub mod redact;
 pub mod route;

@@ -48,7 +48,7 @@ fn route_defender<'a>(
         .ok_or_else(|| RejectReason::UnknownCategory(name.into_owned()))?;
     let root_key = match &schemas.tables[table].input {
         InputKind::Defender { root, .. } => root.as_str(),
-        InputKind::Audit | InputKind::Health => "properties",
+        InputKind::Audit | InputKind::Health | InputKind::Routed { .. } => "properties",
     };
     // The first root object is the row; a repeated key stays in the envelope (and so in
     // AdditionalFields) rather than vanishing.

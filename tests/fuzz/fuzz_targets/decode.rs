@@ -16,7 +16,7 @@ fn setup() -> &'static Setup {
 
 fuzz_target!(|data: &[u8]| {
     let setup = setup();
-    let mapper = setup.mapper();
+    let mapper = setup.front();
     let mut builder = BodyBuilder::new(4096);
     let options = FileOptions {
         max_record_bytes: 1 << 16,

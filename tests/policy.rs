@@ -1,0 +1,345 @@
+//! The cost policy (schemas/policy.yaml) on real sample records: drop, sample, trim and route,
+//! each decision counted per rule, the bytes adding up to a run without rules, file and line
+//! for a bad rule, and the generated tables with their plans.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{run, run_with, shared_samples};
+use m365_sentinel::pipeline::Setup;
+use serde_json::Value;
+
+fn samples() -> Vec<PathBuf> {
+    let dir = shared_samples().join("management-api");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The shipped schema files with `policy` as policy.yaml.
+fn schemas_with(policy: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir("schemas").unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    dir
+}
+
+fn setup_with(dir: &Path) -> Result<Setup, String> {
+    Setup::load(None, Some(dir), std::iter::empty()).map_err(|e| e.to_string())
+}
+
+/// Bytes of row JSON in a stream's bodies: each body is `[row,row,...]`.
+fn row_bytes(bodies: &[Vec<u8>]) -> u64 {
+    bodies
+        .iter()
+        .map(|b| {
+            let rows: Vec<Value> = serde_json::from_slice(b).unwrap();
+            (b.len() - 2 - rows.len().saturating_sub(1)) as u64
+        })
+        .sum()
+}
+
+const POLICY: &str = "\
+tables:
+  - name: OfficeActivityVerbose
+    like: OfficeActivity
+    plan: Auxiliary
+    total_retention_days: 365
+rules:
+  - name: drop-sharepoint-reads
+    table: OfficeActivity
+    when: { all: [ { column: Operation, equals: FileAccessed }, { field: Workload, in: [OneDrive, SharePoint] } ] }
+    action: drop
+  - name: exchange-folder-permissions-to-verbose
+    table: OfficeActivity
+    when: { column: Operation, equals: ModifyFolderPermissions }
+    action: route
+    to: OfficeActivityVerbose
+  - name: teams-created-also-verbose
+    table: OfficeActivity
+    when: { column: Operation, equals: TeamCreated }
+    action: route
+    to: OfficeActivityVerbose
+    keep_original: true
+  - name: trim-verbose
+    table: OfficeActivityVerbose
+    action: trim
+    drop_columns: [AdditionalFields]
+    cut: { OfficeObjectId: 60 }
+  - name: half-of-the-rest
+    table: OfficeActivity
+    when: { column: Operation, matches: '^(File(Deleted|Modified|Uploaded)|SecureLinkUsed|TIMailData)$' }
+    action: sample
+    one_in: 2
+";
+
+#[test]
+fn each_rule_kind_on_real_records_counted_and_bytes_add_up() {
+    let plain = run(&samples());
+    let plain_rows = plain.table("OfficeActivity_CL");
+    assert_eq!(plain_rows.len(), 46);
+    let count = |op: &str| plain_rows.iter().filter(|r| r["Operation"] == op).count();
+    assert_eq!(count("FileAccessed"), 2);
+    assert_eq!(count("ModifyFolderPermissions"), 6);
+    assert_eq!(count("TeamCreated"), 2);
+    assert_eq!(count("TIMailData"), 5);
+
+    let dir = schemas_with(POLICY);
+    let setup = setup_with(dir.path()).unwrap();
+    let r = run_with(&setup, &samples());
+    let main = r.table("OfficeActivity_CL");
+    let verbose = r.table("OfficeActivityVerbose_CL");
+    let ops = |rows: &[Value], op: &str| rows.iter().filter(|r| r["Operation"] == op).count();
+    // drop: gone from every table.
+    assert_eq!(ops(main, "FileAccessed") + ops(verbose, "FileAccessed"), 0);
+    // route instead: only in the verbose table; with keep_original: in both.
+    assert_eq!(ops(main, "ModifyFolderPermissions"), 0);
+    assert_eq!(ops(verbose, "ModifyFolderPermissions"), 6);
+    assert_eq!(ops(main, "TeamCreated"), 2);
+    assert_eq!(ops(verbose, "TeamCreated"), 2);
+    // trim: on the rows that reached the verbose table, with every other column as before.
+    for row in verbose {
+        assert!(row.get("AdditionalFields").is_none(), "{row}");
+        let id = row["OfficeId"].as_str().unwrap();
+        let before = plain_rows.iter().find(|p| p["OfficeId"] == id).unwrap();
+        for (k, v) in before.as_object().unwrap() {
+            match k.as_str() {
+                "AdditionalFields" => {}
+                "OfficeObjectId" => {
+                    let cut = row[k].as_str().unwrap();
+                    assert!(cut.len() <= 60, "{cut}");
+                    if v.as_str().unwrap().len() > 60 {
+                        assert!(cut.contains("cut by policy rule trim-verbose"), "{cut}");
+                    } else {
+                        assert_eq!(&row[k], v);
+                    }
+                }
+                _ => assert_eq!(&row[k], v, "column {k}"),
+            }
+        }
+    }
+    // sample: one in two by Id; the five threat-intelligence records share one Id, so they are
+    // kept or dropped together.
+    let sampled = [
+        "FileDeleted",
+        "FileModified",
+        "FileUploaded",
+        "SecureLinkUsed",
+        "TIMailData",
+    ];
+    let kept_sampled: usize = sampled.iter().map(|op| ops(main, op)).sum();
+    assert!(
+        kept_sampled > 0 && kept_sampled < 15,
+        "one_in 2 of 15 kept {kept_sampled}"
+    );
+    assert!([0, 5].contains(&ops(main, "TIMailData")));
+
+    // The counts per rule are what arrived.
+    let rule = |name: &str| {
+        r.stats
+            .policy
+            .iter()
+            .find(|p| p.rule == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(rule("drop-sharepoint-reads").removed_rows, 2);
+    assert_eq!(rule("exchange-folder-permissions-to-verbose").matched, 6);
+    assert_eq!(rule("teams-created-also-verbose").added_rows, 2);
+    assert_eq!(rule("trim-verbose").matched, verbose.len() as u64);
+    let sample = rule("half-of-the-rest");
+    assert_eq!(sample.matched, 15);
+    assert_eq!(sample.removed_rows, 15 - kept_sampled as u64);
+    assert_eq!(r.stats.records_in(), 46, "every record is accounted for");
+    assert_eq!(main.len() + verbose.len(), 46 - 2 - (15 - kept_sampled) + 2);
+
+    // Kept + removed - added = the bytes without rules, and what was moved is in the kept.
+    let without = row_bytes(&plain.bodies["OfficeActivity_CL"]);
+    let kept = row_bytes(&r.bodies["OfficeActivity_CL"])
+        + row_bytes(&r.bodies["OfficeActivityVerbose_CL"]);
+    let removed: u64 = r.stats.policy.iter().map(|p| p.removed_bytes).sum();
+    let added: u64 = r.stats.policy.iter().map(|p| p.added_bytes).sum();
+    assert!(removed > 0 && added > 0);
+    assert_eq!(kept + removed - added, without);
+    let summary = std::fs::read_to_string(r.out.path().join("summary.txt")).unwrap();
+    assert!(
+        summary.contains("policy rules (schemas/policy.yaml)"),
+        "{summary}"
+    );
+    assert!(summary.contains("drop-sharepoint-reads"), "{summary}");
+}
+
+#[test]
+fn sampling_is_the_same_across_runs_and_however_the_input_is_split() {
+    let policy = "\
+rules:
+  - name: third
+    table: OfficeActivity
+    action: sample
+    one_in: 3
+";
+    let dir = schemas_with(policy);
+    let setup = setup_with(dir.path()).unwrap();
+    let ids = |rows: &[Value]| {
+        let mut ids: Vec<String> = rows
+            .iter()
+            .map(|r| r["OfficeId"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let whole = ids(run_with(&setup, &samples()).table("OfficeActivity_CL"));
+    let again = ids(run_with(&setup, &samples()).table("OfficeActivity_CL"));
+    assert_eq!(whole, again);
+    assert!(!whole.is_empty() && whole.len() < 46, "{}", whole.len());
+    // Two shards (each file its own run, as replicas would split tenants): the same rows.
+    let mut sharded = Vec::new();
+    for file in samples() {
+        sharded.extend(ids(run_with(&setup, &[file]).table("OfficeActivity_CL")));
+    }
+    sharded.sort();
+    assert_eq!(whole, sharded);
+    // The decision is a fixed function of rule and key, pinned for later versions.
+    let kept: Vec<bool> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|k| m365_sentinel::stages::policy::sample_keeps("third", k, 3))
+        .collect();
+    assert_eq!(kept, sample_vector());
+}
+
+/// `sample_keeps("third", k, 3)` for k = a..f, as this version computes it.
+fn sample_vector() -> Vec<bool> {
+    ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|k| reference_keeps("third", k, 3))
+        .collect()
+}
+
+/// FNV-1a 64 over `rule \0 key`, SplitMix64's finalizer, modulo: the documented function.
+fn reference_keeps(rule: &str, key: &str, n: u64) -> bool {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in rule.bytes().chain([0]).chain(key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d049bb133111eb);
+    h ^= h >> 31;
+    h.is_multiple_of(n)
+}
+
+#[test]
+fn invalid_rules_are_reported_with_file_and_line() {
+    let policy = "\
+tables:
+  - name: OfficeActivityVerbose
+    like: OfficeActivity
+rules:
+  - name: fine
+    table: OfficeActivity
+    action: drop
+    when: { column: Operation, equals: X }
+  - name: bad-column
+    table: OfficeActivity
+    when: { column: NoSuchColumn, equals: X }
+    action: drop
+  - name: bad-regex
+    table: OfficeActivity
+    when: { field: Operation, matches: '(' }
+    action: drop
+  - name: route-nowhere
+    table: OfficeActivity
+    action: route
+    to: Elsewhere
+  - name: cut-dynamic
+    table: OfficeActivity
+    action: trim
+    cut: { AdditionalFields: 10 }
+";
+    let dir = schemas_with(policy);
+    let err = setup_with(dir.path()).err().expect("refused");
+    let file = dir.path().join("policy.yaml").display().to_string();
+    for (line, what) in [
+        (9, "no column \"NoSuchColumn\""),
+        (13, "matches \"(\""),
+        (17, "route to \"Elsewhere\""),
+        (21, "cut applies to string columns"),
+    ] {
+        let expected = format!("{file}:{line}: ");
+        let hit = err
+            .lines()
+            .find(|l| l.starts_with(&expected) && l.contains(what));
+        assert!(hit.is_some(), "no {expected}…{what} in:\n{err}");
+    }
+    assert!(!err.contains("rule fine"), "{err}");
+    // An unknown key is a YAML error with its line.
+    let dir = schemas_with(
+        "rules:\n  - name: x\n    table: OfficeActivity\n    action: drop\n    colour: red\n",
+    );
+    let err = setup_with(dir.path()).err().expect("refused");
+    assert!(
+        err.contains("policy.yaml:") && err.contains("colour"),
+        "{err}"
+    );
+    // A plan the workspace would refuse.
+    let dir = schemas_with(
+        "tables:\n  - name: V\n    like: OfficeActivity\n    plan: Basic\n    retention_days: 90\n",
+    );
+    let err = setup_with(dir.path()).err().expect("refused");
+    assert!(err.contains("30 days interactive"), "{err}");
+}
+
+#[test]
+fn schema_dcr_gives_plans_and_the_routed_tables_streams() {
+    let dir = schemas_with(POLICY);
+    let out = tempfile::tempdir().unwrap();
+    let template = out.path().join("dcr.json");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
+        .args(["schema", "dcr", "--schemas"])
+        .arg(dir.path())
+        .arg("-o")
+        .arg(&template)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t: Value = serde_json::from_slice(&std::fs::read(&template).unwrap()).unwrap();
+    let resources = t["resources"].as_array().unwrap();
+    let table = |name: &str| {
+        resources
+            .iter()
+            .find(|r| r["properties"]["schema"]["name"] == name)
+            .unwrap_or_else(|| panic!("no table {name}"))
+    };
+    let verbose = table("OfficeActivityVerbose_CL");
+    assert_eq!(verbose["properties"]["plan"], "Auxiliary");
+    assert_eq!(verbose["properties"]["totalRetentionInDays"], 365);
+    assert_eq!(verbose["properties"]["retentionInDays"], 30);
+    let main = table("OfficeActivity_CL");
+    assert_eq!(main["properties"]["plan"], "Analytics");
+    assert_eq!(main["properties"]["retentionInDays"], -1);
+    // Same columns as the table it is like.
+    assert_eq!(
+        verbose["properties"]["schema"]["columns"],
+        main["properties"]["schema"]["columns"]
+    );
+    let dcr = resources.last().unwrap();
+    assert!(
+        dcr["properties"]["streamDeclarations"]
+            .get("Custom-OfficeActivityVerbose_CL")
+            .is_some()
+    );
+    let flows = dcr["properties"]["dataFlows"].as_array().unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["outputStream"] == "Custom-OfficeActivityVerbose_CL")
+    );
+}
