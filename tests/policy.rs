@@ -343,3 +343,104 @@ fn schema_dcr_gives_plans_and_the_routed_tables_streams() {
             .any(|f| f["outputStream"] == "Custom-OfficeActivityVerbose_CL")
     );
 }
+
+/// `run` against the emulator: the routed rows arrive in their own stream with the columns of
+/// the table they are like, and the counts the run prints are what the emulator received.
+#[tokio::test]
+async fn routed_rows_arrive_in_their_stream_and_the_counts_match() {
+    use common::azure::{TENANT, emulator_config};
+    let schemas = schemas_with(POLICY);
+    let mut config = emulator_config();
+    let columns = config.streams["Custom-OfficeActivity_CL"].clone();
+    config
+        .streams
+        .insert("Custom-OfficeActivityVerbose_CL".into(), columns);
+    let emulator = m365_emulator::Emulator::start_tls(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
+    std::fs::write(dir.path().join("secret"), "s3cret-for-tests").unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "schemas_dir: {schemas}\nsink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: dcr-0123456789abcdef0123456789abcdef\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {client}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nspool:\n  dir: {dir}/spool\n",
+            schemas = schemas.path().display(),
+            url = emulator.url(),
+            client = common::azure::CLIENT,
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec![
+        "run".to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+        "--input".into(),
+    ];
+    args.extend(samples().iter().map(|p| p.display().to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accepted = emulator.accepted();
+    let stream = |name: &str| -> Vec<&Value> {
+        accepted
+            .iter()
+            .filter(|(s, _)| s == name)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let verbose = stream("Custom-OfficeActivityVerbose_CL");
+    let main = stream("Custom-OfficeActivity_CL");
+    let ops = |rows: &[&Value], op: &str| rows.iter().filter(|r| r["Operation"] == op).count();
+    assert_eq!(ops(&verbose, "ModifyFolderPermissions"), 6);
+    assert_eq!(ops(&verbose, "TeamCreated"), 2);
+    assert_eq!(ops(&main, "TeamCreated"), 2);
+    assert_eq!(ops(&main, "FileAccessed"), 0);
+    assert_eq!(verbose.len(), 8);
+    for row in &verbose {
+        assert!(row.get("AdditionalFields").is_none());
+        assert!(row["RecordType"].as_str().is_some(), "{row}");
+    }
+    // The printed counts are the emulator's: 2 dropped, the sample's removals, 2 copies.
+    let sampled_kept = [
+        "FileDeleted",
+        "FileModified",
+        "FileUploaded",
+        "SecureLinkUsed",
+        "TIMailData",
+    ]
+    .iter()
+    .map(|op| ops(&main, op))
+    .sum::<usize>();
+    assert!(
+        stdout.contains("policy rule drop-sharepoint-reads (drop on OfficeActivity_CL): matched 2 row(s), removed 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "policy rule half-of-the-rest (sample on OfficeActivity_CL): matched 15 row(s), removed {}",
+            15 - sampled_kept
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("policy rule teams-created-also-verbose (route on OfficeActivity_CL): matched 2 row(s), removed 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("delivered {} row(s)", main.len() + verbose.len())),
+        "{stdout}"
+    );
+}

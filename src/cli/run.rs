@@ -36,6 +36,7 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
         setup.config.batch.max_body_bytes,
     );
     telemetry.spool = spool.clone();
+    telemetry.policy = Some(setup.policy.clone());
     // Credentials are tried at once (then every 30 s until they work), so /readyz says
     // "not ready" for a wrong secret before anything is read.
     let checking = sink.clone();
@@ -108,6 +109,19 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
     );
     for (category, n) in &stats.input.skipped {
         println!("skipped {n} row(s) of {category} (defender.unknown_categories: skip)");
+    }
+    for r in &stats.input.policy {
+        println!(
+            "policy rule {} ({} on {}): matched {} row(s), removed {}, {} bytes removed, {} moved, {} added",
+            r.rule,
+            r.action,
+            r.table,
+            r.matched,
+            r.removed_rows,
+            r.removed_bytes,
+            r.moved_bytes,
+            r.added_bytes
+        );
     }
     if stats.stopped {
         println!(

@@ -76,6 +76,8 @@ pub struct Telemetry {
     /// Exact repeats of Defender rows skipped.
     pub recent: Option<crate::sources::recent::RecentRows>,
     pub live: Arc<LiveCounts>,
+    /// The cost policy, whose rules count what they did.
+    pub policy: Option<Arc<crate::stages::policy::Policy>>,
     pub max_body_bytes: usize,
     heartbeat: AtomicU64,
 }
@@ -102,6 +104,7 @@ impl Telemetry {
             sources: Vec::new(),
             recent: None,
             live,
+            policy: None,
             max_body_bytes,
             heartbeat: AtomicU64::new(now_secs()),
         }
@@ -193,6 +196,32 @@ impl Collector for Telemetry {
             "category",
             skipped,
         )?;
+        let rules = self.policy.as_ref().map(|p| p.report()).unwrap_or_default();
+        let per_rule = |value: fn(&crate::stages::policy::RuleReport) -> u64| {
+            rules
+                .iter()
+                .map(move |r| (r.rule.clone(), value(r)))
+                .collect::<Vec<_>>()
+        };
+        for (name, help, value) in [
+            (
+                "m365_sentinel_policy_rows_matched",
+                "Rows a policy rule (schemas/policy.yaml) matched, per rule.",
+                (|r| r.matched) as fn(&crate::stages::policy::RuleReport) -> u64,
+            ),
+            (
+                "m365_sentinel_policy_rows_removed",
+                "Rows a policy rule dropped or sampled out, per rule.",
+                |r| r.removed_rows,
+            ),
+            (
+                "m365_sentinel_policy_bytes_removed",
+                "Bytes of row JSON a policy rule kept out of the workspace (removed rows, trimmed values), per rule.",
+                |r| r.removed_bytes,
+            ),
+        ] {
+            counters(&mut e, name, help, "rule", per_rule(value))?;
+        }
         counters(
             &mut e,
             "m365_sentinel_rows_delivered",
