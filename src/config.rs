@@ -57,6 +57,9 @@ pub struct Config {
     pub health: crate::ops::health::HealthConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Prices for the dry-run's cost report.
+    #[serde(default)]
+    pub cost: crate::ops::cost::CostConfig,
 }
 
 /// The health and metrics endpoint of `run`.

@@ -444,3 +444,74 @@ async fn routed_rows_arrive_in_their_stream_and_the_counts_match() {
         "{stdout}"
     );
 }
+
+/// The dry-run's cost report on a mixed corpus (audit and Defender samples): bytes per table and
+/// per operation, what each rule removed, and kept + removed - added = the bytes without rules.
+#[test]
+fn the_cost_report_adds_up_to_the_run_without_rules() {
+    let mut inputs = samples();
+    let defender = shared_samples().join("defender-streaming");
+    let mut more: Vec<PathBuf> = std::fs::read_dir(&defender)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    more.sort();
+    inputs.extend(more);
+    let cost = |r: &common::Run| -> Value {
+        serde_json::from_slice(&std::fs::read(r.out.path().join("cost.json")).unwrap()).unwrap()
+    };
+    let plain = run(&inputs);
+    let plain_cost = cost(&plain);
+    let dir = schemas_with(POLICY);
+    let with = run_with(&setup_with(dir.path()).unwrap(), &inputs);
+    let with_cost = cost(&with);
+    assert!(
+        plain_cost["tables"].as_array().unwrap().len() >= 2,
+        "{plain_cost}"
+    );
+    assert_eq!(plain_cost["bytes_removed"], 0);
+    assert_eq!(plain_cost["bytes_without_rules"], plain_cost["bytes_kept"]);
+    // The same input: the bytes without rules are the plain run's bytes.
+    assert_eq!(with_cost["bytes_without_rules"], plain_cost["bytes_kept"]);
+    let n = |v: &Value| v.as_u64().unwrap();
+    assert_eq!(
+        n(&with_cost["bytes_kept"]) + n(&with_cost["bytes_removed"]) - n(&with_cost["bytes_added"]),
+        n(&plain_cost["bytes_kept"])
+    );
+    let rules = with_cost["rules"].as_array().unwrap();
+    let dropped = rules
+        .iter()
+        .find(|r| r["rule"] == "drop-sharepoint-reads")
+        .unwrap();
+    assert!(n(&dropped["removed_bytes"]) > 0 && dropped["saved"].as_f64().unwrap() > 0.0);
+    // Kept bytes per table are the bytes in the bodies.
+    for t in with_cost["tables"].as_array().unwrap() {
+        let table = t["table"].as_str().unwrap();
+        assert_eq!(n(&t["bytes"]), row_bytes(&with.bodies[table]), "{table}");
+    }
+    let verbose = with_cost["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "OfficeActivityVerbose_CL")
+        .unwrap();
+    assert_eq!(verbose["plan"], "Auxiliary");
+    let office = plain_cost["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "OfficeActivity_CL")
+        .unwrap();
+    let top = office["top_operations"].as_array().unwrap();
+    assert_eq!(office["operation_column"], "Operation");
+    assert!(top.len() <= 10 && top.len() >= 5, "{top:?}");
+    let bytes: Vec<u64> = top.iter().map(|o| n(&o["bytes"])).collect();
+    assert!(
+        bytes.windows(2).all(|w| w[0] >= w[1]),
+        "largest first: {bytes:?}"
+    );
+    let summary = std::fs::read_to_string(with.out.path().join("summary.txt")).unwrap();
+    assert!(summary.contains("cost estimate"), "{summary}");
+    assert!(summary.contains("without rules"), "{summary}");
+}

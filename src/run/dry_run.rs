@@ -18,12 +18,16 @@ use crate::sinks::dry_run::DryRunSink;
 use crate::sources::file::ReadTotals;
 use crate::stages::map::NoteKind;
 
+/// The cost report's JSON, beside summary.txt.
+pub const COST_FILE: &str = "cost.json";
+
 pub(super) struct DryRun {
     setup: Arc<Setup>,
     out_dir: PathBuf,
     sink: DryRunSink,
     builders: Vec<BodyBuilder>,
     stats: Stats,
+    cost: crate::ops::cost::CostTally,
     /// The first write that failed; the run goes on reading (so the counts are whole) and
     /// reports it at the end.
     error: Option<io::Error>,
@@ -46,6 +50,7 @@ impl DryRun {
                 .map(|_| BodyBuilder::new(limit))
                 .collect(),
             stats: Stats::for_tables(schemas, limit),
+            cost: crate::ops::cost::CostTally::new(schemas),
             error: None,
         })
     }
@@ -86,7 +91,16 @@ impl DryRun {
         if let Some(e) = self.error.take() {
             return Err(output_error(&self.out_dir)(e));
         }
-        let summary = self.stats.render();
+        let cost = self.cost.report(
+            &self.setup.schemas,
+            &self.stats.policy,
+            &self.setup.config.cost,
+        );
+        let cost_path = self.out_dir.join(COST_FILE);
+        let json = serde_json::to_vec_pretty(&cost).map_err(io::Error::other);
+        json.and_then(|j| std::fs::write(&cost_path, j))
+            .map_err(output_error(&self.out_dir))?;
+        let summary = self.stats.render() + &cost.render();
         self.sink
             .finish(&summary)
             .map_err(output_error(&self.out_dir))?;
@@ -109,6 +123,7 @@ impl DryRun {
     }
 
     fn row(&mut self, row: RowItem) {
+        self.cost.row(row.table, &row.json);
         let table = &self.setup.schemas.tables[row.table];
         if !row.notes.is_empty() {
             for n in &row.notes {
