@@ -44,6 +44,8 @@ pub struct Stats {
     pub body_limit: u64,
     /// What each policy rule did in this run, in file order.
     pub policy: Vec<crate::stages::policy::RuleReport>,
+    /// The dry-run's cost estimate.
+    pub cost: Option<crate::ops::cost::CostReport>,
 }
 
 impl Stats {
@@ -206,6 +208,9 @@ impl Stats {
             for ((table, column, kind), n) in &self.notes {
                 let _ = writeln!(s, "  {table:<24} {column:<32} {kind:<12} {n:>9}");
             }
+        }
+        if let Some(cost) = &self.cost {
+            s.push_str(&cost.render());
         }
         s
     }

@@ -100,7 +100,8 @@ impl DryRun {
         let json = serde_json::to_vec_pretty(&cost).map_err(io::Error::other);
         json.and_then(|j| std::fs::write(&cost_path, j))
             .map_err(output_error(&self.out_dir))?;
-        let summary = self.stats.render() + &cost.render();
+        self.stats.cost = Some(cost);
+        let summary = self.stats.render();
         self.sink
             .finish(&summary)
             .map_err(output_error(&self.out_dir))?;
