@@ -5,6 +5,7 @@
 pub mod azure;
 mod load;
 pub mod plans;
+mod routed;
 mod types;
 
 use std::collections::HashMap;
