@@ -51,7 +51,7 @@ const POLICY: &str = "\
 tables:
   - name: OfficeActivityVerbose
     like: OfficeActivity
-    plan: Auxiliary
+    plan: Basic
     total_retention_days: 365
 rules:
   - name: drop-sharepoint-reads
@@ -289,12 +289,18 @@ rules:
         err.contains("policy.yaml:") && err.contains("colour"),
         "{err}"
     );
-    // A plan the workspace would refuse.
+    // A plan the workspace would refuse, and Auxiliary (no dynamic columns, a DCR of its own).
     let dir = schemas_with(
         "tables:\n  - name: V\n    like: OfficeActivity\n    plan: Basic\n    retention_days: 90\n",
     );
     let err = setup_with(dir.path()).err().expect("refused");
     assert!(err.contains("30 days interactive"), "{err}");
+    let dir = schemas_with("tables:\n  - name: V\n    like: OfficeActivity\n    plan: Auxiliary\n");
+    let err = setup_with(dir.path()).err().expect("refused");
+    assert!(
+        err.contains("policy.yaml:2:") && err.contains("DCR of their own"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -319,9 +325,10 @@ fn schema_dcr_gives_plans_and_the_routed_tables_streams() {
             .unwrap_or_else(|| panic!("no table {name}"))
     };
     let verbose = table("OfficeActivityVerbose_CL");
-    assert_eq!(verbose["properties"]["plan"], "Auxiliary");
+    assert_eq!(verbose["properties"]["plan"], "Basic");
     assert_eq!(verbose["properties"]["totalRetentionInDays"], 365);
-    assert_eq!(verbose["properties"]["retentionInDays"], 30);
+    // Read-only on Basic tables: not sent.
+    assert!(verbose["properties"].get("retentionInDays").is_none());
     let main = table("OfficeActivity_CL");
     assert_eq!(main["properties"]["plan"], "Analytics");
     assert_eq!(main["properties"]["retentionInDays"], -1);
@@ -496,7 +503,7 @@ fn the_cost_report_adds_up_to_the_run_without_rules() {
         .iter()
         .find(|t| t["table"] == "OfficeActivityVerbose_CL")
         .unwrap();
-    assert_eq!(verbose["plan"], "Auxiliary");
+    assert_eq!(verbose["plan"], "Basic");
     let office = plain_cost["tables"]
         .as_array()
         .unwrap()

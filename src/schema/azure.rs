@@ -40,12 +40,13 @@ fn stream_type(ty: ColumnType) -> &'static str {
     }
 }
 
-/// A retention setting as the tables API takes it: the days, or -1 for the default.
+/// The interactive retention as the tables API takes it: the days, -1 for the workspace's, and
+/// nothing on Basic and Auxiliary tables, where it is read-only.
 fn retention(days: Option<u32>, plan: super::Plan) -> Value {
     match (days, plan) {
+        (_, super::Plan::Basic | super::Plan::Auxiliary) => Value::Null,
         (Some(d), _) => json!(d),
-        (None, super::Plan::Analytics) => json!(-1),
-        (None, _) => json!(super::plans::FIXED_RETENTION),
+        (None, _) => json!(-1),
     }
 }
 
@@ -65,13 +66,13 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
                 .map(|(name, ty)| json!({ "name": name, "type": kind(ty) }))
                 .collect()
         };
-        resources.push(json!({
+        let mut table = json!({
             "type": "Microsoft.OperationalInsights/workspaces/tables",
             "apiVersion": TABLES_API,
             "name": format!("[concat(parameters('workspaceName'), '/{}')]", t.output_table),
             "properties": {
                 "plan": t.plan.plan.name(),
-                // -1: the workspace's default (Analytics); Basic and Auxiliary keep 30 days.
+                // -1: the workspace's default. Basic tables keep 30 days (read-only there).
                 "retentionInDays": retention(t.plan.retention_days, t.plan.plan),
                 "totalRetentionInDays": t.plan.total_retention_days.map_or(json!(-1), |d| json!(d)),
                 "schema": {
@@ -80,7 +81,13 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
                     "columns": columns(table_type),
                 },
             },
-        }));
+        });
+        if let Some(properties) = table["properties"].as_object_mut()
+            && properties["retentionInDays"].is_null()
+        {
+            properties.remove("retentionInDays");
+        }
+        resources.push(table);
         table_ids.push(format!(
             "[resourceId('Microsoft.OperationalInsights/workspaces/tables', parameters('workspaceName'), '{}')]",
             t.output_table

@@ -1,21 +1,22 @@
 //! What each table plan allows, checked when the schemas load, so a plan the workspace would
-//! refuse (or a column it would not keep) is reported by `check` before anything is deployed.
-//! Sources: Learn, "Select a table plan" and "Manage data retention"
-//! (azure-monitor/logs/data-platform-logs, data-retention-configure) and the tables REST API
-//! (Microsoft.OperationalInsights/workspaces/tables, 2023-01-01-preview and later for
-//! Auxiliary).
+//! refuse is reported by `check` before anything is deployed. Sources: the tables REST API
+//! (retentionInDays 4-730 on Analytics tables, read-only on Basic and Auxiliary ones;
+//! totalRetentionInDays 4-4383), and MicrosoftDocs/azure-monitor-docs
+//! create-custom-table-auxiliary.md: a DCR that sends to an Auxiliary table "can only send data
+//! to a single table" and "can't include a transformation", and Auxiliary tables "don't
+//! support columns with dynamic data".
 
-use super::{Column, ColumnType, Plan, TablePlan};
+use super::{Column, Plan, TablePlan};
 
-/// Interactive retention the Analytics plan takes (days); Basic and Auxiliary have 30, fixed.
+/// Interactive retention the Analytics plan takes (days); Basic and Auxiliary keep 30, fixed.
 pub const ANALYTICS_RETENTION: std::ops::RangeInclusive<u32> = 4..=730;
-/// Basic and Auxiliary tables keep 30 days interactive, whatever is asked.
+/// Basic and Auxiliary tables keep 30 days interactive; the API's retentionInDays is read-only.
 pub const FIXED_RETENTION: u32 = 30;
 /// Longest total retention (interactive plus long-term): 12 years.
 pub const MAX_TOTAL_RETENTION: u32 = 4383;
 
 /// Every problem with `plan` for the table `output_table` with `columns`; empty when it is fine.
-pub fn problems(output_table: &str, plan: &TablePlan, columns: &[Column]) -> Vec<String> {
+pub fn problems(output_table: &str, plan: &TablePlan, _columns: &[Column]) -> Vec<String> {
     let mut found = Vec::new();
     match (plan.plan, plan.retention_days) {
         (Plan::Analytics, Some(days)) if !ANALYTICS_RETENTION.contains(&days) => {
@@ -25,9 +26,9 @@ pub fn problems(output_table: &str, plan: &TablePlan, columns: &[Column]) -> Vec
                 ANALYTICS_RETENTION.end()
             ));
         }
-        (Plan::Basic | Plan::Auxiliary, Some(days)) if days != FIXED_RETENTION => {
+        (Plan::Basic | Plan::Auxiliary, Some(days)) => {
             found.push(format!(
-                "{output_table}: the {} plan keeps {FIXED_RETENTION} days interactive, fixed; remove retention_days {days} (set total_retention_days for longer)",
+                "{output_table}: the {} plan keeps {FIXED_RETENTION} days interactive, fixed (the API's retentionInDays is read-only there); remove retention_days {days} and set total_retention_days for longer",
                 plan.plan
             ));
         }
@@ -45,31 +46,19 @@ pub fn problems(output_table: &str, plan: &TablePlan, columns: &[Column]) -> Vec
         }
     }
     if plan.plan == Plan::Auxiliary {
-        for c in columns {
-            if let Some(why) = auxiliary_column_problem(c) {
-                found.push(format!(
-                    "{output_table}: column {} ({}): {why}",
-                    c.name, c.ty
-                ));
-            }
-        }
+        // Every table here has a dynamic column (the unmapped one), and the one DCR `schema dcr`
+        // writes serves every table: both are what Auxiliary tables don't take.
+        found.push(format!(
+            "{output_table}: the Auxiliary plan is not supported yet: Auxiliary tables take no dynamic columns (every table here has AdditionalFields) and need a DCR of their own, which schema dcr and the sink don't make; use plan: Basic"
+        ));
     }
     found
-}
-
-/// Why the Auxiliary plan can't hold `column` as declared, if it can't.
-fn auxiliary_column_problem(column: &Column) -> Option<&'static str> {
-    match column.ty {
-        ColumnType::Guid => Some(
-            "the Auxiliary plan has no guid columns; declare it as string in the table this one is like",
-        ),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::ColumnType;
 
     fn column(name: &str, ty: ColumnType) -> Column {
         Column {
@@ -91,13 +80,14 @@ mod tests {
         };
         let cols = [column("TimeGenerated", ColumnType::DateTime)];
         assert!(problems("T_CL", &plan(Plan::Analytics, Some(90), Some(730)), &cols).is_empty());
-        assert!(problems("T_CL", &plan(Plan::Basic, None, Some(365)), &cols).is_empty());
-        assert!(problems("T_CL", &plan(Plan::Auxiliary, Some(30), Some(4383)), &cols).is_empty());
+        assert!(problems("T_CL", &plan(Plan::Basic, None, Some(4383)), &cols).is_empty());
         let analytics = problems("T_CL", &plan(Plan::Analytics, Some(1000), None), &cols);
         assert!(analytics[0].contains("4..=730"), "{analytics:?}");
-        let basic = problems("T_CL", &plan(Plan::Basic, Some(90), None), &cols);
-        assert!(basic[0].contains("30 days interactive"), "{basic:?}");
-        let total = problems("T_CL", &plan(Plan::Auxiliary, None, Some(5000)), &cols);
+        for days in [30, 90] {
+            let basic = problems("T_CL", &plan(Plan::Basic, Some(days), None), &cols);
+            assert!(basic[0].contains("read-only"), "{basic:?}");
+        }
+        let total = problems("T_CL", &plan(Plan::Basic, None, Some(5000)), &cols);
         assert!(total[0].contains("12 years"), "{total:?}");
         let shorter = problems("T_CL", &plan(Plan::Analytics, Some(90), Some(60)), &cols);
         assert!(
@@ -107,19 +97,15 @@ mod tests {
     }
 
     #[test]
-    fn auxiliary_refuses_columns_it_cannot_hold() {
+    fn auxiliary_is_refused_with_the_reason_until_it_has_a_dcr_of_its_own() {
         let plan = TablePlan {
             plan: Plan::Auxiliary,
             ..TablePlan::default()
         };
-        let cols = [
-            column("TimeGenerated", ColumnType::DateTime),
-            column("MessageId", ColumnType::Guid),
-        ];
+        let cols = [column("TimeGenerated", ColumnType::DateTime)];
         let found = problems("T_CL", &plan, &cols);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].contains("column MessageId (guid)"), "{found:?}");
-        let analytics = TablePlan::default();
-        assert!(problems("T_CL", &analytics, &cols).is_empty());
+        assert!(found[0].contains("DCR of their own") && found[0].contains("plan: Basic"));
+        assert!(problems("T_CL", &TablePlan::default(), &cols).is_empty());
     }
 }

@@ -191,7 +191,10 @@ impl Policy {
                 match &rule.action {
                     Action::Drop => kept = false,
                     Action::Sample { one_in, by } => {
-                        kept = sample_keeps(&rule.name, &sample_key(&subject, by), *one_in);
+                        // A row with none of the `by` values can't be told apart from the
+                        // others without them: it is kept, not decided as one with all of them.
+                        kept = sample_key(&subject, by)
+                            .is_none_or(|key| sample_keeps(&rule.name, &key, *one_in));
                     }
                     Action::Trim { drop_columns, cut } => {
                         if let Some(json) = trim::trim(&row.json, drop_columns, cut, &rule.name) {
@@ -230,9 +233,10 @@ impl Policy {
 }
 
 /// The text a sample is decided on: each `by` name's value (the record's field, else the mapped
-/// column), joined by U+001F.
-fn sample_key(subject: &Subject<'_>, by: &[String]) -> String {
+/// column), joined by U+001F; None when the row has none of them.
+fn sample_key(subject: &Subject<'_>, by: &[String]) -> Option<String> {
     let mut key = String::new();
+    let mut any = false;
     for (i, name) in by.iter().enumerate() {
         if i > 0 {
             key.push('\u{1f}');
@@ -242,10 +246,11 @@ fn sample_key(subject: &Subject<'_>, by: &[String]) -> String {
             .or_else(|| subject.column(name))
             .and_then(condition::text_of);
         if let Some(v) = value {
+            any = true;
             key.push_str(&v);
         }
     }
-    key
+    any.then_some(key)
 }
 
 /// Whether a sample rule keeps the row with `key`: one in `one_in`, by a fixed hash of the rule's
@@ -267,4 +272,38 @@ pub fn sample_keeps(rule: &str, key: &str, one_in: u64) -> bool {
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;
     h.is_multiple_of(one_in)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_keeps_rows_without_any_key() {
+        let schemas = SchemaSet::embedded().unwrap();
+        let table = schemas.audit_table().unwrap();
+        let rule = Rule {
+            name: "tiny".into(),
+            table,
+            when: None,
+            action: Action::Sample {
+                one_in: 1_000_000,
+                by: vec!["Id".into()],
+            },
+        };
+        let policy = Policy::new(vec![rule], &schemas);
+        let mut kept = 0;
+        for record in [r#"{"Operation":"A"}"#, r#"{"Id":"x1","Operation":"A"}"#] {
+            let fields = Fields::parse(record).unwrap();
+            let row = MappedRow {
+                table,
+                json: r#"{"Operation":"A"}"#.into(),
+                notes: Vec::new(),
+            };
+            policy.apply(&fields, row, &mut |_| kept += 1);
+        }
+        // The row without an Id is kept; the one with an Id is (almost surely) the 999,999.
+        assert_eq!(kept, usize::from(sample_keeps("tiny", "x1", 1_000_000)) + 1);
+        assert_eq!(policy.report()[0].matched, 2);
+    }
 }
