@@ -60,6 +60,9 @@ pub struct Config {
     /// Prices for the dry-run's cost report.
     #[serde(default)]
     pub cost: crate::ops::cost::CostConfig,
+    /// The raw archive: every record as received, to Blob Storage (`run` with live sources).
+    #[serde(default)]
+    pub archive: Option<crate::sinks::archive::ArchiveConfig>,
 }
 
 /// The health and metrics endpoint of `run`.
@@ -387,6 +390,7 @@ impl Config {
             self.spool.validate(),
             self.integrity.validate(),
             self.health.validate(),
+            self.archive.as_ref().map_or(Ok(()), |a| a.validate()),
             self.validate_log(),
         ]
         .into_iter()

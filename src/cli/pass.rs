@@ -61,7 +61,32 @@ pub fn pass(
         let statuses = sources.statuses();
         let recent = sources.recent.clone();
         let finishing = tokio::spawn(sources.finish());
+        // The raw archive sits between the sources and the front end (never in a dry-run).
+        let (units, archive) = match &setup.config.archive {
+            Some(config) if mode.persist => {
+                let http = m365_sentinel::http_client::build(&setup.config.http)?;
+                let (units, archive) = m365_sentinel::sinks::archive::start(
+                    config,
+                    &http,
+                    units,
+                    options.shutdown.clone(),
+                )?;
+                (units, Some(archive))
+            }
+            _ => (units, None),
+        };
         let stats = run(setup.clone(), Intake::Units(units), delivery, options).await;
+        // The last units' positions commit only once their blocks are in the archive.
+        if let Some(archive) = archive {
+            let archive_stats = archive.stats.clone();
+            if tokio::time::timeout(SOURCES_STOP, archive.finish()).await.is_err() {
+                tracing::warn!(
+                    "the archive did not finish within {} s; its last units are read again next time",
+                    SOURCES_STOP.as_secs()
+                );
+            }
+            println!("{}", archive_stats.summary());
+        }
         // Sources waiting for their last rows to become durable wait no longer.
         end_run.stop();
         // A source whose broker or service stopped answering must not hold the exit past

@@ -2,6 +2,8 @@
 //! Event Hubs message, the new lines of an append blob) with the acknowledgement that lets the
 //! source move its position once every row taken from it is safe downstream.
 
+use std::sync::Arc;
+
 use crate::ack::Ack;
 use crate::record::{Position, Rejected};
 use crate::sources::management::BlobDedupe;
@@ -16,6 +18,16 @@ pub struct Unit {
     pub pos: Position,
     pub ack: Ack,
     pub dedupe: Dedupe,
+    /// Whose and from where, for the raw archive's blob names.
+    pub origin: Origin,
+}
+
+/// The tenant (the source's label) and the source within it (a content type, `eventhubs`,
+/// `storage`) a unit came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub tenant: Arc<str>,
+    pub source: Arc<str>,
 }
 
 /// How a source recognises records it handed on before.

@@ -26,7 +26,7 @@ use crate::ops::shutdown::Shutdown;
 use crate::record::{Position, RejectReason, Rejected};
 use crate::sources::recent::RecentRows;
 use crate::sources::status::SourceStatus;
-use crate::sources::unit::{Dedupe, Unit};
+use crate::sources::unit::{Dedupe, Origin, Unit};
 
 const POLL: Duration = Duration::from_millis(100);
 /// `--once` and dry-run give up when the brokers give neither a message nor a partition end
@@ -388,6 +388,10 @@ impl Reader {
             pos,
             ack,
             dedupe: Dedupe::Recent(self.options.recent.clone()),
+            origin: Origin {
+                tenant: self.label.clone().into(),
+                source: "eventhubs".into(),
+            },
         }
     }
 

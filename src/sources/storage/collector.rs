@@ -22,7 +22,7 @@ use crate::record::{Position, RejectReason, Rejected};
 use crate::sources::progress::Progress;
 use crate::sources::recent::RecentRows;
 use crate::sources::status::SourceStatus;
-use crate::sources::unit::{Dedupe, Unit};
+use crate::sources::unit::{Dedupe, Origin, Unit};
 use crate::stages::map::datetime::{civil_from_days, days_from_civil};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -398,6 +398,10 @@ impl Reader {
             pos,
             ack,
             dedupe: Dedupe::Recent(self.options.recent.clone()),
+            origin: Origin {
+                tenant: self.label.clone().into(),
+                source: "storage".into(),
+            },
         };
         let Some(out) = &self.out else {
             return Err(Stop::Stopped);

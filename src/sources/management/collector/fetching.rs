@@ -191,6 +191,10 @@ pub(super) async fn send_unit(
             admitted,
             counters: t.counters.clone(),
         }),
+        origin: Origin {
+            tenant: t.label.clone().into(),
+            source: t.content_types[index].to_string().into(),
+        },
     };
     if t.settings.options.shutdown.is_set() {
         return false;

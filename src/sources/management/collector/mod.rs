@@ -24,7 +24,7 @@ use super::tracker::Tracker;
 use crate::ack::Ack;
 use crate::record::{Position, RejectReason, Rejected};
 use crate::sinks::retry::RetryPolicy;
-use crate::sources::unit::{Dedupe, Unit};
+use crate::sources::unit::{Dedupe, Origin, Unit};
 use crate::stages::decode::Fields;
 
 mod committing;
