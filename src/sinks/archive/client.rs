@@ -12,11 +12,11 @@ use std::sync::Arc;
 use azure_core::Bytes;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, Etag, StatusCode, Transport, Url};
-use azure_storage_blob::{BlockBlobClient, BlockBlobClientOptions};
 use azure_storage_blob::models::{
-    BlockBlobClientCommitBlockListOptions, BlockBlobClientCommitBlockListResultHeaders,
-    BlockListHeaders, BlockListType, BlockLookupList,
+    BlobClientGetPropertiesResultHeaders, BlockBlobClientCommitBlockListOptions,
+    BlockBlobClientCommitBlockListResultHeaders, BlockListType, BlockLookupList,
 };
+use azure_storage_blob::{BlobClient, BlobClientOptions, BlockBlobClient};
 
 use super::ArchiveError;
 use super::config::ArchiveConfig;
@@ -26,7 +26,7 @@ pub struct Container {
     base: Url,
     sas: Option<String>,
     credential: Option<Arc<dyn TokenCredential>>,
-    options: BlockBlobClientOptions,
+    options: BlobClientOptions,
 }
 
 impl Container {
@@ -59,12 +59,12 @@ impl Container {
             Some(auth) => Some(auth.build(http)?),
             None => None,
         };
-        let options = BlockBlobClientOptions {
+        let options = BlobClientOptions {
             client_options: ClientOptions {
                 transport: Some(Transport::new(Arc::new(http.clone()))),
                 ..ClientOptions::default()
             },
-            ..BlockBlobClientOptions::default()
+            ..BlobClientOptions::default()
         };
         Ok(Self {
             base,
@@ -74,42 +74,50 @@ impl Container {
         })
     }
 
-    fn client(&self, name: &str) -> Result<BlockBlobClient, ArchiveError> {
+    fn client(&self, name: &str) -> Result<BlobClient, ArchiveError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| ArchiveError::Config("archive.container_url cannot take a path".into()))?
             .extend(name.split('/'));
         url.set_query(self.sas.as_deref());
-        BlockBlobClient::new(url, self.credential.clone(), Some(self.options.clone()))
+        BlobClient::new(url, self.credential.clone(), Some(self.options.clone()))
             .map_err(|e| blob_error(name, "open", &e))
     }
 
-    /// The part's committed blocks; a blob that does not exist yet has none.
+    /// The part's committed blocks; a blob that does not exist yet has none. The ETag is read
+    /// first (Get Blob Properties), so a change between it and the listing fails the commit
+    /// rather than going unseen.
     pub async fn load(&self, name: &str) -> Result<Part, ArchiveError> {
-        let client = self.client(name)?;
+        let blob = self.client(name)?;
+        let etag = match blob.get_properties(None).await {
+            Ok(response) => response
+                .etag()
+                .map_err(|e| blob_error(name, "read the ETag of", &e))?,
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => None,
+            Err(e) => return Err(blob_error(name, "read the properties of", &e)),
+        };
         let mut part = Part {
             name: name.to_string(),
-            client,
+            client: blob.block_blob_client(),
             committed: Vec::new(),
             ids: HashSet::new(),
-            etag: None,
+            etag,
         };
-        match part.client.get_block_list(BlockListType::Committed, None).await {
-            Ok(response) => {
-                part.etag = response.etag().map_err(|e| blob_error(name, "read the ETag of", &e))?;
-                let list = response
-                    .into_model()
-                    .map_err(|e| blob_error(name, "read the block list of", &e))?;
-                for block in list.committed_blocks.unwrap_or_default() {
-                    let id = block.name.unwrap_or_default();
-                    if let Ok(fixed) = <[u8; 32]>::try_from(id.as_slice()) {
-                        part.ids.insert(fixed);
-                    }
-                    part.committed.push(id);
-                }
+        if part.etag.is_none() {
+            return Ok(part);
+        }
+        let list = part
+            .client
+            .get_block_list(BlockListType::Committed, None)
+            .await
+            .and_then(|response| response.into_model())
+            .map_err(|e| blob_error(name, "list the blocks of", &e))?;
+        for block in list.committed_blocks.unwrap_or_default() {
+            let id = block.name.unwrap_or_default();
+            if let Ok(fixed) = <[u8; 32]>::try_from(id.as_slice()) {
+                part.ids.insert(fixed);
             }
-            Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
-            Err(e) => return Err(blob_error(name, "list the blocks of", &e)),
+            part.committed.push(id);
         }
         Ok(part)
     }

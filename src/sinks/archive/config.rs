@@ -50,7 +50,11 @@ impl ArchiveConfig {
                 "archive.container_url has a query string; put a SAS token in the file archive.sas_file instead, so it stays out of the config".into(),
             );
         }
-        if url.path_segments().and_then(|mut s| s.next_back()).is_none_or(str::is_empty) {
+        if url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .is_none_or(str::is_empty)
+        {
             return Err(
                 "archive.container_url names no container; write https://ACCOUNT.blob.core.windows.net/CONTAINER".into(),
             );
@@ -77,7 +81,10 @@ impl ArchiveConfig {
                 self.prefix
             ));
         }
-        if self.commit_interval_ms.is_some_and(|ms| !(10..=60_000).contains(&ms)) {
+        if self
+            .commit_interval_ms
+            .is_some_and(|ms| !(10..=60_000).contains(&ms))
+        {
             return Err("archive.commit_interval_ms must be between 10 and 60000".into());
         }
         Ok(())

@@ -163,7 +163,10 @@ mod tests {
     fn a_blob_array_becomes_one_line_per_record_in_the_hour_of_its_first_record() {
         let text = "[{\"Id\":\"a\",\"CreationTime\":\"2026-12-07T13:59:59\"},\n {\"Id\":\"b\",\n\"CreationTime\":\"2026-12-07T14:00:00\"}, 7]";
         let block = block_of(&unit(text, "t/Audit.Exchange/c1"), "m365/", 0);
-        assert_eq!(&*block.hour, "m365/contoso_prod/Audit.Exchange/2026/12/07/13");
+        assert_eq!(
+            &*block.hour,
+            "m365/contoso_prod/Audit.Exchange/2026/12/07/13"
+        );
         assert_eq!(block.records, 3);
         assert_eq!(
             lines(&block.gzip),
@@ -178,14 +181,23 @@ mod tests {
             block_of(&unit("[]", "t/Audit.Exchange/c1"), "", 0).id,
             "the id is the position's, whatever the text"
         );
-        assert_ne!(block.id, block_of(&unit(text, "t/Audit.Exchange/c2"), "", 0).id);
+        assert_ne!(
+            block.id,
+            block_of(&unit(text, "t/Audit.Exchange/c2"), "", 0).id
+        );
     }
 
     #[test]
     fn records_without_a_time_go_to_the_hour_they_arrived_in() {
         let block = block_of(&unit("{\"records\":[{\"x\":1}]}", "p"), "", 3_600_000 * 25);
         assert_eq!(&*block.hour, "contoso_prod/Audit.Exchange/1970/01/02/01");
-        assert_eq!(part_name(&block.hour, 0), "contoso_prod/Audit.Exchange/1970/01/02/01.jsonl.gz");
-        assert_eq!(part_name(&block.hour, 2), "contoso_prod/Audit.Exchange/1970/01/02/01-2.jsonl.gz");
+        assert_eq!(
+            part_name(&block.hour, 0),
+            "contoso_prod/Audit.Exchange/1970/01/02/01.jsonl.gz"
+        );
+        assert_eq!(
+            part_name(&block.hour, 2),
+            "contoso_prod/Audit.Exchange/1970/01/02/01-2.jsonl.gz"
+        );
     }
 }

@@ -166,7 +166,10 @@ async fn write(
             }
         }
         if hours.len() > HOURS_KEPT
-            && let Some(oldest) = hours.iter().min_by_key(|(_, h)| h.used).map(|(k, _)| k.clone())
+            && let Some(oldest) = hours
+                .iter()
+                .min_by_key(|(_, h)| h.used)
+                .map(|(k, _)| k.clone())
         {
             hours.remove(&oldest);
         }
@@ -205,10 +208,6 @@ async fn commit_hour(
         };
         match result {
             Ok(()) => return true,
-            Err(e @ ArchiveError::Conflict { .. }) => {
-                tracing::warn!(error = %e, "archive");
-                hours.remove(hour);
-            }
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 hours.remove(hour);
@@ -281,7 +280,9 @@ async fn append(
         for b in now {
             stats.units.fetch_add(1, Ordering::Relaxed);
             stats.records.fetch_add(b.records, Ordering::Relaxed);
-            stats.bytes.fetch_add(b.gzip.len() as u64, Ordering::Relaxed);
+            stats
+                .bytes
+                .fetch_add(b.gzip.len() as u64, Ordering::Relaxed);
         }
         rest = later;
     }
