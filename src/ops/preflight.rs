@@ -375,6 +375,15 @@ pub fn check(config: &Config, schemas: &SchemaSet) -> Vec<Problem> {
     }
     p.writable_dir("dlq.dir", &config.dlq.dir);
     integrity(&mut p, config);
+    if let Some(archive) = &config.archive {
+        p.url("archive.container_url", &archive.container_url, true);
+        if let Some(file) = &archive.sas_file {
+            p.readable("archive.sas_file", file);
+        }
+        if let Some(auth) = &archive.auth {
+            p.credential("archive.auth.credential", &auth.credential);
+        }
+    }
     if let Some(bundle) = &config.http.ca_bundle {
         p.readable("http.ca_bundle", bundle);
     }

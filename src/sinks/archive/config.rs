@@ -90,3 +90,42 @@ impl ArchiveConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> ArchiveConfig {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_sas_in_the_url_no_container_or_no_way_to_sign_in_is_refused() {
+        let problem = |yaml: &str| config(yaml).validate().unwrap_err();
+        let with_sas = problem(
+            "container_url: https://a.blob.core.windows.net/c?sv=1&sig=SECRET\nsas_file: /s",
+        );
+        assert!(
+            with_sas.contains("query string") && !with_sas.contains("SECRET"),
+            "{with_sas}"
+        );
+        assert!(
+            problem("container_url: https://a.blob.core.windows.net/\nsas_file: /s")
+                .contains("no container")
+        );
+        assert!(problem("container_url: https://a.blob.core.windows.net/c").contains("needs auth"));
+        assert!(
+            problem("container_url: http://a.blob.core.windows.net/c\nauth: {credential: {kind: managed_identity}}")
+                .contains("must be https")
+        );
+        assert!(
+            problem("container_url: https://a.blob.core.windows.net/c\nsas_file: /s\nprefix: /x")
+                .contains("prefix")
+        );
+        config(
+            "container_url: http://127.0.0.1:10000/devstoreaccount1/c\nsas_file: /s\nprefix: m365/",
+        )
+        .validate()
+        .unwrap();
+    }
+}
