@@ -295,17 +295,35 @@ rules:
     );
     let err = setup_with(dir.path()).err().expect("refused");
     assert!(err.contains("30 days interactive"), "{err}");
-    let dir = schemas_with("tables:\n  - name: V\n    like: OfficeActivity\n    plan: Auxiliary\n");
+    // A collected table can't be Auxiliary (it keeps AdditionalFields dynamic); a routed one can.
+    let dir = schemas_with("");
+    let file = dir.path().join("OfficeActivity.yaml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("plan: Auxiliary\n");
+    let plan_line = text.lines().count();
+    std::fs::write(&file, text).unwrap();
     let err = setup_with(dir.path()).err().expect("refused");
     assert!(
-        err.contains("policy.yaml:2:") && err.contains("DCR of their own"),
+        err.contains(&format!("OfficeActivity.yaml:{plan_line}:"))
+            && err.contains("route the rows you want there"),
         "{err}"
     );
+    let dir = schemas_with("tables:\n  - name: V\n    like: OfficeActivity\n    plan: Auxiliary\n");
+    setup_with(dir.path()).expect("a routed Auxiliary table");
+}
+
+/// POLICY and an Auxiliary table (a DCR of its own, no dynamic columns) with one route to it.
+fn with_auxiliary() -> String {
+    POLICY.replacen(
+        "rules:\n",
+        "  - name: OfficeActivityAux\n    like: OfficeActivity\n    plan: Auxiliary\n    total_retention_days: 730\nrules:\n  - name: teams-to-aux\n    table: OfficeActivity\n    when: { column: OfficeWorkload, equals: MicrosoftTeams }\n    action: route\n    to: OfficeActivityAux\n",
+        1,
+    )
 }
 
 #[test]
 fn schema_dcr_gives_plans_and_the_routed_tables_streams() {
-    let dir = schemas_with(POLICY);
+    let dir = schemas_with(&with_auxiliary());
     let out = tempfile::tempdir().unwrap();
     let template = out.path().join("dcr.json");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
@@ -349,13 +367,62 @@ fn schema_dcr_gives_plans_and_the_routed_tables_streams() {
             .iter()
             .any(|f| f["outputStream"] == "Custom-OfficeActivityVerbose_CL")
     );
+    // The Auxiliary table: no dynamic (nor guid) column, a DCR of its own sending to it alone
+    // without a transformation, and that DCR's id and endpoint as outputs.
+    let aux = table("OfficeActivityAux_CL");
+    assert_eq!(aux["properties"]["plan"], "Auxiliary");
+    assert_eq!(aux["properties"]["totalRetentionInDays"], 730);
+    assert!(aux["properties"].get("retentionInDays").is_none());
+    let columns = aux["properties"]["schema"]["columns"].as_array().unwrap();
+    assert_eq!(
+        columns.len(),
+        main["properties"]["schema"]["columns"]
+            .as_array()
+            .unwrap()
+            .len()
+    );
+    for c in columns {
+        assert!(
+            !["dynamic", "guid"].contains(&c["type"].as_str().unwrap()),
+            "{c}"
+        );
+    }
+    assert!(
+        dcr["properties"]["streamDeclarations"]
+            .get("Custom-OfficeActivityAux_CL")
+            .is_none()
+    );
+    let dcrs: Vec<&Value> = resources
+        .iter()
+        .filter(|r| r["type"] == "Microsoft.Insights/dataCollectionRules")
+        .collect();
+    assert_eq!(dcrs.len(), 2);
+    let own = dcrs[0];
+    assert_eq!(
+        own["name"],
+        "[concat(parameters('dataCollectionRuleName'), '-OfficeActivityAux')]"
+    );
+    let declarations = own["properties"]["streamDeclarations"].as_object().unwrap();
+    assert_eq!(
+        declarations.keys().collect::<Vec<_>>(),
+        ["Custom-OfficeActivityAux_CL"]
+    );
+    let flows = own["properties"]["dataFlows"].as_array().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert!(flows[0].get("transformKql").is_none(), "{}", flows[0]);
+    for output in [
+        "dcrImmutableId_OfficeActivityAux",
+        "logsIngestionEndpoint_OfficeActivityAux",
+    ] {
+        assert!(t["outputs"].get(output).is_some(), "no output {output}");
+    }
 }
 
 /// `run` against the emulator: the routed rows arrive in their own stream with the columns of
 /// the table they are like, and the counts the run prints are what the emulator received.
 #[tokio::test]
 async fn routed_rows_arrive_in_their_stream_and_the_counts_match() {
-    use common::azure::{TENANT, emulator_config};
+    use common::azure::emulator_config;
     let schemas = schemas_with(POLICY);
     let mut config = emulator_config();
     let columns = config.streams["Custom-OfficeActivity_CL"].clone();
@@ -364,35 +431,8 @@ async fn routed_rows_arrive_in_their_stream_and_the_counts_match() {
         .insert("Custom-OfficeActivityVerbose_CL".into(), columns);
     let emulator = m365_emulator::Emulator::start_tls(config).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
-    std::fs::write(dir.path().join("secret"), "s3cret-for-tests").unwrap();
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "schemas_dir: {schemas}\nsink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: dcr-0123456789abcdef0123456789abcdef\n  credential:\n    kind: client_secret\n    tenant_id: {TENANT}\n    client_id: {client}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nspool:\n  dir: {dir}/spool\n",
-            schemas = schemas.path().display(),
-            url = emulator.url(),
-            client = common::azure::CLIENT,
-            dir = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let mut args = vec![
-        "run".to_string(),
-        "--config".into(),
-        cfg.display().to_string(),
-        "--input".into(),
-    ];
-    args.extend(samples().iter().map(|p| p.display().to_string()));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let cfg = sink_config(dir.path(), &emulator, schemas.path(), "");
+    let out = run_samples(&cfg, "run").await;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(
         out.status.code(),
@@ -450,6 +490,134 @@ async fn routed_rows_arrive_in_their_stream_and_the_counts_match() {
         stdout.contains(&format!("delivered {} row(s)", main.len() + verbose.len())),
         "{stdout}"
     );
+}
+
+/// A config for `run` against `emulator` with the schemas in `schemas`; `tables` is the
+/// sink's per-table section (indented under `logs_ingestion`), if any.
+fn sink_config(
+    dir: &Path,
+    emulator: &m365_emulator::Emulator,
+    schemas: &Path,
+    tables: &str,
+) -> PathBuf {
+    std::fs::write(dir.join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
+    std::fs::write(dir.join("secret"), common::azure::SECRET).unwrap();
+    let cfg = dir.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "schemas_dir: {schemas}\nsink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {dcr}\n{tables}  credential:\n    kind: client_secret\n    tenant_id: {tenant}\n    client_id: {client}\n    secret_file: {dir}/secret\n  authority_host: {url}\n  flush_delay_ms: 100\nhttp:\n  ca_bundle: {dir}/ca.pem\ndlq:\n  dir: {dir}/dlq\nspool:\n  dir: {dir}/spool\n",
+            schemas = schemas.display(),
+            url = emulator.url(),
+            dcr = common::azure::DCR,
+            tenant = common::azure::TENANT,
+            client = common::azure::CLIENT,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `m365-sentinel COMMAND --config CFG`, with the samples as input for `run`.
+async fn run_samples(cfg: &Path, command: &str) -> std::process::Output {
+    let mut args = vec![
+        command.to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ];
+    if command == "run" {
+        args.push("--input".into());
+        args.extend(samples().iter().map(|p| p.display().to_string()));
+    }
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Rows routed to an Auxiliary table go to its own DCR (as `check` insists), with their
+/// dynamic values as JSON text, which the emulator's string columns take and objects would not.
+#[tokio::test]
+async fn auxiliary_rows_go_to_their_own_dcr_with_dynamic_values_as_text() {
+    use common::azure::{dcr_type, emulator_config};
+    const AUX_DCR: &str = "dcr-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let schemas = schemas_with(&with_auxiliary());
+    let setup = setup_with(schemas.path()).unwrap();
+    let aux = setup.schemas.table_by_name("OfficeActivityAux").unwrap();
+    let aux = &setup.schemas.tables[aux];
+    let columns: Vec<(String, String)> = aux
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.ty))
+        .chain(m365_sentinel::integrity::CHAIN_COLUMNS)
+        .map(|(name, ty)| (name.to_string(), dcr_type(ty).to_string()))
+        .collect();
+    assert!(columns.contains(&("AdditionalFields".to_string(), "string".to_string())));
+    let mut config = emulator_config();
+    let verbose = config.streams["Custom-OfficeActivity_CL"].clone();
+    config
+        .streams
+        .insert("Custom-OfficeActivityVerbose_CL".into(), verbose);
+    config.other_dcrs.insert(
+        AUX_DCR.into(),
+        [("Custom-OfficeActivityAux_CL".to_string(), columns)].into(),
+    );
+    let emulator = m365_emulator::Emulator::start_tls(config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Without a DCR of its own, `check` refuses the config and says where to put it.
+    let cfg = sink_config(dir.path(), &emulator, schemas.path(), "");
+    let out = run_samples(&cfg, "check").await;
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("sink.logs_ingestion.tables.OfficeActivityAux.dcr_immutable_id")
+            && said.contains("dcrImmutableId_OfficeActivityAux"),
+        "{said}"
+    );
+
+    let tables = format!(
+        "    tables:\n      OfficeActivityAux: {{ dcr_immutable_id: {AUX_DCR}, endpoint: {} }}\n",
+        emulator.url()
+    );
+    let cfg = sink_config(dir.path(), &emulator, schemas.path(), &tables);
+    let out = run_samples(&cfg, "run").await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accepted = emulator.accepted();
+    let rows = |name: &str| -> Vec<&Value> {
+        accepted
+            .iter()
+            .filter(|(s, _)| s == name)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let aux_rows = rows("Custom-OfficeActivityAux_CL");
+    assert!(!aux_rows.is_empty(), "{stdout}");
+    let mut with_fields = 0;
+    for row in &aux_rows {
+        assert_eq!(row["OfficeWorkload"], "MicrosoftTeams", "{row}");
+        if let Some(text) = row.get("AdditionalFields").filter(|v| !v.is_null()) {
+            let text = text.as_str().unwrap_or_else(|| panic!("not text: {row}"));
+            let parsed: Value = serde_json::from_str(text).unwrap();
+            assert!(parsed.is_object(), "{text}");
+            with_fields += 1;
+        }
+    }
+    assert!(with_fields > 0, "no Auxiliary row had AdditionalFields");
+    let main = rows("Custom-OfficeActivity_CL");
+    assert!(main.iter().all(|r| r["OfficeWorkload"] != "MicrosoftTeams"));
 }
 
 /// The dry-run's cost report on a mixed corpus (audit and Defender samples): bytes per table and

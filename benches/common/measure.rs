@@ -108,6 +108,7 @@ pub fn emulator_config() -> m365_emulator::Config {
         client_secret: SECRET.into(),
         dcr_immutable_id: DCR.into(),
         streams: Default::default(),
+        other_dcrs: Default::default(),
         token_lifetime: std::time::Duration::from_secs(3600),
         accept_undeclared_streams: true,
         keep_rows: false,

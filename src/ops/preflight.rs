@@ -246,6 +246,9 @@ pub fn check(config: &Config, schemas: &SchemaSet) -> Vec<Problem> {
                     .as_deref()
                     .unwrap_or(&li.dcr_immutable_id);
                 let stream = over.stream.clone().unwrap_or_else(|| t.stream.clone());
+                if t.plan.plan == crate::schema::Plan::Auxiliary {
+                    auxiliary(&mut p, sink, li, t, dcr);
+                }
                 if over.endpoint.is_some() || t.table == schemas.tables[0].table {
                     p.url(
                         &format!("{scope}.endpoint"),
@@ -397,6 +400,41 @@ pub fn check(config: &Config, schemas: &SchemaSet) -> Vec<Problem> {
         );
     }
     p.0
+}
+
+/// An Auxiliary table's rows go to a DCR of its own (one that sends to it alone), in a cloud
+/// that has the plan (MicrosoftDocs create-custom-table-auxiliary.md: public cloud regions only).
+fn auxiliary(
+    p: &mut Problems,
+    sink: &crate::config::SinkConfig,
+    li: &crate::sinks::logs_ingestion::LogsIngestionConfig,
+    t: &crate::schema::TableSchema,
+    dcr: &str,
+) {
+    let key = format!("sink.logs_ingestion.tables.{}", t.table);
+    if dcr == li.dcr_immutable_id {
+        p.add(
+            format!("{key}.dcr_immutable_id"),
+            format!(
+                "{} is on the Auxiliary plan, whose DCR can send to that table only, but its rows would go to the shared DCR",
+                t.output_table
+            ),
+            format!(
+                "deploy `schema dcr`'s template and set {key}.dcr_immutable_id and .endpoint to its outputs dcrImmutableId_{} and logsIngestionEndpoint_{}",
+                t.table, t.table
+            ),
+        );
+    }
+    if sink.cloud != crate::auth::Cloud::Public {
+        p.add(
+            format!("{key}"),
+            format!(
+                "{} is on the Auxiliary plan, which the {:?} cloud does not offer",
+                t.output_table, sink.cloud
+            ),
+            "use plan: Basic for it",
+        );
+    }
 }
 
 /// The chain keys load, and rows can be sealed where they are made durable (the spool).

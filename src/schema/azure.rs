@@ -56,6 +56,7 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
     let mut table_ids = Vec::new();
     let mut declarations = serde_json::Map::new();
     let mut flows = Vec::new();
+    let mut aux_outputs = serde_json::Map::new();
     for t in &schemas.tables {
         let columns = |kind: fn(ColumnType) -> &'static str| -> Vec<Value> {
             // The integrity chain's columns too: a row may carry them (integrity on) or not.
@@ -92,6 +93,34 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
             "[resourceId('Microsoft.OperationalInsights/workspaces/tables', parameters('workspaceName'), '{}')]",
             t.output_table
         ));
+        if t.plan.plan == super::Plan::Auxiliary {
+            // A DCR of its own, without a transformation: what an Auxiliary table takes.
+            let name = format!(
+                "[concat(parameters('dataCollectionRuleName'), '-{}')]",
+                t.table
+            );
+            let declaration = json!({ t.stream.clone(): { "columns": columns(stream_type) } });
+            let flow = json!({ "streams": [t.stream], "destinations": ["workspace"] });
+            resources.push(dcr_resource(
+                &name,
+                vec![table_ids.pop()],
+                declaration,
+                flow,
+            ));
+            let id = format!(
+                "resourceId('Microsoft.Insights/dataCollectionRules', concat(parameters('dataCollectionRuleName'), '-{}'))",
+                t.table
+            );
+            aux_outputs.insert(
+                format!("dcrImmutableId_{}", t.table),
+                json!({ "type": "string", "value": format!("[reference({id}).immutableId]") }),
+            );
+            aux_outputs.insert(
+                format!("logsIngestionEndpoint_{}", t.table),
+                json!({ "type": "string", "value": format!("[reference({id}).endpoints.logsIngestion]") }),
+            );
+            continue;
+        }
         declarations.insert(t.stream.clone(), json!({ "columns": columns(stream_type) }));
         flows.push(json!({
             "streams": [t.stream],
@@ -100,27 +129,14 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
             "outputStream": format!("Custom-{}", t.output_table),
         }));
     }
-    resources.push(json!({
-        "type": "Microsoft.Insights/dataCollectionRules",
-        "apiVersion": DCR_API,
-        "name": "[parameters('dataCollectionRuleName')]",
-        "location": "[parameters('location')]",
-        "kind": "Direct",
-        "dependsOn": table_ids,
-        "properties": {
-            "description": "m365-sentinel: Microsoft 365 audit log and Defender email events into Sentinel-shaped custom tables",
-            "streamDeclarations": declarations,
-            "destinations": {
-                "logAnalytics": [{
-                    "name": "workspace",
-                    "workspaceResourceId": "[resourceId('Microsoft.OperationalInsights/workspaces', parameters('workspaceName'))]",
-                }],
-            },
-            "dataFlows": flows,
-        },
-    }));
+    resources.push(dcr_resource(
+        "[parameters('dataCollectionRuleName')]",
+        table_ids.into_iter().map(Some).collect(),
+        Value::Object(declarations),
+        Value::Array(flows),
+    ));
     let dcr = "resourceId('Microsoft.Insights/dataCollectionRules', parameters('dataCollectionRuleName'))";
-    json!({
+    let mut template = json!({
         "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
         "contentVersion": "1.0.0.0",
         "metadata": {
@@ -139,6 +155,43 @@ pub fn arm_template(schemas: &SchemaSet) -> Value {
             "dcrImmutableId": { "type": "string", "value": format!("[reference({dcr}).immutableId]") },
             "logsIngestionEndpoint": { "type": "string", "value": format!("[reference({dcr}).endpoints.logsIngestion]") },
             "dcrResourceId": { "type": "string", "value": format!("[{dcr}]") },
+        },
+    });
+    if let Some(outputs) = template["outputs"].as_object_mut() {
+        outputs.extend(aux_outputs);
+    }
+    template
+}
+
+/// A data collection rule (kind Direct: it has its own logs ingestion endpoint) into the
+/// workspace. `flows` is one data flow or a list of them.
+fn dcr_resource(
+    name: &str,
+    depends_on: Vec<Option<String>>,
+    declarations: Value,
+    flows: Value,
+) -> Value {
+    let flows = match flows {
+        Value::Array(list) => list,
+        one => vec![one],
+    };
+    json!({
+        "type": "Microsoft.Insights/dataCollectionRules",
+        "apiVersion": DCR_API,
+        "name": name,
+        "location": "[parameters('location')]",
+        "kind": "Direct",
+        "dependsOn": depends_on.into_iter().flatten().collect::<Vec<_>>(),
+        "properties": {
+            "description": "m365-sentinel: Microsoft 365 audit log and Defender email events into Sentinel-shaped custom tables",
+            "streamDeclarations": declarations,
+            "destinations": {
+                "logAnalytics": [{
+                    "name": "workspace",
+                    "workspaceResourceId": "[resourceId('Microsoft.OperationalInsights/workspaces', parameters('workspaceName'))]",
+                }],
+            },
+            "dataFlows": flows,
         },
     })
 }

@@ -518,6 +518,15 @@ fn build_table(
     for problem in super::plans::problems(&file.output_table, &plan, &columns) {
         err(key_line(text, "plan").or(key_line(text, "table")), problem);
     }
+    if plan.plan == super::Plan::Auxiliary {
+        err(
+            key_line(text, "plan"),
+            format!(
+                "{}: a collected table can't be on the Auxiliary plan (it keeps the dynamic column {:?}, which Auxiliary tables don't take); route the rows you want there to a table declared under tables: in policy.yaml with plan: Auxiliary",
+                file.output_table, file.unmapped
+            ),
+        );
+    }
     if errors.len() > before {
         return None;
     }
@@ -531,6 +540,7 @@ fn build_table(
         drop: file.drop,
         bool_text: file.bool_text,
         plan,
+        dynamic_as_text: Vec::new(),
         field_index: HashMap::new(),
     };
     schema.build_index();

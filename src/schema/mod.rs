@@ -135,6 +135,9 @@ pub struct TableSchema {
     pub bool_text: BoolText,
     /// The workspace table's plan and retention (`schema dcr`; the dry-run's cost report).
     pub plan: TablePlan,
+    /// Columns declared dynamic in the table this one is like, which this table holds as JSON
+    /// text: an Auxiliary table takes no dynamic columns (routed tables only).
+    pub dynamic_as_text: Vec<String>,
     /// Source field name → (column index, preference rank) for every column it feeds.
     field_index: HashMap<String, Vec<(usize, u8)>>,
 }

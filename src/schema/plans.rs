@@ -4,9 +4,12 @@
 //! totalRetentionInDays 4-4383), and MicrosoftDocs/azure-monitor-docs
 //! create-custom-table-auxiliary.md: a DCR that sends to an Auxiliary table "can only send data
 //! to a single table" and "can't include a transformation", and Auxiliary tables "don't
-//! support columns with dynamic data".
+//! support columns with dynamic data" (its sample's column types: string, int, long, real,
+//! boolean, datetime). So only routed tables may be Auxiliary, with their dynamic and guid
+//! columns as strings ([`as_auxiliary`]), each with a DCR of its own (`schema dcr`), and `check`
+//! wants the sink to post them there.
 
-use super::{Column, Plan, TablePlan};
+use super::{Column, ColumnType, Plan, TablePlan};
 
 /// Interactive retention the Analytics plan takes (days); Basic and Auxiliary keep 30, fixed.
 pub const ANALYTICS_RETENTION: std::ops::RangeInclusive<u32> = 4..=730;
@@ -45,20 +48,29 @@ pub fn problems(output_table: &str, plan: &TablePlan, _columns: &[Column]) -> Ve
             ));
         }
     }
-    if plan.plan == Plan::Auxiliary {
-        // Every table here has a dynamic column (the unmapped one), and the one DCR `schema dcr`
-        // writes serves every table: both are what Auxiliary tables don't take.
-        found.push(format!(
-            "{output_table}: the Auxiliary plan is not supported yet: Auxiliary tables take no dynamic columns (every table here has AdditionalFields) and need a DCR of their own, which schema dcr and the sink don't make; use plan: Basic"
-        ));
-    }
     found
+}
+
+/// Makes `columns` what an Auxiliary table takes: dynamic and guid columns become strings.
+/// Returns the dynamic ones, whose values rows must then carry as JSON text.
+pub fn as_auxiliary(columns: &mut [Column]) -> Vec<String> {
+    let mut as_text = Vec::new();
+    for column in columns {
+        match column.ty {
+            ColumnType::Dynamic => {
+                column.ty = ColumnType::String;
+                as_text.push(column.name.clone());
+            }
+            ColumnType::Guid => column.ty = ColumnType::String,
+            _ => {}
+        }
+    }
+    as_text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::ColumnType;
 
     fn column(name: &str, ty: ColumnType) -> Column {
         Column {
@@ -97,15 +109,30 @@ mod tests {
     }
 
     #[test]
-    fn auxiliary_is_refused_with_the_reason_until_it_has_a_dcr_of_its_own() {
+    fn an_auxiliary_table_holds_dynamic_and_guid_columns_as_strings() {
+        let mut cols = vec![
+            column("TimeGenerated", ColumnType::DateTime),
+            column("AdditionalFields", ColumnType::Dynamic),
+            column("OfficeId", ColumnType::Guid),
+            column("Operation", ColumnType::String),
+        ];
+        let as_text = as_auxiliary(&mut cols);
+        assert_eq!(as_text, ["AdditionalFields"]);
+        let types: Vec<ColumnType> = cols.iter().map(|c| c.ty).collect();
+        assert_eq!(
+            types,
+            [
+                ColumnType::DateTime,
+                ColumnType::String,
+                ColumnType::String,
+                ColumnType::String
+            ]
+        );
         let plan = TablePlan {
             plan: Plan::Auxiliary,
+            total_retention_days: Some(365),
             ..TablePlan::default()
         };
-        let cols = [column("TimeGenerated", ColumnType::DateTime)];
-        let found = problems("T_CL", &plan, &cols);
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].contains("DCR of their own") && found[0].contains("plan: Basic"));
-        assert!(problems("T_CL", &TablePlan::default(), &cols).is_empty());
+        assert!(problems("T_CL", &plan, &cols).is_empty());
     }
 }

@@ -104,6 +104,9 @@ pub(super) fn add_routed_tables(
         table.stream = format!("Custom-{output_table}");
         table.table = routed.name;
         table.output_table = output_table;
+        if plan.plan == super::Plan::Auxiliary {
+            table.dynamic_as_text = super::plans::as_auxiliary(&mut table.columns);
+        }
         table.plan = plan;
         tables.push(table);
     }

@@ -49,6 +49,7 @@ pub fn emulator_config() -> Config {
         client_secret: SECRET.into(),
         dcr_immutable_id: DCR.into(),
         streams,
+        other_dcrs: HashMap::new(),
         token_lifetime: Duration::from_secs(3600),
         accept_undeclared_streams: false,
         keep_rows: true,

@@ -112,6 +112,8 @@ pub struct Policy {
     counts: Vec<RuleCounts>,
     /// Output table names, for the reports.
     tables: Vec<String>,
+    /// Per table, the columns its rows carry as JSON text (Auxiliary tables).
+    as_text: Vec<Vec<String>>,
 }
 
 impl Policy {
@@ -130,6 +132,22 @@ impl Policy {
                 .iter()
                 .map(|t| t.output_table.clone())
                 .collect(),
+            as_text: schemas
+                .tables
+                .iter()
+                .map(|t| t.dynamic_as_text.clone())
+                .collect(),
+        }
+    }
+
+    /// `row` moved to table `to`, its dynamic values written as text when `to` takes no
+    /// dynamic columns.
+    fn move_to(&self, row: &mut MappedRow, to: usize) {
+        row.table = to;
+        if let Some(columns) = self.as_text.get(to).filter(|c| !c.is_empty())
+            && let Some(json) = trim::dynamic_as_text(&row.json, columns)
+        {
+            row.json = json;
         }
     }
 
@@ -207,15 +225,16 @@ impl Policy {
                         if *keep_original {
                             counts.added_rows.fetch_add(1, Ordering::Relaxed);
                             counts.added_bytes.fetch_add(bytes, Ordering::Relaxed);
-                            let copy = MappedRow {
-                                table: *to,
+                            let mut copy = MappedRow {
+                                table: row.table,
                                 json: row.json.clone(),
                                 notes: row.notes.clone(),
                             };
+                            self.move_to(&mut copy, *to);
                             work.push((copy, i + 1));
                         } else {
                             counts.moved_bytes.fetch_add(bytes, Ordering::Relaxed);
-                            row.table = *to;
+                            self.move_to(&mut row, *to);
                         }
                     }
                 }

@@ -42,6 +42,31 @@ pub fn trim(
     changed.then_some(out)
 }
 
+/// `json` with the values of `columns` that are objects or arrays written as JSON text (a
+/// string), as a table without dynamic columns (Auxiliary) takes them; None when none is.
+pub fn dynamic_as_text(json: &str, columns: &[String]) -> Option<String> {
+    let row = Fields::parse(json).ok()?;
+    let mut out = String::with_capacity(json.len() + 16);
+    let mut changed = false;
+    for (key, value) in &row.0 {
+        out.push(if out.is_empty() { '{' } else { ',' });
+        push_json_string(&mut out, key);
+        out.push(':');
+        let raw = value.get();
+        if columns.iter().any(|c| c == key) && (raw.starts_with('{') || raw.starts_with('[')) {
+            push_json_string(&mut out, raw);
+            changed = true;
+        } else {
+            out.push_str(raw);
+        }
+    }
+    if out.is_empty() {
+        out.push('{');
+    }
+    out.push('}');
+    changed.then_some(out)
+}
+
 /// `text` cut to at most `limit` bytes on a character boundary, ending in a marker when the
 /// marker leaves room for some of the text.
 fn cut_to(text: &str, limit: usize, rule: &str) -> String {
@@ -65,6 +90,18 @@ fn cut_to(text: &str, limit: usize, rule: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dynamic_values_become_their_json_text() {
+        let row = r#"{"TimeGenerated":"2024-01-01T00:00:00Z","AdditionalFields":{"a":[1,"x"]},"Other":{"b":2},"Empty":null}"#;
+        let cols = ["AdditionalFields".to_string(), "Empty".to_string()];
+        let out = dynamic_as_text(row, &cols).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["AdditionalFields"], r#"{"a":[1,"x"]}"#);
+        assert_eq!(v["Other"]["b"], 2, "only the named columns");
+        assert!(v["Empty"].is_null());
+        assert!(dynamic_as_text(&out, &cols).is_none(), "already text");
+    }
 
     #[test]
     fn columns_go_and_strings_are_cut_within_their_limit() {

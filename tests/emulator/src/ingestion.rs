@@ -130,10 +130,14 @@ async fn check(
     if !valid {
         return refuse(403, "Forbidden", "the token is unknown or expired");
     }
-    if dcr != shared.config.dcr_immutable_id {
+    let streams = if dcr == shared.config.dcr_immutable_id {
+        &shared.config.streams
+    } else if let Some(streams) = shared.config.other_dcrs.get(dcr) {
+        streams
+    } else {
         return refuse(404, "NotFound", "no such data collection rule");
-    }
-    let columns = match shared.config.streams.get(stream) {
+    };
+    let columns = match streams.get(stream) {
         Some(columns) => Some(columns),
         None if shared.config.accept_undeclared_streams => None,
         None => return refuse(404, "InvalidStream", "the DCR declares no such stream"),

@@ -37,6 +37,9 @@ pub struct Config {
     pub dcr_immutable_id: String,
     /// Stream declarations: stream name → columns (name, DCR type).
     pub streams: HashMap<String, Vec<(String, String)>>,
+    /// Further DCRs (immutable id → their stream declarations), as for Auxiliary tables, which
+    /// take a DCR of their own: a stream is accepted only on the DCR that declares it.
+    pub other_dcrs: HashMap<String, HashMap<String, Vec<(String, String)>>>,
     /// Lifetime of issued tokens.
     pub token_lifetime: Duration,
     /// Accept streams that are not declared, with any columns (the binary, for benchmarks).

@@ -15,6 +15,7 @@ async fn main() -> std::io::Result<()> {
         client_secret: "emulator-secret".into(),
         dcr_immutable_id: "dcr-00000000000000000000000000e0e0e0".into(),
         streams: HashMap::new(),
+        other_dcrs: HashMap::new(),
         token_lifetime: Duration::from_secs(3600),
         accept_undeclared_streams: true,
         keep_rows: false,
