@@ -427,7 +427,7 @@ fn auxiliary(
     }
     if sink.cloud != crate::auth::Cloud::Public {
         p.add(
-            format!("{key}"),
+            key,
             format!(
                 "{} is on the Auxiliary plan, which the {:?} cloud does not offer",
                 t.output_table, sink.cloud
