@@ -490,6 +490,33 @@ async fn routed_rows_arrive_in_their_stream_and_the_counts_match() {
         stdout.contains(&format!("delivered {} row(s)", main.len() + verbose.len())),
         "{stdout}"
     );
+    // The health table has each rule's counts too (`Kind: policy`, deltas per round).
+    let health = stream("Custom-M365SentinelHealth_CL");
+    let sum = |rule: &str, column: &str| -> u64 {
+        health
+            .iter()
+            .filter(|r| r["Kind"] == "policy" && r["Rule"] == rule)
+            .map(|r| r[column].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("drop-sharepoint-reads", "Matched"), 2);
+    assert_eq!(sum("drop-sharepoint-reads", "RowsRemoved"), 2);
+    assert_eq!(
+        sum("half-of-the-rest", "RowsRemoved"),
+        15 - sampled_kept as u64
+    );
+    assert_eq!(sum("teams-created-also-verbose", "RowsAdded"), 2);
+    let row = health
+        .iter()
+        .find(|r| r["Kind"] == "policy" && r["Rule"] == "drop-sharepoint-reads")
+        .unwrap();
+    assert_eq!(row["Table"], "OfficeActivity_CL");
+    assert_eq!(row["Action"], "drop");
+    let bytes = sum("drop-sharepoint-reads", "BytesRemoved");
+    assert!(
+        stdout.contains(&format!("removed 2, {bytes} bytes removed")),
+        "{bytes} bytes in the health rows\n{stdout}"
+    );
 }
 
 /// A config for `run` against `emulator` with the schemas in `schemas`; `tables` is the

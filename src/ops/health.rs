@@ -19,6 +19,7 @@ use crate::sinks::workspace::{SinkStats, WorkspaceSink};
 use crate::sources::management::lag::LagBoard;
 use crate::sources::status::SourceStatus;
 use crate::stages::map::datetime::format_unix_millis;
+use crate::stages::policy::RuleReport;
 use crate::state::spool::Spool;
 
 /// Longest error message a row carries.
@@ -112,6 +113,8 @@ pub struct HealthInputs {
     pub spool: Option<Arc<Spool>>,
     pub boards: SourceBoards,
     pub live: Arc<crate::ops::telemetry::LiveCounts>,
+    /// The cost policy, whose rules' counts go in `Kind: policy` rows.
+    pub policy: Arc<crate::stages::policy::Policy>,
 }
 
 /// One health row's identity.
@@ -142,6 +145,8 @@ pub struct HealthReporter {
     full_throttled: BTreeMap<Key, u64>,
     last_full: Option<std::time::Instant>,
     last_checkpoint: BTreeMap<String, u64>,
+    /// The policy's counts as of the last full round.
+    last_policy: Vec<RuleReport>,
 }
 
 impl HealthReporter {
@@ -174,6 +179,7 @@ impl HealthReporter {
             full_throttled: BTreeMap::new(),
             last_full: None,
             last_checkpoint: BTreeMap::new(),
+            last_policy: Vec::new(),
         }
     }
 
@@ -268,6 +274,11 @@ impl HealthReporter {
             for (key, seen) in &observed {
                 self.full_throttled.insert(key.clone(), seen.throttled);
             }
+            let reports = inputs.policy.report();
+            for (i, report) in reports.iter().enumerate() {
+                rows.push(self.policy_row(report, self.last_policy.get(i), now_ms));
+            }
+            self.last_policy = reports;
             for head in heads {
                 let (chain, seq, hash) = (&head.chain, &head.seq, &head.hash);
                 if *seq == 0 || self.last_checkpoint.get(chain) == Some(seq) {
@@ -289,6 +300,28 @@ impl HealthReporter {
             }
         }
         rows
+    }
+
+    /// A `Kind: policy` row: what one rule did since the round before (`earlier`).
+    fn policy_row(&self, report: &RuleReport, earlier: Option<&RuleReport>, now_ms: i64) -> String {
+        let delta = match earlier {
+            Some(e) if e.rule == report.rule => report.since(e),
+            _ => report.clone(),
+        };
+        json!({
+            "TimeGenerated": format_unix_millis(now_ms),
+            "Kind": "policy",
+            "Table": delta.table,
+            "Rule": delta.rule,
+            "Action": delta.action,
+            "Matched": delta.matched,
+            "RowsRemoved": delta.removed_rows,
+            "BytesRemoved": delta.removed_bytes,
+            "RowsAdded": delta.added_rows,
+            "Version": self.version,
+            "Instance": self.instance,
+        })
+        .to_string()
     }
 
     /// Every (tenant, source, table) and what applies to it now.

@@ -108,6 +108,7 @@ pub(super) fn start(
         spool: Some(spool.clone()),
         boards: options.boards.clone(),
         live: options.live.clone(),
+        policy: setup.policy.clone(),
     };
     let writer = Arc::new(Mutex::new(Writer {
         spool_writer: SpoolWriter::for_streams(spool.clone(), &[table], true),
