@@ -128,7 +128,13 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
     let content = make_content(&emulator, &[0, 1, 2], 3_000, 4, false);
     assert!(content.duplicate_copies > 0);
     let dir = tempfile::tempdir().unwrap();
-    let archive = archive_section(&azurite, dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let archive =
+        archive_section(&azurite, dir.path()) + &format!("metrics:\n  listen: 127.0.0.1:{port}\n");
     let config = write_config_with(&emulator, dir.path(), None, "", &archive);
     let log = dir.path().join("log.txt");
 
@@ -141,6 +147,24 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
         || emulator.accepted_count() >= content.records.len(),
     )
     .await;
+    // /metrics says so while it lasts.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("m365_sentinel_archive_failures_total "))
+        .unwrap_or_else(|| panic!("no archive failures metric:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(failures > 0, "{metrics}");
+    assert!(
+        metrics.contains("m365_sentinel_archive_units_total 0"),
+        "{metrics}"
+    );
     let (status, _) = sigterm_and_wait(child).await;
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{stderr}");

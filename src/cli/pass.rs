@@ -69,6 +69,7 @@ pub fn pass(
                     config,
                     &http,
                     units,
+                    options.archive.clone(),
                     options.shutdown.clone(),
                 )?;
                 (units, Some(archive))

@@ -37,6 +37,11 @@ pub fn run(common: &Common, input: Vec<PathBuf>, once: bool) -> anyhow::Result<E
     );
     telemetry.spool = spool.clone();
     telemetry.policy = Some(setup.policy.clone());
+    telemetry.archive = setup
+        .config
+        .archive
+        .is_some()
+        .then(|| options.archive.clone());
     // Credentials are tried at once (then every 30 s until they work), so /readyz says
     // "not ready" for a wrong secret before anything is read.
     let checking = sink.clone();

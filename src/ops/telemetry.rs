@@ -78,6 +78,8 @@ pub struct Telemetry {
     pub live: Arc<LiveCounts>,
     /// The cost policy, whose rules count what they did.
     pub policy: Option<Arc<crate::stages::policy::Policy>>,
+    /// The raw archive, when the config has one.
+    pub archive: Option<Arc<crate::sinks::archive::ArchiveStats>>,
     pub max_body_bytes: usize,
     heartbeat: AtomicU64,
 }
@@ -105,6 +107,7 @@ impl Telemetry {
             recent: None,
             live,
             policy: None,
+            archive: None,
             max_body_bytes,
             heartbeat: AtomicU64::new(now_secs()),
         }
@@ -221,6 +224,33 @@ impl Collector for Telemetry {
             ),
         ] {
             counters(&mut e, name, help, "rule", per_rule(value))?;
+        }
+        if let Some(archive) = &self.archive {
+            let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            for (name, help, value) in [
+                (
+                    "m365_sentinel_archive_units",
+                    "Units (content blobs, messages, blob ranges) committed to the raw archive.",
+                    n(&archive.units),
+                ),
+                (
+                    "m365_sentinel_archive_records",
+                    "Records committed to the raw archive.",
+                    n(&archive.records),
+                ),
+                (
+                    "m365_sentinel_archive_bytes",
+                    "Gzip bytes committed to the raw archive.",
+                    n(&archive.bytes),
+                ),
+                (
+                    "m365_sentinel_archive_failures",
+                    "Failed attempts to write the raw archive (the sources wait while it fails).",
+                    n(&archive.failures),
+                ),
+            ] {
+                counter(&mut e, name, help, value)?;
+            }
         }
         counters(
             &mut e,

@@ -99,6 +99,8 @@ pub struct RunOptions {
     pub shutdown_deadline: Duration,
     /// Counts kept as the run goes, for the metrics endpoint.
     pub live: Arc<crate::ops::telemetry::LiveCounts>,
+    /// The raw archive's counts (when the config has one), for the summary and /metrics.
+    pub archive: Arc<crate::sinks::archive::ArchiveStats>,
     /// The live sources' boards, for the health rows (filled once they start).
     pub boards: crate::ops::health::SourceBoards,
 }
@@ -122,6 +124,7 @@ impl RunOptions {
             shutdown,
             shutdown_deadline: Duration::from_secs(deadline_secs),
             live: Arc::default(),
+            archive: Arc::default(),
             boards: crate::ops::health::SourceBoards::default(),
         }
     }

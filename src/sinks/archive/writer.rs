@@ -88,10 +88,10 @@ pub fn start(
     config: &ArchiveConfig,
     http: &reqwest::Client,
     mut units: mpsc::Receiver<Unit>,
+    stats: Arc<ArchiveStats>,
     shutdown: Shutdown,
 ) -> Result<(mpsc::Receiver<Unit>, Archive), ArchiveError> {
     let container = Container::new(config, http)?;
-    let stats = Arc::new(ArchiveStats::default());
     let (to_front, front) = mpsc::channel(CHANNEL);
     let (to_writer, blocks) = mpsc::channel(CHANNEL);
     let prefix = config.prefix.clone();
