@@ -151,6 +151,7 @@ fn main() {
         shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
+        archive: Default::default(),
         boards: Default::default(),
     };
     reset_peak_rss();

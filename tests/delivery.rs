@@ -400,6 +400,7 @@ async fn run_delivers_files_dead_letters_rows_too_large_and_keeps_refused_input(
         shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
+        archive: Default::default(),
         boards: Default::default(),
     };
     let inputs = vec![
