@@ -154,6 +154,7 @@ fn main() {
             shutdown: m365_sentinel::ops::shutdown::Shutdown::never(),
             shutdown_deadline: Duration::from_secs(25),
             live: Default::default(),
+            archive: Default::default(),
             boards: Default::default(),
         };
         let audit_rows = || -> usize {
