@@ -165,6 +165,7 @@ fn measure_source(
         shutdown: shutdown.clone(),
         shutdown_deadline: Duration::from_secs(25),
         live: Default::default(),
+        archive: Default::default(),
         boards: Default::default(),
     };
     let accepted_before = emulator.accepted_count();
