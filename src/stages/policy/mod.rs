@@ -195,11 +195,12 @@ impl Policy {
         let mut work = vec![(row, 0)];
         while let Some((mut row, from)) = work.pop() {
             let mut kept = true;
+            // One parse of the row for every rule that reads a column, until a rule changes it.
+            let mut subject = Subject::new(fields, &row.json);
             for (i, rule) in self.rules.iter().enumerate().skip(from) {
                 if rule.table != row.table {
                     continue;
                 }
-                let subject = Subject::new(fields, &row.json);
                 if rule.when.as_ref().is_some_and(|w| !w.holds(&subject)) {
                     continue;
                 }
@@ -219,6 +220,7 @@ impl Policy {
                             let cut_bytes = bytes.saturating_sub(json.len() as u64);
                             counts.removed_bytes.fetch_add(cut_bytes, Ordering::Relaxed);
                             row.json = json;
+                            subject = Subject::new(fields, &row.json);
                         }
                     }
                     Action::Route { to, keep_original } => {
@@ -235,6 +237,7 @@ impl Policy {
                         } else {
                             counts.moved_bytes.fetch_add(bytes, Ordering::Relaxed);
                             self.move_to(&mut row, *to);
+                            subject = Subject::new(fields, &row.json);
                         }
                     }
                 }
