@@ -2,7 +2,7 @@
 //! `azure_storage_blob` SDK with a SAS: every record of every content blob the Management API
 //! serves lands once in the hour's gzip JSON Lines blob, a source's position waits for the
 //! archive, a unit read again is not archived twice, and SIGKILLs in the middle of writing
-//! leave every blob valid gzip and lose nothing.
+//! leave every blob valid gzip and lose nothing. A row a policy rule drops is in the archive.
 
 mod common;
 
@@ -133,8 +133,32 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
         .local_addr()
         .unwrap()
         .port();
-    let archive =
-        archive_section(&azurite, dir.path()) + &format!("metrics:\n  listen: 127.0.0.1:{port}\n");
+    // A policy that drops every Set-Mailbox row: they never reach the workspace, yet the
+    // archive, written before any rule, has them.
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    for entry in std::fs::read_dir("schemas").unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, schemas.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        schemas.join("policy.yaml"),
+        "rules:\n  - name: no-set-mailbox\n    table: OfficeActivity\n    when: { column: Operation, equals: Set-Mailbox }\n    action: drop\n",
+    )
+    .unwrap();
+    let dropped: Vec<&String> = content
+        .records
+        .iter()
+        .filter(|(_, r)| r["Operation"] == "Set-Mailbox")
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!dropped.is_empty());
+    let kept = content.records.len() - dropped.len();
+    let archive = archive_section(&azurite, dir.path())
+        + &format!(
+            "metrics:\n  listen: 127.0.0.1:{port}\nschemas_dir: {}\n",
+            schemas.display()
+        );
     let config = write_config_with(&emulator, dir.path(), None, "", &archive);
     let log = dir.path().join("log.txt");
 
@@ -144,7 +168,7 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
     wait_for(
         "every record in the workspace",
         Duration::from_secs(120),
-        || emulator.accepted_count() >= content.records.len(),
+        || emulator.accepted_count() >= kept,
     )
     .await;
     // /metrics says so while it lasts.
@@ -195,6 +219,10 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
     );
     let archived = read_archive(&azurite).await;
     assert_once_per_blob(&archived, &content);
+    let (delivered, _) = arrivals(&emulator);
+    assert_eq!(delivered.len(), kept, "{stdout}");
+    assert!(dropped.iter().all(|id| !delivered.contains_key(*id)));
+    assert!(dropped.iter().all(|id| archived.ids.contains_key(*id)));
     for (t, tenant) in TENANTS.iter().enumerate() {
         for (ct, at) in committed(dir.path(), tenant).into_iter().enumerate() {
             let (_, newest) = blob_times(&content, t, ct);
