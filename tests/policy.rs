@@ -432,22 +432,9 @@ async fn routed_rows_arrive_in_their_stream_and_the_counts_match() {
     let emulator = m365_emulator::Emulator::start_tls(config).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = sink_config(dir.path(), &emulator, schemas.path(), "");
-    let out = run_samples(&cfg, "run").await;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_to_success(&cfg).await;
     let accepted = emulator.accepted();
-    let stream = |name: &str| -> Vec<&Value> {
-        accepted
-            .iter()
-            .filter(|(s, _)| s == name)
-            .map(|(_, r)| r)
-            .collect()
-    };
+    let stream = |name: &str| in_stream(&accepted, name);
     let verbose = stream("Custom-OfficeActivityVerbose_CL");
     let main = stream("Custom-OfficeActivity_CL");
     let ops = |rows: &[&Value], op: &str| rows.iter().filter(|r| r["Operation"] == op).count();
@@ -567,23 +554,38 @@ async fn run_samples(cfg: &Path, command: &str) -> std::process::Output {
     .unwrap()
 }
 
+/// `run` on the samples, which must succeed; its stdout.
+async fn run_to_success(cfg: &Path) -> String {
+    let out = run_samples(cfg, "run").await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The accepted rows of one stream.
+fn in_stream<'a>(accepted: &'a [(String, Value)], stream: &str) -> Vec<&'a Value> {
+    accepted
+        .iter()
+        .filter(|(s, _)| s == stream)
+        .map(|(_, r)| r)
+        .collect()
+}
+
 /// Rows routed to an Auxiliary table go to its own DCR (as `check` insists), with their
 /// dynamic values as JSON text, which the emulator's string columns take and objects would not.
 #[tokio::test]
 async fn auxiliary_rows_go_to_their_own_dcr_with_dynamic_values_as_text() {
-    use common::azure::{dcr_type, emulator_config};
+    use common::azure::{emulator_config, stream_columns};
     const AUX_DCR: &str = "dcr-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let schemas = schemas_with(&with_auxiliary());
     let setup = setup_with(schemas.path()).unwrap();
     let aux = setup.schemas.table_by_name("OfficeActivityAux").unwrap();
-    let aux = &setup.schemas.tables[aux];
-    let columns: Vec<(String, String)> = aux
-        .columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.ty))
-        .chain(m365_sentinel::integrity::CHAIN_COLUMNS)
-        .map(|(name, ty)| (name.to_string(), dcr_type(ty).to_string()))
-        .collect();
+    let columns = stream_columns(&setup.schemas.tables[aux]);
     assert!(columns.contains(&("AdditionalFields".to_string(), "string".to_string())));
     let mut config = emulator_config();
     let verbose = config.streams["Custom-OfficeActivity_CL"].clone();
@@ -614,22 +616,9 @@ async fn auxiliary_rows_go_to_their_own_dcr_with_dynamic_values_as_text() {
         emulator.url()
     );
     let cfg = sink_config(dir.path(), &emulator, schemas.path(), &tables);
-    let out = run_samples(&cfg, "run").await;
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_to_success(&cfg).await;
     let accepted = emulator.accepted();
-    let rows = |name: &str| -> Vec<&Value> {
-        accepted
-            .iter()
-            .filter(|(s, _)| s == name)
-            .map(|(_, r)| r)
-            .collect()
-    };
+    let rows = |name: &str| in_stream(&accepted, name);
     let aux_rows = rows("Custom-OfficeActivityAux_CL");
     assert!(!aux_rows.is_empty(), "{stdout}");
     let mut with_fields = 0;

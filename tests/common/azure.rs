@@ -24,6 +24,17 @@ pub fn dcr_type(ty: ColumnType) -> &'static str {
     }
 }
 
+/// A table's stream declaration as `schema dcr` writes it: the schema's columns and the
+/// chain's, with their DCR types.
+pub fn stream_columns(t: &m365_sentinel::schema::TableSchema) -> Vec<(String, String)> {
+    t.columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.ty))
+        .chain(m365_sentinel::integrity::CHAIN_COLUMNS)
+        .map(|(name, ty)| (name.to_string(), dcr_type(ty).to_string()))
+        .collect()
+}
+
 /// An emulator config declaring every stream of the embedded schemas.
 pub fn emulator_config() -> Config {
     let setup = super::setup();
@@ -31,17 +42,7 @@ pub fn emulator_config() -> Config {
         .schemas
         .tables
         .iter()
-        .map(|t| {
-            // As `schema dcr` declares them: the schema's columns and the chain's.
-            let columns = t
-                .columns
-                .iter()
-                .map(|c| (c.name.as_str(), c.ty))
-                .chain(m365_sentinel::integrity::CHAIN_COLUMNS)
-                .map(|(name, ty)| (name.to_string(), dcr_type(ty).to_string()))
-                .collect();
-            (t.stream.clone(), columns)
-        })
+        .map(|t| (t.stream.clone(), stream_columns(t)))
         .collect();
     Config {
         tenant_id: TENANT.into(),
