@@ -172,12 +172,7 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
     )
     .await;
     // /metrics says so while it lasts.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape_metrics(port).await;
     let failures: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("m365_sentinel_archive_failures_total "))

@@ -259,12 +259,7 @@ async fn a_refused_storage_key_is_reported_and_the_event_hub_keeps_running() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("access refused"))
     })
     .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape_metrics(port).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let sample = |start: &str| {

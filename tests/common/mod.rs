@@ -150,3 +150,13 @@ pub fn find<'a>(rows: &'a [Value], key: &str, value: &str) -> &'a Value {
         .find(|r| r[key] == value)
         .unwrap_or_else(|| panic!("no row with {key} = {value}"))
 }
+
+/// The text of `/metrics` on 127.0.0.1:`port`.
+pub async fn scrape_metrics(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
