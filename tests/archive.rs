@@ -184,6 +184,24 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
         metrics.contains("m365_sentinel_archive_units_total 0"),
         "{metrics}"
     );
+    // So do the health rows: the sources are paused, the archive named as the reason.
+    wait_for(
+        "a health row naming the archive",
+        Duration::from_secs(60),
+        || {
+            emulator.accepted().iter().any(|(s, r)| {
+                s == "Custom-M365SentinelHealth_CL"
+                    && r["Status"] == "paused"
+                    && r["ErrorClass"] == "archive"
+            })
+        },
+    )
+    .await;
+    let health = emulator.accepted();
+    assert!(
+        health.iter().all(|(_, r)| !r.to_string().contains("sig=")),
+        "a SAS signature in a row"
+    );
     let (status, _) = sigterm_and_wait(child).await;
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{stderr}");

@@ -115,6 +115,8 @@ pub struct HealthInputs {
     pub live: Arc<crate::ops::telemetry::LiveCounts>,
     /// The cost policy, whose rules' counts go in `Kind: policy` rows.
     pub policy: Arc<crate::stages::policy::Policy>,
+    /// The raw archive, when the config has one: while it fails, the sources wait.
+    pub archive: Option<Arc<crate::sinks::archive::ArchiveStats>>,
 }
 
 /// One health row's identity.
@@ -198,7 +200,8 @@ impl HealthReporter {
         let stats = inputs.sink.stats();
         let spool_full = inputs.spool.as_ref().is_some_and(|s| s.is_full());
         let boards = inputs.boards.get();
-        let observed = self.observe(&boards, &stats, spool_full);
+        let archive_failure = inputs.archive.as_ref().and_then(|a| a.failure());
+        let observed = self.observe(&boards, &stats, spool_full, archive_failure.as_deref());
         let rejected_total: u64 = crate::ops::telemetry::snapshot(&inputs.live.rejected)
             .values()
             .sum();
@@ -330,6 +333,7 @@ impl HealthReporter {
         inputs: &Boards,
         stats: &SinkStats,
         spool_full: bool,
+        archive_failure: Option<&str>,
     ) -> BTreeMap<Key, Observed> {
         let lag_limit = i64::try_from(self.config.lag_minutes * 60_000).unwrap_or(i64::MAX);
         // What the table's delivery says, applied to every row of the table.
@@ -354,6 +358,15 @@ impl HealthReporter {
                     ));
                 }
             };
+        // A live source's units wait for the archive: paused while it can't write.
+        let archive_state = |status: &mut Status, error: &mut Option<(&'static str, String)>| {
+            if let Some(failure) = archive_failure
+                && Status::Paused > *status
+            {
+                *status = Status::Paused;
+                *error = Some(("archive", failure.to_string()));
+            }
+        };
         let mut out = BTreeMap::new();
         if let (Some(board), Some(table)) = (&inputs.lag, &self.audit_table) {
             for lag in board.snapshot() {
@@ -371,6 +384,7 @@ impl HealthReporter {
                     ));
                 }
                 table_state(table, &mut status, &mut error);
+                archive_state(&mut status, &mut error);
                 if let Some(failure) = &lag.failure {
                     status = Status::Failing;
                     error = Some(("credential", failure.clone()));
@@ -391,6 +405,7 @@ impl HealthReporter {
                 let mut status = Status::Healthy;
                 let mut error = None;
                 table_state(table, &mut status, &mut error);
+                archive_state(&mut status, &mut error);
                 if let Some(failure) = source.failure() {
                     status = Status::Failing;
                     error = Some(("credential", failure));
@@ -480,7 +495,7 @@ mod tests {
             sources: Vec::new(),
         };
         let mut stats = SinkStats::default();
-        let seen = r.observe(&boards, &stats, false);
+        let seen = r.observe(&boards, &stats, false, None);
         assert_eq!(status(&seen, "a", "Audit.Exchange"), Status::Healthy);
         assert_eq!(status(&seen, "b", "Audit.Exchange"), Status::Lagging);
         assert_eq!(status(&seen, "c", "Audit.General"), Status::Failing);
@@ -492,7 +507,7 @@ mod tests {
         )];
         assert_eq!(c.error.as_ref().map(|e| e.0), Some("credential"));
         // A full spool pauses everything not failing; a refused table fails its rows.
-        let seen = r.observe(&boards, &stats, true);
+        let seen = r.observe(&boards, &stats, true, None);
         assert_eq!(status(&seen, "a", "Audit.Exchange"), Status::Paused);
         assert_eq!(status(&seen, "c", "Audit.General"), Status::Failing);
         stats.failing_by_table.insert(
@@ -502,11 +517,22 @@ mod tests {
                 message: "HTTP 403".into(),
             },
         );
-        let seen = r.observe(&boards, &stats, true);
+        let seen = r.observe(&boards, &stats, true, None);
         assert_eq!(status(&seen, "a", "Audit.Exchange"), Status::Failing);
+        // An archive that can't write pauses what is not failing, and says why.
+        stats.failing_by_table.clear();
+        let seen = r.observe(&boards, &stats, false, Some("archive blob x: HTTP 404"));
+        assert_eq!(status(&seen, "a", "Audit.Exchange"), Status::Paused);
+        assert_eq!(status(&seen, "c", "Audit.General"), Status::Failing);
+        let a = &seen[&(
+            "a".into(),
+            "Audit.Exchange".into(),
+            "OfficeActivity_CL".into(),
+        )];
+        assert_eq!(a.error.as_ref().map(|e| e.0), Some("archive"));
         // A table no live source reports on gets a row of its own once it delivered.
         stats.delivered_by_table.insert("EmailEvents_CL".into(), 3);
-        let seen = r.observe(&boards, &stats, false);
+        let seen = r.observe(&boards, &stats, false, None);
         assert!(seen.contains_key(&(String::new(), "files".into(), "EmailEvents_CL".into())));
     }
 }

@@ -109,6 +109,11 @@ pub(super) fn start(
         boards: options.boards.clone(),
         live: options.live.clone(),
         policy: setup.policy.clone(),
+        archive: setup
+            .config
+            .archive
+            .is_some()
+            .then(|| options.archive.clone()),
     };
     let writer = Arc::new(Mutex::new(Writer {
         spool_writer: SpoolWriter::for_streams(spool.clone(), &[table], true),

@@ -45,9 +45,22 @@ pub struct ArchiveStats {
     pub already_archived: AtomicU64,
     pub commits: AtomicU64,
     pub failures: AtomicU64,
+    /// The last failure while it lasts (cleared by the next success), for the health rows.
+    pub failing: std::sync::Mutex<Option<String>>,
 }
 
 impl ArchiveStats {
+    /// Why the archive is not writing, while it is not.
+    pub fn failure(&self) -> Option<String> {
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        if let Ok(mut f) = self.failing.lock() {
+            *f = failure;
+        }
+    }
+
     pub fn summary(&self) -> String {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
@@ -207,9 +220,13 @@ async fn commit_hour(
             },
         };
         match result {
-            Ok(()) => return true,
+            Ok(()) => {
+                stats.set_failure(None);
+                return true;
+            }
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
+                stats.set_failure(Some(e.to_string()));
                 hours.remove(hour);
                 if shutdown.is_set() {
                     tracing::error!(error = %e, "archive: giving up at shutdown; these units are read again next time");
