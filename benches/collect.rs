@@ -8,6 +8,8 @@
 //! the per-tenant request budget: `COLLECT_BENCH_RPM`, default 1,000,000, i.e. unthrottled).
 //! With `COLLECT_BENCH_BINARY=1` the connector is the release binary itself, `run --once` with
 //! the spool on, as a user runs it: its CPU, kernel share and peak RSS are its own process's.
+//! Adding `COLLECT_BENCH_ARCHIVE=1` turns the raw archive on, into a container of Azurite (as
+//! the tests start it), so the two runs side by side give the archive's cost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,13 @@ use m365_sentinel::pipeline::Setup;
 use m365_sentinel::run::{Delivery, Intake, RunOptions, run};
 use m365_sentinel::sources::management::config::ALL_CONTENT_TYPES as CONTENT_TYPES;
 use m365_sentinel::sources::management::{Collector, CollectorOptions};
+
+#[path = "../tests/common/azurite.rs"]
+#[allow(dead_code)]
+mod azurite;
+#[path = "../tests/common/tools.rs"]
+#[allow(dead_code)]
+mod tools;
 
 #[path = "common/binary.rs"]
 mod binary;
@@ -115,11 +124,32 @@ fn main() {
     std::fs::write(dir.path().join("config.yaml"), &config).expect("config");
     if std::env::var_os("COLLECT_BENCH_BINARY").is_some() {
         let sink = format!(
-            "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {DCR}\n  credential: {{kind: client_secret, tenant_id: {TENANT}, client_id: {CLIENT}, secret_file: {dir}/secret}}\n  authority_host: {url}\nspool:\n  dir: {dir}/spool\ndlq:\n  dir: {dir}/dlq\n",
+            "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {DCR}\n  credential: {{kind: client_secret, tenant_id: {TENANT}, client_id: {CLIENT}, secret_file: {dir}/secret}}\n  authority_host: {url}\nspool:\n  dir: {dir}/spool\ndlq:\n  dir: {dir}/dlq\nhealth:\n  enabled: false\n",
             url = emulator.url(),
             dir = dir.path().display()
         );
-        std::fs::write(dir.path().join("config.yaml"), format!("{sink}{config}")).expect("config");
+        // Health rows off: the emulator's count is then the records'. The archive's Azurite
+        // lives until the pass is done.
+        let mut archive = String::new();
+        let _azurite = if std::env::var("COLLECT_BENCH_ARCHIVE").is_ok_and(|v| v == "1") {
+            let azurite = azurite::Azurite::start();
+            emulator_rt.block_on(azurite.create_container("archive"));
+            std::fs::write(dir.path().join("archive.sas"), azurite.account_sas()).expect("sas");
+            archive = format!(
+                "archive:\n  container_url: {}/archive\n  sas_file: {}/archive.sas\n",
+                azurite.endpoint(),
+                dir.path().display()
+            );
+            eprintln!("archive:                   on (Azurite)");
+            Some(azurite)
+        } else {
+            None
+        };
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            format!("{sink}{archive}{config}"),
+        )
+        .expect("config");
         binary::run_once(
             &dir.path().join("config.yaml"),
             n,
