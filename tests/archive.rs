@@ -29,6 +29,18 @@ fn archive_section(azurite: &Azurite, dir: &Path) -> String {
     )
 }
 
+/// The signature of the SAS the test wrote (what must never be shown).
+fn sas_signature(dir: &Path) -> String {
+    let sas = std::fs::read_to_string(dir.join("archive.sas")).unwrap();
+    let sig = sas
+        .split('&')
+        .find_map(|p| p.strip_prefix("sig="))
+        .unwrap()
+        .to_string();
+    assert!(sig.len() > 20);
+    sig
+}
+
 struct Archived {
     /// Record Id → lines holding it.
     ids: BTreeMap<String, usize>,
@@ -198,18 +210,33 @@ async fn positions_wait_for_the_archive_and_every_blobs_records_are_archived_onc
     )
     .await;
     let health = emulator.accepted();
+    let signature = sas_signature(dir.path());
     assert!(
-        health.iter().all(|(_, r)| !r.to_string().contains("sig=")),
+        health
+            .iter()
+            .all(|(_, r)| !r.to_string().contains(&signature)),
         "a SAS signature in a row"
     );
     let (status, _) = sigterm_and_wait(child).await;
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("archive write failed"), "{stderr}");
+    let signature = sas_signature(dir.path());
     assert!(
-        !stderr.contains("sig="),
+        !stderr.contains(&signature),
         "the SAS signature was logged:\n{stderr}"
     );
+
+    // A `--once` pass against the missing container gives up after its attempts, fails, and
+    // commits nothing it could not archive.
+    let out = run_to_end(once(&config)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the raw archive could not write"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&signature), "{stderr}");
     for (t, tenant) in TENANTS.iter().enumerate() {
         for (ct, at) in committed(dir.path(), tenant).into_iter().enumerate() {
             let (oldest, _) = blob_times(&content, t, ct);

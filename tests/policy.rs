@@ -309,6 +309,11 @@ rules:
         "{err}"
     );
     let dir = schemas_with("tables:\n  - name: V\n    like: OfficeActivity\n    plan: Auxiliary\n");
+    let err = setup_with(dir.path()).err().expect("refused");
+    assert!(err.contains("needs total_retention_days"), "{err}");
+    let dir = schemas_with(
+        "tables:\n  - name: V\n    like: OfficeActivity\n    plan: Auxiliary\n    total_retention_days: 365\n",
+    );
     setup_with(dir.path()).expect("a routed Auxiliary table");
 }
 
@@ -607,7 +612,8 @@ async fn auxiliary_rows_go_to_their_own_dcr_with_dynamic_values_as_text() {
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("sink.logs_ingestion.tables.OfficeActivityAux.dcr_immutable_id")
-            && said.contains("dcrImmutableId_OfficeActivityAux"),
+            && said.contains("dcrImmutableId_OfficeActivityAux")
+            && said.contains("sink.logs_ingestion.tables.OfficeActivityAux.endpoint"),
         "{said}"
     );
 
@@ -633,6 +639,7 @@ async fn auxiliary_rows_go_to_their_own_dcr_with_dynamic_values_as_text() {
     }
     assert!(with_fields > 0, "no Auxiliary row had AdditionalFields");
     let main = rows("Custom-OfficeActivity_CL");
+    assert!(!main.is_empty());
     assert!(main.iter().all(|r| r["OfficeWorkload"] != "MicrosoftTeams"));
 }
 

@@ -71,6 +71,7 @@ pub fn pass(
                     units,
                     options.archive.clone(),
                     options.shutdown.clone(),
+                    mode.once,
                 )?;
                 (units, Some(archive))
             }
@@ -87,6 +88,13 @@ pub fn pass(
                 );
             }
             println!("{}", archive_stats.summary());
+            if archive_stats.gave_up.load(std::sync::atomic::Ordering::Relaxed) {
+                end_run.stop();
+                let why = archive_stats.failure().unwrap_or_default();
+                anyhow::bail!(
+                    "the raw archive could not write ({why}); units not archived were not committed and are read again by the next pass"
+                );
+            }
         }
         // Sources waiting for their last rows to become durable wait no longer.
         end_run.stop();

@@ -412,6 +412,30 @@ fn auxiliary(
     dcr: &str,
 ) {
     let key = format!("sink.logs_ingestion.tables.{}", t.table);
+    let over = li.tables.get(&t.table);
+    if over.is_none_or(|o| o.endpoint.is_none()) {
+        p.add(
+            format!("{key}.endpoint"),
+            format!(
+                "{} is on the Auxiliary plan; its DCR (kind Direct) has a logs ingestion endpoint of its own",
+                t.output_table
+            ),
+            format!("set it to `schema dcr`'s output logsIngestionEndpoint_{}", t.table),
+        );
+    }
+    let shared = li
+        .tables
+        .iter()
+        .filter(|(name, o)| *name != &t.table && o.dcr_immutable_id.as_deref() == Some(dcr))
+        .map(|(name, _)| name.as_str())
+        .next();
+    if let Some(other) = shared {
+        p.add(
+            format!("{key}.dcr_immutable_id"),
+            format!("{} is on the Auxiliary plan, whose DCR sends to it alone, but {other} posts to that DCR too", t.output_table),
+            format!("give each its own DCR (`schema dcr`'s dcrImmutableId_{})", t.table),
+        );
+    }
     if dcr == li.dcr_immutable_id {
         p.add(
             format!("{key}.dcr_immutable_id"),

@@ -48,6 +48,11 @@ pub fn problems(output_table: &str, plan: &TablePlan, _columns: &[Column]) -> Ve
             ));
         }
     }
+    if plan.plan == Plan::Auxiliary && plan.total_retention_days.is_none() {
+        found.push(format!(
+            "{output_table}: an Auxiliary table needs total_retention_days (Microsoft's sample sets 365); the workspace default does not apply to it"
+        ));
+    }
     found
 }
 

@@ -28,6 +28,9 @@ pub struct Unit {
 pub struct Origin {
     pub tenant: Arc<str>,
     pub source: Arc<str>,
+    /// When the source says the unit was made (a content blob's `contentCreated`), ms since
+    /// the epoch: the archive's hour when no record has a time of its own.
+    pub created_ms: Option<i64>,
 }
 
 /// How a source recognises records it handed on before.

@@ -24,7 +24,9 @@ use super::config::ArchiveConfig;
 /// The container, ready to make a client per blob.
 pub struct Container {
     base: Url,
-    sas: Option<String>,
+    /// The SAS file and the token last read from it.
+    sas_file: Option<std::path::PathBuf>,
+    sas: std::sync::Mutex<Option<String>>,
     credential: Option<Arc<dyn TokenCredential>>,
     options: BlobClientOptions,
 }
@@ -37,22 +39,7 @@ impl Container {
         let base = Url::parse(config.container_url.trim_end_matches('/'))
             .map_err(|e| ArchiveError::Config(format!("archive.container_url: {e}")))?;
         let sas = match &config.sas_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ArchiveError::Config(format!(
-                        "archive.sas_file {}: {e}; mount the SAS token's secret there",
-                        path.display()
-                    ))
-                })?;
-                let token = text.trim().trim_start_matches('?').to_string();
-                if !token.contains("sig=") {
-                    return Err(ArchiveError::Config(format!(
-                        "archive.sas_file {} holds no SAS token (no sig=); write the token the portal's \"Generate SAS\" shows",
-                        path.display()
-                    )));
-                }
-                Some(token)
-            }
+            Some(path) => Some(read_sas(path)?),
             None => None,
         };
         let credential = match &config.auth {
@@ -62,16 +49,35 @@ impl Container {
         let options = BlobClientOptions {
             client_options: ClientOptions {
                 transport: Some(Transport::new(Arc::new(http.clone()))),
+                // One request per attempt: the writer's own backoff retries, and can stop
+                // between attempts at shutdown.
+                retry: azure_core::http::RetryOptions::none(),
                 ..ClientOptions::default()
             },
             ..BlobClientOptions::default()
         };
         Ok(Self {
             base,
-            sas,
+            sas_file: config.sas_file.clone(),
+            sas: std::sync::Mutex::new(sas),
             credential,
             options,
         })
+    }
+
+    /// Reads the SAS file again (a rotated Secret); keeps the old token if it can't.
+    pub fn reload_sas(&self) {
+        let Some(path) = &self.sas_file else {
+            return;
+        };
+        match read_sas(path) {
+            Ok(token) => {
+                if let Ok(mut sas) = self.sas.lock() {
+                    *sas = Some(token);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "archive: keeping the SAS token read before"),
+        }
     }
 
     fn client(&self, name: &str) -> Result<BlobClient, ArchiveError> {
@@ -79,7 +85,8 @@ impl Container {
         url.path_segments_mut()
             .map_err(|()| ArchiveError::Config("archive.container_url cannot take a path".into()))?
             .extend(name.split('/'));
-        url.set_query(self.sas.as_deref());
+        let sas = self.sas.lock().ok().and_then(|s| s.clone());
+        url.set_query(sas.as_deref());
         BlobClient::new(url, self.credential.clone(), Some(self.options.clone()))
             .map_err(|e| blob_error(name, "open", &e))
     }
@@ -199,12 +206,38 @@ impl Part {
     }
 }
 
+/// The token in a SAS file (the part after `?`).
+fn read_sas(path: &std::path::Path) -> Result<String, ArchiveError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ArchiveError::Config(format!(
+            "archive.sas_file {}: {e}; mount the SAS token's secret there",
+            path.display()
+        ))
+    })?;
+    let token = text.trim().trim_start_matches('?').to_string();
+    if !token.contains("sig=") {
+        return Err(ArchiveError::Config(format!(
+            "archive.sas_file {} holds no SAS token (no sig=); write the token the portal's \"Generate SAS\" shows",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
 fn blob_error(blob: &str, operation: &'static str, error: &azure_core::Error) -> ArchiveError {
+    // The causes too: a transport error's own text is only "failed to execute request".
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
     ArchiveError::Blob {
         blob: blob.to_string(),
         operation,
         status: error.http_status().map(u16::from),
-        detail: without_signature(&error.to_string()),
+        detail: without_signature(&detail),
     }
 }
 

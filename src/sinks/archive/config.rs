@@ -40,7 +40,7 @@ impl ArchiveConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.container_url).map_err(|e| {
+        let url = reqwest::Url::parse(self.container_url.trim_end_matches('/')).map_err(|e| {
             format!(
                 "archive.container_url is not a URL ({e}); write https://ACCOUNT.blob.core.windows.net/CONTAINER"
             )

@@ -29,7 +29,9 @@ pub struct Block {
     /// `PREFIX TENANT/SOURCE/YYYY/MM/DD/HH`: the hour's blobs are this plus `.jsonl.gz` (part
     /// 0) or `-N.jsonl.gz`.
     pub hour: Arc<str>,
-    /// SHA-256 of the unit's position: fixed length, as a blob's block ids must be.
+    /// SHA-256 of the unit's position and its block: fixed length, as a blob's block ids must
+    /// be; the same for a unit read again, different for other content at a reused position
+    /// (an Event Hubs offset after the hub was recreated), which is then archived, not skipped.
     pub id: [u8; 32],
     pub gzip: Bytes,
     pub records: u64,
@@ -45,7 +47,7 @@ pub fn part_name(hour: &str, part: usize) -> String {
 }
 
 /// The block of `unit`: every record as received (before dedupe, mapping and the policy), one
-/// per line. Line breaks inside a record (pretty-printed JSON, where they can only be
+/// per line, in the hour of its first record's time (else the unit's, else `now_millis`). Line breaks inside a record (pretty-printed JSON, where they can only be
 /// whitespace) become spaces, so each line is one record. A unit that could not be read as
 /// text is archived as its bytes, one line.
 pub fn block_of(unit: &Unit, prefix: &str, now_millis: i64) -> Block {
@@ -74,11 +76,15 @@ pub fn block_of(unit: &Unit, prefix: &str, now_millis: i64) -> Block {
         "{prefix}{}/{}/{}",
         name_part(&unit.origin.tenant),
         name_part(&unit.origin.source),
-        hour_path(when.unwrap_or(now_millis))
+        hour_path(when.or(unit.origin.created_ms).unwrap_or(now_millis))
     );
+    let mut id = Sha256::new();
+    id.update(unit.pos.source.as_bytes());
+    id.update([0u8]);
+    id.update(&gzip);
     Block {
         hour: hour.into(),
-        id: Sha256::digest(unit.pos.source.as_bytes()).into(),
+        id: id.finalize().into(),
         gzip,
         records,
     }
@@ -147,6 +153,7 @@ mod tests {
             origin: Origin {
                 tenant: "contoso/prod".into(),
                 source: "Audit.Exchange".into(),
+                created_ms: None,
             },
         }
     }
@@ -178,8 +185,13 @@ mod tests {
         );
         assert_eq!(
             block.id,
+            block_of(&unit(text, "t/Audit.Exchange/c1"), "", 0).id,
+            "a unit read again has the same id"
+        );
+        assert_ne!(
+            block.id,
             block_of(&unit("[]", "t/Audit.Exchange/c1"), "", 0).id,
-            "the id is the position's, whatever the text"
+            "other content at the same position is another block"
         );
         assert_ne!(
             block.id,

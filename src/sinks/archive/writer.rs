@@ -34,6 +34,9 @@ const STAGING: usize = 8;
 /// Hours whose block lists are kept in memory; an hour touched again after eviction is
 /// listed again.
 const HOURS_KEPT: usize = 64;
+/// Failed attempts after which a `--once` pass gives up (about 30 s of backoff): a CronJob must
+/// end, with what it could not archive left to the next pass.
+const ONCE_ATTEMPTS: usize = 6;
 
 /// Counts for the run's summary and the metrics.
 #[derive(Debug, Default)]
@@ -47,6 +50,9 @@ pub struct ArchiveStats {
     pub failures: AtomicU64,
     /// The last failure while it lasts (cleared by the next success), for the health rows.
     pub failing: std::sync::Mutex<Option<String>>,
+    /// A `--once` pass stopped archiving because the container kept failing (not set by a
+    /// shutdown).
+    pub gave_up: std::sync::atomic::AtomicBool,
 }
 
 impl ArchiveStats {
@@ -97,12 +103,15 @@ struct Pending {
 
 /// Puts the archive between `units` and the front end: returns the channel the front end reads.
 /// Call inside the runtime.
+/// `once`: a `--once` pass, which gives up after [`ONCE_ATTEMPTS`] failed attempts instead of
+/// waiting for the container forever.
 pub fn start(
     config: &ArchiveConfig,
     http: &reqwest::Client,
     mut units: mpsc::Receiver<Unit>,
     stats: Arc<ArchiveStats>,
     shutdown: Shutdown,
+    once: bool,
 ) -> Result<(mpsc::Receiver<Unit>, Archive), ArchiveError> {
     let container = Container::new(config, http)?;
     let (to_front, front) = mpsc::channel(CHANNEL);
@@ -119,12 +128,14 @@ pub fn start(
             }
         }
     });
+    let attempts = if once { ONCE_ATTEMPTS } else { usize::MAX };
     let writer = tokio::spawn(write(
         container,
         blocks,
         config.commit_interval(),
         stats.clone(),
         shutdown,
+        attempts,
     ));
     Ok((front, Archive { stats, tee, writer }))
 }
@@ -147,6 +158,7 @@ async fn write(
     interval: Duration,
     stats: Arc<ArchiveStats>,
     shutdown: Shutdown,
+    attempts: usize,
 ) {
     let mut hours: HashMap<Arc<str>, Hour> = HashMap::new();
     while let Some(first) = blocks.recv().await {
@@ -170,15 +182,23 @@ async fn write(
                 .push(pending);
         }
         for (hour, pending) in by_hour {
-            if !commit_hour(&container, &mut hours, &hour, &pending, &stats, &shutdown).await {
-                // Shutting down with the container failing: the units stay unacknowledged.
+            if !commit_hour(
+                &container, &mut hours, &hour, &pending, &stats, &shutdown, attempts,
+            )
+            .await
+            {
+                // Shutting down, or a pass giving up: the units stay unacknowledged. Only
+                // giving up is a failure of the pass.
+                if !shutdown.is_set() {
+                    stats.gave_up.store(true, Ordering::Relaxed);
+                }
                 return;
             }
             for p in pending {
                 p.ack.ack();
             }
         }
-        if hours.len() > HOURS_KEPT
+        while hours.len() > HOURS_KEPT
             && let Some(oldest) = hours
                 .iter()
                 .min_by_key(|(_, h)| h.used)
@@ -190,7 +210,7 @@ async fn write(
 }
 
 /// Commits `pending` to the hour's blobs, retrying until it holds; false when the run stops
-/// first.
+/// first or `attempts` failed. An attempt under way is abandoned at shutdown.
 async fn commit_hour(
     container: &Container,
     hours: &mut HashMap<Arc<str>, Hour>,
@@ -198,7 +218,9 @@ async fn commit_hour(
     pending: &[Pending],
     stats: &ArchiveStats,
     shutdown: &Shutdown,
+    attempts: usize,
 ) -> bool {
+    let mut failed = 0usize;
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(60))
@@ -206,18 +228,28 @@ async fn commit_hour(
         .without_max_times()
         .build();
     loop {
-        let result = match hours.get_mut(hour) {
-            Some(h) => {
-                h.used = Instant::now();
-                append(container, hour, h, pending, stats).await
-            }
-            None => match load_hour(container, hour).await {
-                Ok(h) => {
-                    let h = hours.entry(hour.clone()).or_insert(h);
+        let attempt = async {
+            match hours.get_mut(hour) {
+                Some(h) => {
+                    h.used = Instant::now();
                     append(container, hour, h, pending, stats).await
                 }
-                Err(e) => Err(e),
-            },
+                None => match load_hour(container, hour).await {
+                    Ok(h) => {
+                        let h = hours.entry(hour.clone()).or_insert(h);
+                        append(container, hour, h, pending, stats).await
+                    }
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        let mut stop = shutdown.clone();
+        let result = tokio::select! {
+            result = attempt => result,
+            () = stop.wait() => {
+                tracing::warn!("archive: stopping with an attempt under way; these units are read again next time");
+                return false;
+            }
         };
         match result {
             Ok(()) => {
@@ -228,8 +260,11 @@ async fn commit_hour(
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 stats.set_failure(Some(e.to_string()));
                 hours.remove(hour);
-                if shutdown.is_set() {
-                    tracing::error!(error = %e, "archive: giving up at shutdown; these units are read again next time");
+                // A rotated SAS is picked up at the next attempt.
+                container.reload_sas();
+                failed += 1;
+                if shutdown.is_set() || failed >= attempts {
+                    tracing::error!(error = %e, attempts = failed, "archive: giving up; these units are read again next time");
                     return false;
                 }
                 let delay = delays.next().unwrap_or(Duration::from_secs(60));

@@ -391,6 +391,7 @@ impl Reader {
             origin: Origin {
                 tenant: self.label.clone().into(),
                 source: "eventhubs".into(),
+                created_ms: None,
             },
         }
     }

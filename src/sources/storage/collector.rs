@@ -401,6 +401,7 @@ impl Reader {
             origin: Origin {
                 tenant: self.label.clone().into(),
                 source: "storage".into(),
+                created_ms: None,
             },
         };
         let Some(out) = &self.out else {

@@ -194,6 +194,7 @@ pub(super) async fn send_unit(
         origin: Origin {
             tenant: t.label.clone().into(),
             source: t.content_types[index].to_string().into(),
+            created_ms: Some(item.created),
         },
     };
     if t.settings.options.shutdown.is_set() {
