@@ -60,6 +60,17 @@ pub fn block_of(unit: &Unit, prefix: &str, now_millis: i64) -> Block {
         let _ = write_line(&mut gz, text);
     };
     match &unit.content {
+        // A content blob, the common unit: a JSON array of objects, split without building
+        // each record's field list (only the first one's, for its time).
+        Ok(text) if let Some(elements) = array_of_objects(text) => {
+            when = elements
+                .first()
+                .and_then(|first| Fields::parse(first.get()).ok())
+                .and_then(|fields| time_of(&fields));
+            for element in elements {
+                line(element.get().as_bytes());
+            }
+        }
         Ok(text) => decode_unit(text, &unit.pos, &mut |decoded| match decoded {
             Decoded::Record(_, fields, text) => {
                 if when.is_none() {
@@ -88,6 +99,19 @@ pub fn block_of(unit: &Unit, prefix: &str, now_millis: i64) -> Block {
         gzip,
         records,
     }
+}
+
+/// The elements of `text` when it is exactly a JSON array of objects; None for anything else
+/// (which `decode_unit` splits, recovering what it can).
+fn array_of_objects(text: &str) -> Option<Vec<&serde_json::value::RawValue>> {
+    if !text.trim_start().starts_with('[') {
+        return None;
+    }
+    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_str(text).ok()?;
+    elements
+        .iter()
+        .all(|e| e.get().starts_with('{'))
+        .then_some(elements)
 }
 
 fn write_line(out: &mut impl std::io::Write, text: &[u8]) -> std::io::Result<()> {
@@ -196,6 +220,27 @@ mod tests {
         assert_ne!(
             block.id,
             block_of(&unit(text, "t/Audit.Exchange/c2"), "", 0).id
+        );
+    }
+
+    #[test]
+    fn an_array_of_objects_takes_the_short_way_to_the_same_lines() {
+        let text = "[{\"Id\":\"a\",\n \"CreationTime\":\"2026-12-07T13:59:59\"}, {\"Id\":\"b\"}]";
+        let block = block_of(&unit(text, "t/Audit.Exchange/c1"), "", 0);
+        assert_eq!(&*block.hour, "contoso_prod/Audit.Exchange/2026/12/07/13");
+        assert_eq!(block.records, 2);
+        assert_eq!(
+            lines(&block.gzip),
+            [
+                "{\"Id\":\"a\",  \"CreationTime\":\"2026-12-07T13:59:59\"}",
+                "{\"Id\":\"b\"}"
+            ]
+        );
+        assert!(array_of_objects(text).is_some());
+        assert!(array_of_objects("[{\"a\":1}, 2]").is_none());
+        assert!(
+            array_of_objects("[{\"a\":1}").is_none(),
+            "a truncated blob goes the long way"
         );
     }
 
