@@ -289,6 +289,17 @@ rules:
         err.contains("policy.yaml:") && err.contains("colour"),
         "{err}"
     );
+    // A setting of another action is a mistake, not ignored.
+    let dir = schemas_with(
+        "rules:\n  - name: x\n    table: OfficeActivity\n    action: drop\n    one_in: 3\n    to: OfficeActivity\n",
+    );
+    let err = setup_with(dir.path()).err().expect("refused");
+    for key in ["one_in", "to"] {
+        assert!(
+            err.contains(&format!("rule x: `{key}` does not apply to action drop")),
+            "{err}"
+        );
+    }
     // A plan the workspace would refuse, and Auxiliary (no dynamic columns, a DCR of its own).
     let dir = schemas_with(
         "tables:\n  - name: V\n    like: OfficeActivity\n    plan: Basic\n    retention_days: 90\n",

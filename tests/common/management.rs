@@ -68,6 +68,8 @@ pub struct Content {
     /// blobs on in creation order takes it from.
     pub first_blob: HashMap<String, i64>,
     pub blobs: usize,
+    /// Record Id → how many content blobs hold it (more than one for the repeated records).
+    pub served: HashMap<String, usize>,
     pub duplicate_copies: usize,
     pub late_blobs: usize,
     pub max_blob_records: usize,
@@ -114,6 +116,7 @@ pub fn make_content_aged(
         records: HashMap::new(),
         first_blob: HashMap::new(),
         blobs: 0,
+        served: HashMap::new(),
         duplicate_copies: 0,
         late_blobs: 0,
         max_blob_records: 0,
@@ -146,6 +149,10 @@ pub fn make_content_aged(
             }
             content.max_blob_records = content.max_blob_records.max(records.len());
             for r in &records {
+                *content
+                    .served
+                    .entry(r["Id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
                 let first = content
                     .first_blob
                     .entry(r["Id"].as_str().unwrap().to_string())

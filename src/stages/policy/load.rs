@@ -187,52 +187,36 @@ fn compile(rule: RuleFile, schemas: &SchemaSet, problems: &mut Vec<String>) -> O
         .transpose()
         .ok()
         .flatten();
-    let mut unused = |key: &str, present: bool| {
-        if present {
+    // Each setting belongs to one action; on another it is a mistake, reported.
+    let settings = [
+        ("one_in", rule.one_in.is_some(), "sample"),
+        ("by", rule.by.is_some(), "sample"),
+        ("drop_columns", rule.drop_columns.is_some(), "trim"),
+        ("cut", rule.cut.is_some(), "trim"),
+        ("to", rule.to.is_some(), "route"),
+        ("keep_original", rule.keep_original.is_some(), "route"),
+    ];
+    let known = ["drop", "sample", "trim", "route"].contains(&rule.action.as_str());
+    for (key, present, owner) in settings {
+        if known && present && owner != rule.action {
             problems.push(format!(
                 "rule {name}: `{key}` does not apply to action {}",
                 rule.action
             ));
         }
-    };
+    }
     let action = match rule.action.as_str() {
-        "drop" => {
-            unused("one_in", rule.one_in.is_some());
-            unused("by", rule.by.is_some());
-            unused("drop_columns", rule.drop_columns.is_some());
-            unused("cut", rule.cut.is_some());
-            unused("to", rule.to.is_some());
-            unused("keep_original", rule.keep_original.is_some());
-            Some(Action::Drop)
-        }
-        "sample" => {
-            unused("drop_columns", rule.drop_columns.is_some());
-            unused("cut", rule.cut.is_some());
-            unused("to", rule.to.is_some());
-            unused("keep_original", rule.keep_original.is_some());
-            sample(&name, rule.one_in, rule.by, schema, problems)
-        }
-        "trim" => {
-            unused("one_in", rule.one_in.is_some());
-            unused("by", rule.by.is_some());
-            unused("to", rule.to.is_some());
-            unused("keep_original", rule.keep_original.is_some());
-            trim(&name, rule.drop_columns, rule.cut, schema, problems)
-        }
-        "route" => {
-            unused("one_in", rule.one_in.is_some());
-            unused("by", rule.by.is_some());
-            unused("drop_columns", rule.drop_columns.is_some());
-            unused("cut", rule.cut.is_some());
-            route(
-                &name,
-                rule.to,
-                rule.keep_original,
-                schema,
-                schemas,
-                problems,
-            )
-        }
+        "drop" => Some(Action::Drop),
+        "sample" => sample(&name, rule.one_in, rule.by, schema, problems),
+        "trim" => trim(&name, rule.drop_columns, rule.cut, schema, problems),
+        "route" => route(
+            &name,
+            rule.to,
+            rule.keep_original,
+            schema,
+            schemas,
+            problems,
+        ),
         other => {
             problems.push(format!(
                 "rule {name}: unknown action {other:?}; use drop, sample, trim or route"
