@@ -6,6 +6,11 @@
 //! (`DELIVERY_BENCH_SPOOL=off|on|chain` for one), and prints their ratios. The spooled runs
 //! write health rows too, as `run` does by default; the count checked is the audit table's.
 //! Run: `cargo bench --bench delivery` (N records: `DELIVERY_BENCH_RECORDS`, default 300,000).
+//!
+//! `DELIVERY_BENCH_BINARY=1`: the connector is the release binary (`run --input FILE`), its own
+//! process, against the emulator over TLS; its CPU is the process's own (nothing shared with
+//! the emulator: allocator, threads, interrupts landing on the emulator's threads). The modes
+//! alternate for `DELIVERY_BENCH_RUNS` rounds (default 5) and the medians are compared.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +25,8 @@ use m365_sentinel::sinks::retry::RetryPolicy;
 use m365_sentinel::sinks::workspace::{Api, WorkspaceSink};
 use m365_sentinel::state::dlq::DeadLetterStore;
 
+#[path = "common/binary.rs"]
+mod binary;
 #[path = "common/measure.rs"]
 mod measure;
 #[path = "common/records.rs"]
@@ -48,6 +55,10 @@ fn main() {
         out.flush().expect("input flushed");
     }
     std::fs::write(dir.path().join("secret"), SECRET).expect("secret written");
+    if std::env::var_os("DELIVERY_BENCH_BINARY").is_some() {
+        binary_mode(dir.path(), &input, n);
+        return;
+    }
 
     // The emulator gets its own runtime and threads, so its CPU can be told apart.
     let emulator_rt = emulator_runtime();
@@ -215,6 +226,126 @@ fn main() {
         println!(
             "integrity chain:           {:+.1}% CPU per record over the spooled path",
             (on / chain - 1.0) * 100.0
+        );
+    }
+}
+
+/// The three paths as the release binary, alternating, medians compared.
+fn binary_mode(dir: &std::path::Path, input: &std::path::Path, n: usize) {
+    let emulator_rt = emulator_runtime();
+    let emulator = emulator_rt
+        .block_on(Emulator::start_tls(emulator_config()))
+        .expect("emulator");
+    std::fs::write(dir.join("ca.pem"), emulator.ca_pem().expect("ca")).expect("ca");
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    std::fs::write(
+        keys.join("k1"),
+        "bench-chain-key-0123456789abcdef0123456789",
+    )
+    .expect("key");
+    let rounds: usize = std::env::var("DELIVERY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let modes: &[(&str, bool, bool)] = match std::env::var("DELIVERY_BENCH_SPOOL").as_deref() {
+        Ok("on") => &[("spool on", true, false)],
+        Ok("off") => &[("spool off", false, false)],
+        Ok("chain") => &[("spool on, chain", true, true)],
+        _ => &[
+            ("spool off", false, false),
+            ("spool on", true, false),
+            ("spool on, chain", true, true),
+        ],
+    };
+    let audit_stream = "Custom-OfficeActivity_CL";
+    let audit = |e: &Emulator| -> Vec<m365_emulator::RequestLog> {
+        e.requests()
+            .into_iter()
+            .filter(|r| r.status == 204 && r.stream == audit_stream)
+            .collect()
+    };
+    let mut costs: Vec<Vec<binary::Cost>> = modes.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (m, &(name, spooled, chain)) in modes.iter().enumerate() {
+            let spool_dir = dir.join("spool");
+            let _ = std::fs::remove_dir_all(&spool_dir);
+            let integrity = if chain {
+                format!(
+                    "integrity:\n  keys_dir: {}\n  chain_id: bench-0\n  workspace_id: 00000000-0000-0000-0000-000000000000\n",
+                    keys.display()
+                )
+            } else {
+                String::new()
+            };
+            let config = format!(
+                "http:\n  ca_bundle: {dir}/ca.pem\nsink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {dcr}\n  credential: {{kind: client_secret, tenant_id: {TENANT}, client_id: {CLIENT}, secret_file: {dir}/secret}}\n  authority_host: {url}\nspool:\n  enabled: {spooled}\n  dir: {dir}/spool\ndlq:\n  dir: {dir}/dlq\n{integrity}",
+                url = emulator.url(),
+                dcr = measure::DCR,
+                dir = dir.display(),
+            );
+            let config_path = dir.join("config.yaml");
+            std::fs::write(&config_path, config).expect("config");
+            let before = audit(&emulator).len();
+            let args = [
+                "run".as_ref(),
+                "--config".as_ref(),
+                config_path.as_os_str(),
+                "--input".as_ref(),
+                input.as_os_str(),
+            ];
+            let cost = binary::measure(&args, &dir.join("connector.log"));
+            let requests = audit(&emulator).split_off(before);
+            let rows: usize = requests.iter().map(|r| r.rows).sum();
+            assert_eq!(rows, n, "every record delivered once ({name})");
+            let over = requests
+                .iter()
+                .filter(|r| r.compressed_bytes > 1 << 20 || r.uncompressed_bytes > 1 << 20)
+                .count();
+            assert_eq!(over, 0, "no request over 1 MiB ({name})");
+            let plain: usize = requests.iter().map(|r| r.uncompressed_bytes).sum();
+            println!(
+                "round {} {name:<16} {:.2} CPU-s ({:.2} user, {:.2} kernel), {:.0} records per CPU-second, {:.2} s wall, peak RSS {:.0} MB, {} requests (fill {:.1}%)",
+                round + 1,
+                cost.cpu(),
+                cost.user,
+                cost.system,
+                n as f64 / cost.cpu().max(0.01),
+                cost.wall,
+                cost.peak_mb,
+                requests.len(),
+                100.0 * plain as f64 / (requests.len().max(1) as f64 * 1_000_000.0),
+            );
+            costs[m].push(cost);
+        }
+    }
+    let median = |values: Vec<f64>| -> f64 {
+        let mut v = values;
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut cpu_medians = Vec::new();
+    for (m, &(name, _, _)) in modes.iter().enumerate() {
+        let cpu = median(costs[m].iter().map(binary::Cost::cpu).collect());
+        let wall = median(costs[m].iter().map(|c| c.wall).collect());
+        let rss = costs[m].iter().map(|c| c.peak_mb).fold(0.0, f64::max);
+        println!(
+            "median {name:<15} {cpu:.2} CPU-s, {:.0} records per CPU-second, {wall:.2} s wall ({:.0} records/s), peak RSS at most {rss:.0} MB",
+            n as f64 / cpu,
+            n as f64 / wall
+        );
+        cpu_medians.push(cpu);
+    }
+    if let [off, on, ..] = cpu_medians[..] {
+        println!(
+            "spool on / spool off:      {:.0}% of the memory-only records per CPU-second (medians of {rounds})",
+            off / on * 100.0
+        );
+    }
+    if let [_, on, chain] = cpu_medians[..] {
+        println!(
+            "integrity chain:           {:+.1}% CPU per record over the spooled path (medians of {rounds})",
+            (chain / on - 1.0) * 100.0
         );
     }
 }

@@ -5,15 +5,29 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `m365-sentinel run --once --config CONFIG` to its end and prints what it cost.
-/// `delivered` reads how many rows the emulator accepted.
-pub fn run_once(config: &Path, n: usize, passes: usize, delivered: impl Fn() -> usize) {
-    let log = config.with_file_name("connector.log");
-    let log_file = std::fs::File::create(&log).expect("log");
+/// What one run of the binary cost.
+#[allow(dead_code)] // each bench reads the fields it reports
+pub struct Cost {
+    pub wall: f64,
+    pub user: f64,
+    pub system: f64,
+    pub peak_mb: f64,
+    pub peak_threads: f64,
+}
+
+impl Cost {
+    pub fn cpu(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// Runs `m365-sentinel ARGS` to its end (stderr to `log`) and measures it; panics with the
+/// log's end when it fails.
+pub fn measure(args: &[&std::ffi::OsStr], log: &Path) -> Cost {
+    let log_file = std::fs::File::create(log).expect("log");
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_m365-sentinel"))
-        .args(["run", "--once", "--config"])
-        .arg(config)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -50,13 +64,36 @@ pub fn run_once(config: &Path, n: usize, passes: usize, delivered: impl Fn() -> 
     let status = child.wait().expect("wait");
     let wall = started.elapsed().as_secs_f64();
     if !status.success() {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(20).collect();
         panic!(
-            "run --once failed ({status}); its log ends:\n{}",
+            "m365-sentinel failed ({status}); its log ends:\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
+    Cost {
+        wall,
+        user,
+        system,
+        peak_mb: peak_kb / 1024.0,
+        peak_threads,
+    }
+}
+
+/// Runs `m365-sentinel run --once --config CONFIG` to its end and prints what it cost.
+/// `delivered` reads how many rows the emulator accepted.
+#[allow(dead_code)] // the collect bench's
+pub fn run_once(config: &Path, n: usize, passes: usize, delivered: impl Fn() -> usize) {
+    let log = config.with_file_name("connector.log");
+    let args = [
+        "run".as_ref(),
+        "--once".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    let cost = measure(&args, &log);
+    let (wall, user, system) = (cost.wall, cost.user, cost.system);
+    let (peak_kb, peak_threads) = (cost.peak_mb * 1024.0, cost.peak_threads);
     assert_eq!(delivered(), n, "every record delivered once");
     let cpu = user + system;
     println!("connector process:         m365-sentinel run --once (spool on)");
