@@ -95,7 +95,7 @@ pub fn run_once(config: &Path, n: usize, passes: usize, delivered: impl Fn() -> 
     let (wall, user, system) = (cost.wall, cost.user, cost.system);
     let (peak_kb, peak_threads) = (cost.peak_mb * 1024.0, cost.peak_threads);
     assert_eq!(delivered(), n, "every record delivered once");
-    let cpu = user + system;
+    let cpu = cost.cpu();
     println!("connector process:         m365-sentinel run --once (spool on)");
     println!("records:                   {n}");
     println!("wall:                      {wall:.2} s");
