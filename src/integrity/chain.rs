@@ -14,7 +14,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::canonical::{CanonicalError, Columns};
+use super::canonical::{CanonicalError, Columns, Found};
 use super::{
     GENESIS, HASH_COLUMN, Hash, KEY_COLUMN, Keyring, SEQ_COLUMN, STREAM_COLUMN, decode_hash,
     encode_hash,
@@ -47,13 +47,26 @@ pub enum ChainError {
 
 /// The hash of a row at `seq` in chain `stream` after `prev`, under `key`.
 pub fn link(key: &[u8], stream: &str, seq: u64, prev: &Hash, canonical: &[u8]) -> Hash {
+    match keyed(key, stream) {
+        Some(template) => link_from(&template, seq, prev, canonical),
+        None => GENESIS,
+    }
+}
+
+/// The MAC of a chain before its first row-specific byte: the key's pads and the chain's name
+/// hashed once, not for every row (two compressions and the domain text a row).
+fn keyed(key: &[u8], stream: &str) -> Option<Hmac<Sha256>> {
     // HMAC takes keys of any length; the keyring refuses short ones.
-    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
-        return GENESIS;
-    };
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).ok()?;
     mac.update(DOMAIN);
     mac.update(stream.as_bytes());
     mac.update(b"\n");
+    Some(mac)
+}
+
+/// [`link`] from the chain's keyed MAC.
+fn link_from(template: &Hmac<Sha256>, seq: u64, prev: &Hash, canonical: &[u8]) -> Hash {
+    let mut mac = template.clone();
     mac.update(&seq.to_be_bytes());
     mac.update(prev);
     mac.update(canonical);
@@ -67,6 +80,8 @@ pub fn link(key: &[u8], stream: &str, seq: u64, prev: &Hash, canonical: &[u8]) -
 struct StreamChain {
     /// The `ChainStream` value: `<chain_id>/<table>`.
     name: String,
+    /// The active key's MAC with the chain's name hashed in.
+    keyed: Option<Hmac<Sha256>>,
     columns: Columns,
     seq: u64,
     last: Hash,
@@ -81,6 +96,7 @@ pub struct Chain {
     /// Per table; None for a table another chain writer seals.
     streams: Vec<Option<StreamChain>>,
     canonical: Vec<u8>,
+    found: Vec<Found>,
 }
 
 /// A chain's head: the last row sealed.
@@ -180,6 +196,7 @@ impl Chain {
                 (seq, last) = (seal.seq, hash);
             }
             streams.push(Some(StreamChain {
+                keyed: keyed(keys.active_key(), &name),
                 name,
                 columns: Columns::of(table),
                 seq,
@@ -193,6 +210,7 @@ impl Chain {
             keys,
             streams,
             canonical: Vec::new(),
+            found: Vec::new(),
         })
     }
 
@@ -214,19 +232,16 @@ impl Chain {
         };
         stream
             .columns
-            .of_sent(row, &mut self.canonical)
+            .of_sent_with(row, &mut self.canonical, &mut self.found)
             .map_err(|error| ChainError::Row {
                 stream: stream.name.clone(),
                 error,
             })?;
         let seq = stream.seq + 1;
-        let hash = link(
-            self.keys.active_key(),
-            &stream.name,
-            seq,
-            &stream.last,
-            &self.canonical,
-        );
+        let hash = match &stream.keyed {
+            Some(template) => link_from(template, seq, &stream.last, &self.canonical),
+            None => GENESIS,
+        };
         let trimmed = row.trim_end().len();
         row.truncate(trimmed);
         row.pop(); // the closing brace
