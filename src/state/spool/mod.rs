@@ -132,56 +132,6 @@ struct StreamState {
     /// When the cursor was last written to disk.
     cursor_written: Option<std::time::Instant>,
     cursor_dirty: bool,
-    /// What the writer published and the reader has not taken yet, kept in memory too, so
-    /// the reader takes it from here instead of reading back what was just written (a
-    /// page-cache copy and a checksum per byte). Bounded by [`FRESH_MAX_BYTES`]; a reader
-    /// that falls behind, and every restart, reads the files.
-    fresh: Fresh,
-}
-
-/// The most published bytes a stream keeps in memory for its reader.
-pub(crate) const FRESH_MAX_BYTES: usize = 8 << 20;
-
-/// Published batches as written: where each starts, and its bytes (whole records).
-#[derive(Default)]
-pub(crate) struct Fresh {
-    batches: VecDeque<(Pos, Vec<u8>)>,
-    bytes: usize,
-}
-
-impl Fresh {
-    /// Keeps `data`, published at `start`, when there is room; gives it back when not.
-    fn offer(&mut self, start: Pos, data: Vec<u8>) -> Option<Vec<u8>> {
-        if self.bytes + data.len() > FRESH_MAX_BYTES {
-            return Some(data);
-        }
-        self.bytes += data.len();
-        self.batches.push_back((start, data));
-        None
-    }
-
-    /// The batch starting exactly at `next`, if memory has it; batches before it are dropped
-    /// (the reader read them from the file).
-    fn take_at(&mut self, next: Pos) -> Option<Vec<u8>> {
-        while let Some((start, _)) = self.batches.front() {
-            if *start >= next {
-                break;
-            }
-            if let Some((_, data)) = self.batches.pop_front() {
-                self.bytes -= data.len();
-            }
-        }
-        if self
-            .batches
-            .front()
-            .is_some_and(|(start, _)| *start == next)
-        {
-            let (_, data) = self.batches.pop_front()?;
-            self.bytes -= data.len();
-            return Some(data);
-        }
-        None
-    }
 }
 
 pub(crate) struct StreamSpool {
@@ -526,7 +476,6 @@ fn recover_stream(dir: &Path, name: &str) -> Result<(StreamState, Found, CursorF
         ranges: BTreeMap::new(),
         cursor_written: None,
         cursor_dirty: false,
-        fresh: Fresh::default(),
     };
     let cursor_file = CursorFile {
         pos: state.cursor,

@@ -128,10 +128,6 @@ impl StreamReader {
     }
 
     fn read(&mut self, (seq, end): (u64, u64), max_bytes: usize) -> std::io::Result<Taken> {
-        let fresh = self.stream().lock().fresh.take_at(self.next);
-        if let Some(bytes) = fresh {
-            return self.frame(seq, bytes);
-        }
         if self.file.as_ref().is_none_or(|(s, _)| *s != seq) {
             let path = self.stream().segment_path(seq);
             self.file = Some((seq, std::fs::File::open(path)?));
@@ -149,11 +145,6 @@ impl StreamReader {
             want = (segment::HEADER_BYTES + len).min(available);
             read_at(file, self.next.offset, want, &mut bytes)?;
         }
-        self.frame(seq, bytes)
-    }
-
-    /// The records of `bytes`, read from `self.next` on.
-    fn frame(&mut self, seq: u64, bytes: Vec<u8>) -> std::io::Result<Taken> {
         let mut taken = Taken::default();
         let mut at = 0;
         while let Some((payload, record_end)) = segment::record_at(&bytes, at) {

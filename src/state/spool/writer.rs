@@ -112,7 +112,7 @@ impl SpoolWriter {
             }
             let data = std::mem::take(&mut self.pending[stream]);
             self.write_durably(stream, &data)?;
-            touched.push((stream, data));
+            touched.push((stream, data.len() as u64));
         }
         let mut delay = Duration::from_millis(100);
         while let Err(problem) = before_publish() {
@@ -124,18 +124,13 @@ impl SpoolWriter {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
         let mut written = 0;
-        for (stream, data) in touched {
-            written += data.len() as u64;
+        for (stream, bytes) in touched {
+            written += bytes;
             let s = &self.spool.streams[stream];
             let Some(active) = &self.active[stream] else {
                 continue;
             };
-            // A batch is written whole into one segment, ending at its current length.
-            let start = super::Pos {
-                seq: active.seq,
-                offset: active.len - data.len() as u64,
-            };
-            let unkept = {
+            {
                 let mut state = s.lock();
                 match state.segments.back_mut() {
                     Some(seg) if seg.seq == active.seq => seg.published = active.len,
@@ -144,9 +139,7 @@ impl SpoolWriter {
                         published: active.len,
                     }),
                 }
-                state.fresh.offer(start, data)
-            };
-            drop(unkept);
+            }
             s.published.notify_one();
         }
         {
