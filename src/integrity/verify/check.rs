@@ -55,13 +55,20 @@ impl ChainReport {
     }
 }
 
+/// Branches followed at once; past this many rows at one number the rest are checked as if
+/// altered (no input can make the check quadratic).
+const MAX_BRANCHES: usize = 16;
+
 /// Checks a chain incrementally, page by page; rows must come in sequence order, all rows of
 /// a sequence number in the same call.
 pub struct Checker<'k> {
     keys: &'k Keyring,
     report: ChainReport,
-    /// The hash the next sequence number chains from; None when unknown (after a gap).
-    prev: Option<Hash>,
+    /// The hashes the next sequence number may chain from: one, or one per branch after a
+    /// fork (a restored volume or two replicas under one chain id go on from the same row,
+    /// and both branches' rows are then forks, not altered rows); empty when unknown (after a
+    /// gap).
+    prev: Vec<Hash>,
     /// The sequence number expected next; 0 before the first row.
     expected: u64,
     late_start_allowed: bool,
@@ -77,7 +84,7 @@ impl<'k> Checker<'k> {
                 stream: stream.to_string(),
                 ..ChainReport::default()
             },
-            prev: None,
+            prev: Vec::new(),
             expected: 0,
             late_start_allowed,
         }
@@ -104,7 +111,7 @@ impl<'k> Checker<'k> {
         if self.expected == 0 {
             report.first = seq;
             if seq == 1 {
-                self.prev = Some(GENESIS);
+                self.prev = vec![GENESIS];
             } else if self.late_start_allowed {
                 report.starts_late = true;
             } else {
@@ -112,7 +119,7 @@ impl<'k> Checker<'k> {
             }
         } else if seq > self.expected {
             report.missing.push((self.expected, seq.saturating_sub(1)));
-            self.prev = None;
+            self.prev.clear();
         }
         report.last = seq;
         self.expected = seq.saturating_add(1);
@@ -136,11 +143,15 @@ impl<'k> Checker<'k> {
                 report.unknown_keys.push((seq, row.key_id.clone()));
                 continue;
             };
-            let Some(prev) = self.prev else {
+            if self.prev.is_empty() {
                 continue;
-            };
+            }
             let stored = decode_hash(&row.hash);
-            if stored == Some(link(key, &stream, seq, &prev, &row.canonical)) {
+            if self
+                .prev
+                .iter()
+                .any(|prev| stored == Some(link(key, &stream, seq, prev, &row.canonical)))
+            {
                 valid.push(row);
             } else {
                 altered = true;
@@ -154,19 +165,22 @@ impl<'k> Checker<'k> {
         if altered {
             report.altered.push(seq);
         }
-        if valid.len() > 1 || (self.prev.is_none() && distinct_hashes > 1) {
+        if valid.len() > 1 || (self.prev.is_empty() && distinct_hashes > 1) {
             report.forks.push(seq);
-        } else if self.prev.is_none() && copies.len() > 1 {
+        } else if self.prev.is_empty() && copies.len() > 1 {
             // Same hash, different content, and nothing to tell which is right.
             report.altered.push(seq);
         }
-        // The next row chains from the hash this one carries (when only its content was
-        // changed, the one after still checks out).
-        let next = valid
-            .first()
-            .map(|r| r.hash.as_str())
-            .or_else(|| copies.values().next().map(|(_, r)| r.hash.as_str()));
-        self.prev = next.and_then(decode_hash);
+        // The next row chains from the hashes this number's rows carry, every branch's, valid
+        // or not (when only a row's content was changed, the one after it still checks out).
+        let mut next: Vec<Hash> = copies
+            .values()
+            .filter_map(|(_, r)| decode_hash(&r.hash))
+            .collect();
+        next.sort_unstable();
+        next.dedup();
+        next.truncate(MAX_BRANCHES);
+        self.prev = next;
     }
 
     /// The report; `checkpoint`, the last sequence number the connector says it sent, makes
@@ -260,6 +274,41 @@ mod tests {
         assert_eq!(r.forks, vec![2]);
         assert!(!r.is_whole());
         assert_eq!(r.missing_count(), 6);
+    }
+
+    #[test]
+    fn both_branches_of_a_fork_read_as_forks_to_their_end_not_as_altered_rows() {
+        // A volume restored to the head at 5 goes on from there a second time: 6..=9 twice,
+        // each branch whole in itself.
+        let mut rows = chain(9);
+        let mut prev = decode_hash(&rows[4].hash).unwrap();
+        let mut branch = Vec::new();
+        for seq in 6..=9u64 {
+            let canonical = format!("Op:2:B{seq}").into_bytes();
+            let hash = link(&[1u8; 32], STREAM, seq, &prev, &canonical);
+            prev = hash;
+            branch.push(ReadRow {
+                seq,
+                hash: encode_hash(&hash),
+                key_id: "k1".into(),
+                canonical,
+            });
+        }
+        for row in branch.into_iter().rev() {
+            let at = rows.iter().position(|r| r.seq == row.seq).unwrap();
+            rows.insert(at + 1, row);
+        }
+        let r = check(&rows, Some(9));
+        assert_eq!(r.forks, vec![6, 7, 8, 9], "{r:?}");
+        assert!(r.altered.is_empty(), "{r:?}");
+        assert!(r.missing.is_empty(), "{r:?}");
+        // A changed row on one branch still reads as altered.
+        let mut changed = rows.clone();
+        let at = changed.iter().rposition(|r| r.seq == 8).unwrap();
+        changed[at].canonical = b"tampered".to_vec();
+        let r = check(&changed, Some(9));
+        assert_eq!(r.altered, vec![8], "{r:?}");
+        assert_eq!(r.forks, vec![6, 7, 9], "{r:?}");
     }
 
     #[test]
