@@ -370,6 +370,51 @@ fn resync(text: &str, from: usize, inclusive: bool) -> Option<usize> {
     None
 }
 
+/// The array element at the start of `text`, handed on (a record, or refused when it is not an
+/// object); Ok with the bytes it spans, Err when it is not JSON (None: nothing there). An
+/// object is parsed into its fields in one pass; only when that fails is it read again as a
+/// raw value, to tell broken JSON from a value of the wrong shape (two passes over every
+/// record cost about 10% of the Management API path).
+fn element<'a>(
+    text: &'a str,
+    element_pos: &Position,
+    expand_elements: bool,
+    emit: &mut dyn FnMut(Decoded<'a>),
+) -> Option<Result<usize, serde_json::Error>> {
+    if text.starts_with('{') {
+        let mut objects = serde_json::Deserializer::from_str(text).into_iter::<Fields<'a>>();
+        if let Some(Ok(fields)) = objects.next() {
+            let end = objects.byte_offset();
+            handle_object(fields, &text[..end], element_pos, expand_elements, emit);
+            return Some(Ok(end));
+        }
+    }
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+    match stream.next()? {
+        Ok(value) => {
+            let raw = value.get();
+            if raw.starts_with('{') {
+                match Fields::parse(raw) {
+                    Ok(fields) => handle_object(fields, raw, element_pos, expand_elements, emit),
+                    Err(e) => emit(Decoded::Rejected(
+                        element_pos.clone(),
+                        reason_for(raw, &e),
+                        raw,
+                    )),
+                }
+            } else {
+                emit(Decoded::Rejected(
+                    element_pos.clone(),
+                    RejectReason::NotAnObject(json_kind(raw)),
+                    raw,
+                ));
+            }
+            Some(Ok(stream.byte_offset()))
+        }
+        Err(e) => Some(Err(e)),
+    }
+}
+
 /// Walks a JSON array (`text` starts with `[`) element by element: a broken element costs only
 /// itself when a later element can be found, and a truncated tail costs only the tail. Returns
 /// the offset just past the closing `]`, or Err once the rest was refused.
@@ -396,30 +441,11 @@ fn walk_array<'a>(
         let failure = if trimmed.is_empty() {
             "the array ends without ]".to_string()
         } else {
-            let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<&RawValue>();
-            match stream.next() {
-                Some(Ok(value)) => {
-                    let raw = value.get();
-                    let element_pos = pos.at(line, index);
-                    if raw.starts_with('{') {
-                        match Fields::parse(raw) {
-                            Ok(fields) => {
-                                handle_object(fields, raw, &element_pos, expand_elements, emit)
-                            }
-                            Err(e) => {
-                                emit(Decoded::Rejected(element_pos, reason_for(raw, &e), raw))
-                            }
-                        }
-                    } else {
-                        emit(Decoded::Rejected(
-                            element_pos,
-                            RejectReason::NotAnObject(json_kind(raw)),
-                            raw,
-                        ));
-                    }
+            match element(trimmed, &pos.at(line, index), expand_elements, emit) {
+                Some(Ok(end)) => {
                     kept += 1;
                     index += 1;
-                    offset += stream.byte_offset();
+                    offset += end;
                     let rest = &text[offset..];
                     let after = rest.trim_start();
                     offset += rest.len() - after.len();
