@@ -247,7 +247,8 @@ fn binary_mode(dir: &std::path::Path, input: &std::path::Path, n: usize) {
     let rounds: usize = std::env::var("DELIVERY_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(5)
+        .max(1);
     let modes: &[(&str, bool, bool)] = match std::env::var("DELIVERY_BENCH_SPOOL").as_deref() {
         Ok("on") => &[("spool on", true, false)],
         Ok("off") => &[("spool off", false, false)],

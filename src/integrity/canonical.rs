@@ -201,8 +201,9 @@ fn already_canonical(ty: ColumnType, raw: &str, escaped: bool) -> Option<&str> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ`, or with a fraction of digits not ending in 0: the form datetimes
-/// take canonically, whether or not the date is a real one (an unreadable one is kept as sent).
+/// `YYYY-MM-DDTHH:MM:SSZ`, or with a fraction of 1 to 7 digits not ending in 0: the form
+/// datetimes take canonically, whether or not the date is a real one (an unreadable one is
+/// kept as sent; a readable one's fraction is cut to 7 digits).
 fn is_canonical_utc(text: &str) -> bool {
     let b = text.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
@@ -222,7 +223,13 @@ fn is_canonical_utc(text: &str) -> bool {
         && digits(17..19);
     match b.len() {
         20 => frame,
-        len => frame && b[19] == b'.' && len > 21 && digits(20..len - 1) && b[len - 2] != b'0',
+        len => {
+            frame
+                && b[19] == b'.'
+                && (22..=28).contains(&len)
+                && digits(20..len - 1)
+                && b[len - 2] != b'0'
+        }
     }
 }
 
@@ -583,6 +590,8 @@ mod tests {
             (DateTime, r#""2026-03-02T09:15:44Z""#),
             (DateTime, r#""2026-03-02T09:15:44.12Z""#),
             (DateTime, r#""2026-03-02T09:15:44.1234567Z""#),
+            (DateTime, r#""2026-03-02T09:15:44.12345678Z""#),
+            (DateTime, r#""2026-03-02T09:15:44.100000001Z""#),
             (DateTime, r#""2026-03-02T09:15:44.120Z""#),
             (DateTime, r#""2026-03-02T09:15:44.Z""#),
             (DateTime, r#""2026-02-30T00:00:00Z""#),
@@ -616,6 +625,10 @@ mod tests {
             None
         );
         assert_eq!(already_canonical(String, r#""a\"b""#, true), None);
+        assert_eq!(
+            already_canonical(DateTime, r#""2026-03-02T09:15:44.12345678Z""#, false),
+            None
+        );
     }
 
     #[test]

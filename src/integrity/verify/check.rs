@@ -55,8 +55,9 @@ impl ChainReport {
     }
 }
 
-/// Branches followed at once; past this many rows at one number the rest are checked as if
-/// altered (no input can make the check quadratic).
+/// Branches followed at once (the valid rows' first); past this many hashes at one number the
+/// rest are not followed, and rows chained from them read as altered (no input can make the
+/// check quadratic).
 const MAX_BRANCHES: usize = 16;
 
 /// Checks a chain incrementally, page by page; rows must come in sequence order, all rows of
@@ -173,13 +174,21 @@ impl<'k> Checker<'k> {
         }
         // The next row chains from the hashes this number's rows carry, every branch's, valid
         // or not (when only a row's content was changed, the one after it still checks out).
-        let mut next: Vec<Hash> = copies
-            .values()
-            .filter_map(|(_, r)| decode_hash(&r.hash))
-            .collect();
-        next.sort_unstable();
-        next.dedup();
-        next.truncate(MAX_BRANCHES);
+        // The valid rows' hashes first, so rows added to crowd them out can't.
+        let mut next: Vec<Hash> = Vec::new();
+        let carried = valid
+            .iter()
+            .copied()
+            .chain(copies.values().map(|(_, r)| *r))
+            .filter_map(|r| decode_hash(&r.hash));
+        for hash in carried {
+            if next.len() == MAX_BRANCHES {
+                break;
+            }
+            if !next.contains(&hash) {
+                next.push(hash);
+            }
+        }
         self.prev = next;
     }
 
@@ -309,6 +318,23 @@ mod tests {
         let r = check(&changed, Some(9));
         assert_eq!(r.altered, vec![8], "{r:?}");
         assert_eq!(r.forks, vec![6, 7, 9], "{r:?}");
+    }
+
+    #[test]
+    fn rows_added_to_crowd_out_the_branches_do_not_hide_the_valid_one() {
+        let mut rows = chain(6);
+        // Sixteen rows at 3 carrying hashes that sort before the real one.
+        for i in 0..16u8 {
+            let mut forged = rows[2].clone();
+            forged.canonical = format!("forged {i}").into_bytes();
+            let mut hash = GENESIS;
+            hash[15] = i;
+            forged.hash = encode_hash(&hash);
+            rows.insert(3, forged);
+        }
+        let r = check(&rows, Some(6));
+        assert_eq!(r.altered, vec![3], "{r:?}");
+        assert!(r.forks.is_empty() && r.missing.is_empty(), "{r:?}");
     }
 
     #[test]
