@@ -126,10 +126,9 @@ impl Columns {
                     next = i + 1;
                 }
                 at = skip_ws(bytes, value_end);
-                match bytes.get(at) {
-                    Some(b',') => at = skip_ws(bytes, at + 1),
-                    Some(b'}') => break,
-                    _ => return Err(not_object()),
+                match next_item(bytes, at, b'}').ok_or_else(not_object)? {
+                    Some(next) => at = next,
+                    None => break,
                 }
             }
         }
@@ -250,6 +249,16 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(&digits[at..]);
     out.push(b':');
     out.extend_from_slice(value.as_bytes());
+}
+
+/// After a member or element ending at `at`: `Some(Some(next))` past a comma (the next one
+/// starts at `next`), `Some(None)` at `close`, None when neither follows (not JSON).
+fn next_item(bytes: &[u8], at: usize, close: u8) -> Option<Option<usize>> {
+    match bytes.get(at) {
+        Some(b',') => Some(Some(skip_ws(bytes, at + 1))),
+        Some(&b) if b == close => Some(None),
+        _ => None,
+    }
 }
 
 fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
@@ -478,10 +487,9 @@ fn canonical_span(
                     let value_to = value_end(bytes, at)?;
                     entries.push((key, at, value_to));
                     at = skip_ws(bytes, value_to);
-                    match bytes.get(at) {
-                        Some(b',') => at = skip_ws(bytes, at + 1),
-                        Some(b'}') => break,
-                        _ => return None,
+                    match next_item(bytes, at, b'}')? {
+                        Some(next) => at = next,
+                        None => break,
                     }
                 }
             }
@@ -514,10 +522,9 @@ fn canonical_span(
                     first = false;
                     canonical_span(text, at, value_to, out, depth + 1)?;
                     at = skip_ws(bytes, value_to);
-                    match bytes.get(at) {
-                        Some(b',') => at = skip_ws(bytes, at + 1),
-                        Some(b']') => break,
-                        _ => return None,
+                    match next_item(bytes, at, b']')? {
+                        Some(next) => at = next,
+                        None => break,
                     }
                 }
             }
