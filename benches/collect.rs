@@ -7,7 +7,7 @@
 //! Run: `cargo bench --bench collect` (N records: `COLLECT_BENCH_RECORDS`, default 300,000;
 //! the per-tenant request budget: `COLLECT_BENCH_RPM`, default 1,000,000, i.e. unthrottled).
 //! With `COLLECT_BENCH_BINARY=1` the connector is the release binary itself, `run --once` with
-//! the spool on, as a user runs it: its CPU, kernel share and peak RSS are its own process's.
+//! the spool on (`COLLECT_BENCH_SPOOL=off`: off), as a user runs it: its CPU, kernel share and peak RSS are its own process's.
 //! Adding `COLLECT_BENCH_ARCHIVE=1` turns the raw archive on, into a container of Azurite (as
 //! the tests start it), so the two runs side by side give the archive's cost.
 
@@ -123,8 +123,10 @@ fn main() {
     );
     std::fs::write(dir.path().join("config.yaml"), &config).expect("config");
     if std::env::var_os("COLLECT_BENCH_BINARY").is_some() {
+        // `COLLECT_BENCH_SPOOL=off`: memory-only delivery, the in-process mode's footing.
+        let spooled = std::env::var("COLLECT_BENCH_SPOOL").map_or(true, |v| v != "off");
         let sink = format!(
-            "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {DCR}\n  credential: {{kind: client_secret, tenant_id: {TENANT}, client_id: {CLIENT}, secret_file: {dir}/secret}}\n  authority_host: {url}\nspool:\n  dir: {dir}/spool\ndlq:\n  dir: {dir}/dlq\nhealth:\n  enabled: false\n",
+            "sink:\n  logs_ingestion:\n    endpoint: {url}\n    dcr_immutable_id: {DCR}\n  credential: {{kind: client_secret, tenant_id: {TENANT}, client_id: {CLIENT}, secret_file: {dir}/secret}}\n  authority_host: {url}\nspool:\n  enabled: {spooled}\n  dir: {dir}/spool\ndlq:\n  dir: {dir}/dlq\nhealth:\n  enabled: false\n",
             url = emulator.url(),
             dir = dir.path().display()
         );
@@ -154,7 +156,12 @@ fn main() {
             &dir.path().join("config.yaml"),
             n,
             tenant_count * CONTENT_TYPES.len(),
+            spooled,
             || emulator.accepted_count(),
+        );
+        println!(
+            "connections opened:        {} (to the emulator: tokens, API and ingestion)",
+            emulator.connections_accepted()
         );
         return;
     }

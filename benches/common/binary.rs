@@ -83,7 +83,13 @@ pub fn measure(args: &[&std::ffi::OsStr], log: &Path) -> Cost {
 /// Runs `m365-sentinel run --once --config CONFIG` to its end and prints what it cost.
 /// `delivered` reads how many rows the emulator accepted.
 #[allow(dead_code)] // the collect bench's
-pub fn run_once(config: &Path, n: usize, passes: usize, delivered: impl Fn() -> usize) {
+pub fn run_once(
+    config: &Path,
+    n: usize,
+    passes: usize,
+    spooled: bool,
+    delivered: impl Fn() -> usize,
+) {
     let log = config.with_file_name("connector.log");
     let args = [
         "run".as_ref(),
@@ -96,7 +102,8 @@ pub fn run_once(config: &Path, n: usize, passes: usize, delivered: impl Fn() -> 
     let (peak_kb, peak_threads) = (cost.peak_mb * 1024.0, cost.peak_threads);
     assert_eq!(delivered(), n, "every record delivered once");
     let cpu = cost.cpu();
-    println!("connector process:         m365-sentinel run --once (spool on)");
+    let spool = if spooled { "on" } else { "off" };
+    println!("connector process:         m365-sentinel run --once (spool {spool})");
     println!("records:                   {n}");
     println!("wall:                      {wall:.2} s");
     println!("connector CPU:             {cpu:.2} s");

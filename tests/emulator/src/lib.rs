@@ -151,6 +151,8 @@ pub struct Emulator {
     task: tokio::task::JoinHandle<()>,
     /// With TLS: the CA that signed its certificate (PEM).
     ca_pem: Option<String>,
+    /// TCP connections accepted (counted with TLS only).
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Emulator {
@@ -165,11 +167,15 @@ impl Emulator {
         let (ca_pem, server) = tls::make().map_err(|e| std::io::Error::other(e.to_string()))?;
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = tcp.local_addr()?;
-        let listener = tls::TlsListener {
+        let connections = Arc::default();
+        let listener = tls::TlsListener::new(
             tcp,
-            acceptor: tokio_rustls::TlsAcceptor::from(server),
-        };
-        Ok(Self::serve(listener, addr, config, Some(ca_pem)))
+            tokio_rustls::TlsAcceptor::from(server),
+            Arc::clone(&connections),
+        );
+        let mut emulator = Self::serve(listener, addr, config, Some(ca_pem));
+        emulator.connections = connections;
+        Ok(emulator)
     }
 
     /// Serves the emulator's routes on `listener` (plain TCP or TLS) in a background task.
@@ -198,7 +204,13 @@ impl Emulator {
             shared,
             task,
             ca_pem,
+            connections: Arc::default(),
         }
+    }
+
+    /// TCP connections the TLS emulator accepted so far: what the clients' pooling achieved.
+    pub fn connections_accepted(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The CA to trust for a TLS emulator.

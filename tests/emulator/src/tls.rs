@@ -4,9 +4,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -34,11 +36,29 @@ pub(crate) fn make()
     Ok((ca.pem(), Arc::new(config)))
 }
 
-/// An axum listener that speaks TLS. Handshakes that fail are dropped and the next connection
-/// is taken.
+/// An axum listener that speaks TLS. Handshakes run side by side, as a real front end's do (one
+/// at a time, a burst of new connections would wait on each other's handshakes and look like a
+/// slow server). Handshakes that fail are dropped; connections accepted are counted.
 pub(crate) struct TlsListener {
     pub(crate) tcp: TcpListener,
     pub(crate) acceptor: TlsAcceptor,
+    pub(crate) handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    pub(crate) connections: Arc<AtomicUsize>,
+}
+
+impl TlsListener {
+    pub(crate) fn new(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        connections: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            tcp,
+            acceptor,
+            handshakes: JoinSet::new(),
+            connections,
+        }
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -47,11 +67,20 @@ impl axum::serve::Listener for TlsListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let Ok((stream, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            if let Ok(tls) = self.acceptor.accept(stream).await {
-                return (tls, addr);
+            tokio::select! {
+                accepted = self.tcp.accept() => {
+                    let Ok((stream, addr)) = accepted else { continue };
+                    self.connections.fetch_add(1, Ordering::Relaxed);
+                    let acceptor = self.acceptor.clone();
+                    self.handshakes.spawn(async move {
+                        acceptor.accept(stream).await.ok().map(|tls| (tls, addr))
+                    });
+                }
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(connection)) = done {
+                        return connection;
+                    }
+                }
             }
         }
     }
