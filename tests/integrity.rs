@@ -145,6 +145,51 @@ async fn a_healthy_run_verifies_whole_and_tampering_is_reported_by_sequence_numb
         "{report}"
     );
 
+    // The last checkpoint names a hash the row at its number does not carry (as after a tail
+    // written again with the key): reported, though every link checks out.
+    let checkpoints = |e: &Emulator| -> Vec<serde_json::Value> {
+        e.accepted()
+            .into_iter()
+            .filter(|(s, r)| s == "Custom-M365SentinelHealth_CL" && r["CheckpointChain"] == CHAIN)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let last = checkpoints(&emulator)
+        .iter()
+        .filter_map(|r| r["CheckpointSeq"].as_u64())
+        .max()
+        .expect("a checkpoint of the audit chain");
+    assert_eq!(last, 3_000, "the last row sent is checkpointed");
+    let mut sent_hash = String::new();
+    let forged = emulator.alter_rows(|s, r| {
+        if s != "Custom-M365SentinelHealth_CL" || r["CheckpointSeq"].as_u64() != Some(last) {
+            return false;
+        }
+        sent_hash = r["CheckpointHash"].as_str().unwrap_or_default().to_string();
+        r["CheckpointHash"] = "AAAAAAAAAAAAAAAAAAAAAA".into();
+        true
+    });
+    assert!(forged >= 1);
+    let (code, report) = verify(&config).await;
+    assert_eq!(code, 5, "{report}");
+    assert!(
+        report.contains("sequence 3000 does not carry the hash the connector checkpointed"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("altered") && !report.contains("missing"),
+        "{report}"
+    );
+    emulator.alter_rows(|s, r| {
+        if s != "Custom-M365SentinelHealth_CL" || r["CheckpointSeq"].as_u64() != Some(last) {
+            return false;
+        }
+        r["CheckpointHash"] = sent_hash.clone().into();
+        true
+    });
+    let (code, report) = verify(&config).await;
+    assert_eq!(code, 0, "{report}");
+
     // Tamper: delete one row, change one value, drop a range, cut the end (which only the
     // checkpoint in the health table shows).
     let deleted = emulator.delete_rows(|s, r| {

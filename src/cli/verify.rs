@@ -160,6 +160,12 @@ fn describe_chain(c: &ChainReport) -> String {
             list(&c.forks, u64::to_string)
         );
     }
+    if let Some(seq) = c.checkpoint_mismatch {
+        let _ = writeln!(
+            out,
+            "    sequence {seq} does not carry the hash the connector checkpointed for it: the chain from there on was written again"
+        );
+    }
     if !c.unknown_keys.is_empty() {
         let _ = writeln!(
             out,

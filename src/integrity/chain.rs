@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_rotated_key_continues_the_chain_and_verify_needs_the_old_one_too() {
-        use crate::integrity::verify::{Checker, ReadRow};
+        use crate::integrity::verify::{Checker, Checkpoint, ReadRow};
         let dir = tempfile::tempdir().unwrap();
         let schemas = schemas();
         let t = schemas.audit_table().unwrap();
@@ -429,18 +429,25 @@ mod tests {
             .collect();
         assert_eq!(read[1].key_id, "k1");
         assert_eq!(read[2].key_id, "k2");
-        let stream = chain.heads()[t].chain.clone();
+        let head = chain.heads()[t].clone();
+        let stream = head.chain.clone();
+        assert_eq!(head.seq, 4);
+        // The checkpoint as the health table carries it: the head's number and hash.
+        let checkpoint = Some(Checkpoint {
+            seq: head.seq,
+            hash: Some(head.hash.clone()),
+        });
         let ring = Keyring::from_keys(both.clone(), "k2");
-        let mut checker = Checker::new(&ring, &stream, false);
+        let mut checker = Checker::new(&ring, &stream, false).with_checkpoint(checkpoint.clone());
         checker.feed(&read);
-        let report = checker.finish(Some(4));
+        let report = checker.finish();
         assert!(report.is_whole(), "{report:?}");
         // Without the old key, its rows can't be checked: reported, not passed.
         let only_new =
             Keyring::from_keys(BTreeMap::from([("k2".to_string(), vec![9u8; 40])]), "k2");
-        let mut checker = Checker::new(&only_new, &stream, false);
+        let mut checker = Checker::new(&only_new, &stream, false).with_checkpoint(checkpoint);
         checker.feed(&read);
-        let report = checker.finish(Some(4));
+        let report = checker.finish();
         assert_eq!(report.unknown_keys.len(), 2);
         assert!(!report.is_whole());
     }

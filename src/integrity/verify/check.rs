@@ -37,6 +37,10 @@ pub struct ChainReport {
     pub unknown_keys: Vec<(u64, String)>,
     /// Rows before `first` were not read (`--since`): the first row's link is not checked.
     pub starts_late: bool,
+    /// The checkpointed sequence number, when the rows there do not carry the hash the
+    /// connector checkpointed: the chain from there on was written again (a tail replaced
+    /// by someone holding the key), however well it links.
+    pub checkpoint_mismatch: Option<u64>,
 }
 
 impl ChainReport {
@@ -45,6 +49,7 @@ impl ChainReport {
             && self.altered.is_empty()
             && self.forks.is_empty()
             && self.unknown_keys.is_empty()
+            && self.checkpoint_mismatch.is_none()
     }
 
     pub fn missing_count(&self) -> u64 {
@@ -73,6 +78,15 @@ pub struct Checker<'k> {
     /// The sequence number expected next; 0 before the first row.
     expected: u64,
     late_start_allowed: bool,
+    checkpoint: Option<Checkpoint>,
+}
+
+/// The last row the connector checkpointed as sent (in the health table), for one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: u64,
+    /// Its chain hash; None from connectors that checkpointed the number only.
+    pub hash: Option<String>,
 }
 
 impl<'k> Checker<'k> {
@@ -88,7 +102,15 @@ impl<'k> Checker<'k> {
             prev: Vec::new(),
             expected: 0,
             late_start_allowed,
+            checkpoint: None,
         }
+    }
+
+    /// The connector's checkpoint: rows missing up to it are reported at the end, and the
+    /// row at its number must carry its hash.
+    pub fn with_checkpoint(mut self, checkpoint: Option<Checkpoint>) -> Self {
+        self.checkpoint = checkpoint;
+        self
     }
 
     /// Feeds rows in sequence order.
@@ -132,6 +154,17 @@ impl<'k> Checker<'k> {
                 .entry((row.hash.as_str(), row.canonical.as_slice()))
                 .or_insert((0, row))
                 .0 += 1;
+        }
+        if let Some(Checkpoint {
+            seq: at,
+            hash: Some(hash),
+        }) = &self.checkpoint
+            && *at == seq
+        {
+            let sent = decode_hash(hash);
+            if sent.is_none() || !rows.iter().any(|r| decode_hash(&r.hash) == sent) {
+                report.checkpoint_mismatch = Some(seq);
+            }
         }
         let extra: u64 = copies.values().map(|(n, _)| n - 1).sum();
         if extra > 0 {
@@ -192,10 +225,10 @@ impl<'k> Checker<'k> {
         self.prev = next;
     }
 
-    /// The report; `checkpoint`, the last sequence number the connector says it sent, makes
-    /// rows missing at the end visible.
-    pub fn finish(mut self, checkpoint: Option<u64>) -> ChainReport {
-        if let Some(c) = checkpoint
+    /// The report; the checkpoint, the last row the connector says it sent, makes rows
+    /// missing at the end visible.
+    pub fn finish(mut self) -> ChainReport {
+        if let Some(c) = self.checkpoint.as_ref().map(|c| c.seq)
             && c >= self.expected.max(1)
         {
             self.report.missing.push((self.expected.max(1), c));
@@ -234,8 +267,12 @@ mod tests {
     }
 
     fn check(rows: &[ReadRow], checkpoint: Option<u64>) -> ChainReport {
+        check_with(rows, checkpoint.map(|seq| Checkpoint { seq, hash: None }))
+    }
+
+    fn check_with(rows: &[ReadRow], checkpoint: Option<Checkpoint>) -> ChainReport {
         let keys = keys();
-        let mut checker = Checker::new(&keys, STREAM, false);
+        let mut checker = Checker::new(&keys, STREAM, false).with_checkpoint(checkpoint);
         // In pages of 3, as verify reads them.
         let mut at = 0;
         while at < rows.len() {
@@ -246,7 +283,43 @@ mod tests {
             checker.feed(&rows[at..end]);
             at = end;
         }
-        checker.finish(checkpoint)
+        checker.finish()
+    }
+
+    #[test]
+    fn a_tail_chained_again_with_the_key_is_caught_by_the_checkpoint_hash() {
+        let rows = chain(10);
+        let sent = Checkpoint {
+            seq: 10,
+            hash: Some(rows[9].hash.clone()),
+        };
+        let r = check_with(&rows, Some(sent.clone()));
+        assert!(r.is_whole(), "{r:?}");
+        // Rows 6..=10 replaced by others that link just as well (made with the key).
+        let mut forged = rows[..5].to_vec();
+        let mut prev = decode_hash(&rows[4].hash).unwrap();
+        for seq in 6..=10 {
+            let canonical = format!("Op:forged:{seq}").into_bytes();
+            let hash = link(&[1u8; 32], STREAM, seq, &prev, &canonical);
+            prev = hash;
+            forged.push(ReadRow {
+                seq,
+                hash: crate::integrity::encode_hash(&hash),
+                key_id: "k1".into(),
+                canonical,
+            });
+        }
+        let r = check_with(&forged, Some(sent.clone()));
+        assert!(!r.is_whole(), "{r:?}");
+        assert_eq!(r.checkpoint_mismatch, Some(10));
+        assert!(r.altered.is_empty() && r.missing.is_empty(), "{r:?}");
+        // Without the checkpoint's hash the forgery links and reads whole: the hash is what
+        // catches it.
+        assert!(check(&forged, Some(10)).is_whole());
+        // The checkpointed row deleted: missing, not a mismatch.
+        let r = check_with(&rows[..9], Some(sent));
+        assert_eq!(r.missing, vec![(10, 10)]);
+        assert_eq!(r.checkpoint_mismatch, None);
     }
 
     #[test]
@@ -345,7 +418,7 @@ mod tests {
         let keys = keys();
         let mut checker = Checker::new(&keys, STREAM, true);
         checker.feed(&rows[2..]);
-        let r = checker.finish(None);
+        let r = checker.finish();
         assert!(r.is_whole() && r.starts_late, "{r:?}");
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-pub use check::{ChainReport, Checker, ReadRow};
+pub use check::{ChainReport, Checker, Checkpoint, ReadRow};
 pub use query::{QueryClient, QueryError, ResultTable};
 
 use super::canonical::Columns;
@@ -58,20 +58,21 @@ pub struct VerifyOptions {
     /// Only rows with TimeGenerated at or after this (an ISO 8601 UTC time, validated).
     pub since: Option<String>,
     pub page_rows: usize,
-    /// Per chain name, the last sequence number the connector checkpointed as sent.
-    pub checkpoints: BTreeMap<String, u64>,
+    /// Per chain name, the last row the connector checkpointed as sent.
+    pub checkpoints: BTreeMap<String, Checkpoint>,
 }
 
-/// The last sequence number checkpointed per chain, from the health table's checkpoint rows
-/// written before `before` (later ones may name rows the workspace has not made queryable yet).
+/// The last row checkpointed per chain (its number and hash), from the health table's
+/// checkpoint rows written before `before` (later ones may name rows the workspace has not made
+/// queryable yet).
 pub async fn checkpoints(
     client: &QueryClient,
     health_table: &str,
     before: &str,
-) -> Result<BTreeMap<String, u64>, VerifyError> {
+) -> Result<BTreeMap<String, Checkpoint>, VerifyError> {
     let result = client
         .query(&format!(
-            "{health_table} | where Kind == \"checkpoint\" and TimeGenerated < datetime({before}) and isnotempty({STREAM_COLUMN}) | summarize Seq = max(CheckpointSeq) by CheckpointChain"
+            "{health_table} | where Kind == \"checkpoint\" and TimeGenerated < datetime({before}) and isnotempty({STREAM_COLUMN}) | summarize arg_max(CheckpointSeq, CheckpointHash) by CheckpointChain"
         ))
         .await;
     // No health table in the workspace: no checkpoints.
@@ -86,7 +87,11 @@ pub async fn checkpoints(
         Err(e) => return Err(e.into()),
     };
     let index = result.index();
-    let (Some(&chain_at), Some(&seq_at)) = (index.get("CheckpointChain"), index.get("Seq")) else {
+    let (Some(&chain_at), Some(&seq_at), Some(&hash_at)) = (
+        index.get("CheckpointChain"),
+        index.get("CheckpointSeq"),
+        index.get("CheckpointHash"),
+    ) else {
         return Err(VerifyError::Column {
             table: health_table.to_string(),
             column: "CheckpointChain".into(),
@@ -97,7 +102,13 @@ pub async fn checkpoints(
         .iter()
         .filter_map(|r| {
             let chain = r.get(chain_at)?.as_str()?.to_string();
-            Some((chain, as_u64(r.get(seq_at)?)?))
+            let hash = r
+                .get(hash_at)
+                .and_then(Value::as_str)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string);
+            let seq = as_u64(r.get(seq_at)?)?;
+            Some((chain, Checkpoint { seq, hash }))
         })
         .filter(|(chain, _)| !chain.is_empty())
         .collect())
@@ -223,7 +234,9 @@ pub async fn verify_table(
     let columns = Columns::of(schema);
     for name in names {
         let chain = if report.absent {
-            Checker::new(keys, &name, false).finish(options.checkpoints.get(&name).copied())
+            Checker::new(keys, &name, false)
+                .with_checkpoint(options.checkpoints.get(&name).cloned())
+                .finish()
         } else {
             let from = starts.get(&name).copied().unwrap_or(1);
             verify_chain(client, keys, &columns, table, from, &name, options).await?
@@ -242,7 +255,8 @@ async fn verify_chain(
     name: &str,
     options: &VerifyOptions,
 ) -> Result<ChainReport, VerifyError> {
-    let mut checker = Checker::new(keys, name, options.since.is_some());
+    let mut checker = Checker::new(keys, name, options.since.is_some())
+        .with_checkpoint(options.checkpoints.get(name).cloned());
     let mut after = from.saturating_sub(1);
     let mut page = options.page_rows.max(1);
     loop {
@@ -285,7 +299,7 @@ async fn verify_chain(
             _ => break,
         }
     }
-    Ok(checker.finish(options.checkpoints.get(name).copied()))
+    Ok(checker.finish())
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

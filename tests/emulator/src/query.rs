@@ -6,7 +6,8 @@
 //! values as null, reals as doubles.
 //!
 //! KQL: only the shapes `verify` sends (anything else is a 400 BadArgumentError, as a syntax
-//! error is): `TABLE (| where COND (and COND)*)* [| summarize NAME = count()|max(COL) by COL]
+//! error is): `TABLE (| where COND (and COND)*)* [| summarize NAME = count()|max(COL) by COL
+//! | summarize arg_max(COL, COL) by COL]
 //! [| order by COL asc|desc] [| take N]`, COND one of `COL == "text"`, `COL > N` (also `>=`,
 //! `<`, `<=`, with a number or `datetime(...)`), `isempty(COL)`, `isnotempty(COL)`; aggregates `count()`, `max(COL)`, `min(COL)`.
 //!
@@ -246,6 +247,9 @@ enum Aggregate {
     Count,
     Max(String),
     Min(String),
+    /// `arg_max(COL, RETURNED)`: the row of the group with the highest COL; the output
+    /// columns are then the `by` column, COL and RETURNED (no NAME).
+    ArgMax(String, String),
 }
 
 #[derive(Debug)]
@@ -306,6 +310,23 @@ fn parse(kql: &str) -> Result<Parsed, String> {
             for cond in split_and(rest) {
                 parsed.wheres.push(parse_cond(cond.trim())?);
             }
+        } else if let Some(rest) = stage
+            .strip_prefix("summarize arg_max(")
+            .and_then(|r| r.split_once(") by "))
+        {
+            let (args, by) = rest;
+            let (col, returned) = args
+                .split_once(',')
+                .ok_or("arg_max needs (COL, RETURNED)")?;
+            let (col, returned, by) = (col.trim(), returned.trim(), by.trim());
+            if !is_name(col) || !is_name(returned) || !is_name(by) {
+                return Err(format!("bad summarize '{stage}'"));
+            }
+            parsed.summarize = Some((
+                String::new(),
+                Aggregate::ArgMax(col.into(), returned.into()),
+                by.into(),
+            ));
         } else if let Some(rest) = stage.strip_prefix("summarize ") {
             let (name, rest) = rest
                 .split_once('=')
@@ -471,12 +492,27 @@ fn run(
         }
     }
     let mut columns = columns.to_vec();
-    if let Some((name, aggregate, by)) = &q.summarize {
+    if let Some((_, Aggregate::ArgMax(col, returned), by)) = &q.summarize {
+        let (i, c, r) = (at(by)?, at(col)?, at(returned)?);
+        let mut groups: Vec<Vec<Value>> = Vec::new();
+        for row in &rows {
+            match groups.iter_mut().find(|g| g[0] == row[i]) {
+                Some(g) if row[c].as_f64() > g[1].as_f64() => {
+                    *g = vec![row[i].clone(), row[c].clone(), row[r].clone()];
+                }
+                Some(_) => {}
+                None => groups.push(vec![row[i].clone(), row[c].clone(), row[r].clone()]),
+            }
+        }
+        columns = vec![columns[i].clone(), columns[c].clone(), columns[r].clone()];
+        rows = groups;
+    } else if let Some((name, aggregate, by)) = &q.summarize {
         let i = at(by)?;
         let (of, max) = match aggregate {
             Aggregate::Count => (None, true),
             Aggregate::Max(col) => (Some(at(col)?), true),
             Aggregate::Min(col) => (Some(at(col)?), false),
+            Aggregate::ArgMax(..) => return Err("arg_max is summarized apart".into()),
         };
         let mut groups: Vec<(Value, Value)> = Vec::new();
         for r in &rows {
@@ -538,6 +574,11 @@ mod tests {
         assert!(parse("T_CL | project X").is_err());
         assert!(parse("T_CL | summarize Rows = count() by ChainStream").is_ok());
         assert!(parse("T_CL | summarize S = max(CheckpointSeq) by CheckpointChain").is_ok());
+        assert!(
+            parse("T_CL | summarize arg_max(CheckpointSeq, CheckpointHash) by CheckpointChain")
+                .is_ok()
+        );
+        assert!(parse("T_CL | summarize arg_max(X) by Y").is_err());
         assert!(parse("T_CL | summarize S = sum(X) by Y").is_err());
     }
 }
