@@ -14,6 +14,7 @@ pub(super) struct Committer {
     pub(super) lag: Arc<LagBoard>,
     pub(super) events: mpsc::UnboundedReceiver<CommitEvent>,
     pub(super) interval: Duration,
+    pub(super) disk_writers: Arc<Semaphore>,
 }
 
 /// Applies completions in batches (whatever arrived together), then makes them durable: seen
@@ -32,6 +33,12 @@ pub(super) async fn commit_loop(mut c: Committer) {
         if c.events.recv_many(&mut batch, 65_536).await == 0 {
             break;
         }
+        // Waiting for a disk permit (dry-run writes nothing) gathers what completes meanwhile
+        // into this commit. The semaphore is never closed.
+        let permit = match c.disk {
+            Some(_) => c.disk_writers.clone().acquire_owned().await.ok(),
+            None => None,
+        };
         while let Ok(more) = c.events.try_recv() {
             batch.push(more);
         }
@@ -50,6 +57,7 @@ pub(super) async fn commit_loop(mut c: Committer) {
         let label = c.label.clone();
         let seen = c.seen.clone();
         let written = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut problems = Vec::new();
             let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
             match files.write(writes) {

@@ -135,8 +135,16 @@ struct Settings {
     /// Shared by every tenant's client: a permit per request on the wire.
     request_budget: Arc<Semaphore>,
     commit_interval: Duration,
+    /// Shared by every tenant's committer: a permit per commit writing to disk.
+    disk_writers: Arc<Semaphore>,
     options: CollectorOptions,
 }
+
+/// Tenants' commits writing to disk at once. Each is a few small writes and two fsyncs; more
+/// side by side only add threads waiting on the same disk, while a commit that waits for a
+/// permit gathers every completion arriving meanwhile (500 tenants: a few hundred commits a
+/// second instead of one per tenant per interval).
+const DISK_WRITERS: usize = 2;
 
 enum CommitEvent {
     BlobDone {
@@ -198,6 +206,7 @@ impl Collector {
             blob_budget: Arc::new(Semaphore::new(config.max_blobs_in_flight.max(1))),
             request_budget: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
             commit_interval: Duration::from_millis(config.commit_interval_ms),
+            disk_writers: Arc::new(Semaphore::new(DISK_WRITERS)),
             options,
         });
         let lag = Arc::new(LagBoard::default());
@@ -391,6 +400,7 @@ async fn run_tenant(
         lag: p.lag,
         events: event_rx,
         interval: p.settings.commit_interval,
+        disk_writers: p.settings.disk_writers.clone(),
     }));
     let mut workers = JoinSet::new();
     for index in 0..tenant.content_types.len() {
