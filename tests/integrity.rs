@@ -160,16 +160,24 @@ async fn a_healthy_run_verifies_whole_and_tampering_is_reported_by_sequence_numb
         .max()
         .expect("a checkpoint of the audit chain");
     assert_eq!(last, 3_000, "the last row sent is checkpointed");
-    let mut sent_hash = String::new();
-    let forged = emulator.alter_rows(|s, r| {
-        if s != "Custom-M365SentinelHealth_CL" || r["CheckpointSeq"].as_u64() != Some(last) {
-            return false;
-        }
-        sent_hash = r["CheckpointHash"].as_str().unwrap_or_default().to_string();
-        r["CheckpointHash"] = "AAAAAAAAAAAAAAAAAAAAAA".into();
-        true
-    });
-    assert!(forged >= 1);
+    // Sets the last checkpoint's hash; returns what it was.
+    let set_last_hash = |hash: &str| -> Vec<String> {
+        let mut before = Vec::new();
+        emulator.alter_rows(|s, r| {
+            if s != "Custom-M365SentinelHealth_CL"
+                || r["CheckpointChain"] != CHAIN
+                || r["CheckpointSeq"].as_u64() != Some(last)
+            {
+                return false;
+            }
+            before.push(r["CheckpointHash"].as_str().unwrap_or_default().to_string());
+            r["CheckpointHash"] = hash.into();
+            true
+        });
+        before
+    };
+    let sent = set_last_hash("AAAAAAAAAAAAAAAAAAAAAA");
+    assert!(!sent.is_empty());
     let (code, report) = verify(&config).await;
     assert_eq!(code, 5, "{report}");
     assert!(
@@ -180,13 +188,7 @@ async fn a_healthy_run_verifies_whole_and_tampering_is_reported_by_sequence_numb
         !report.contains("altered") && !report.contains("missing"),
         "{report}"
     );
-    emulator.alter_rows(|s, r| {
-        if s != "Custom-M365SentinelHealth_CL" || r["CheckpointSeq"].as_u64() != Some(last) {
-            return false;
-        }
-        r["CheckpointHash"] = sent_hash.clone().into();
-        true
-    });
+    set_last_hash(&sent[0]);
     let (code, report) = verify(&config).await;
     assert_eq!(code, 0, "{report}");
 
