@@ -289,7 +289,7 @@ impl Chain {
         Ok(())
     }
 
-    /// Each chain's table index, name, last sequence number and hash (hex): the checkpoints.
+    /// Each chain's table index, name, last sequence number and hash (as the rows carry it): the checkpoints.
     pub fn heads(&self) -> Vec<Head> {
         self.streams
             .iter()

@@ -87,16 +87,17 @@ pub async fn checkpoints(
         Err(e) => return Err(e.into()),
     };
     let index = result.index();
-    let (Some(&chain_at), Some(&seq_at), Some(&hash_at)) = (
-        index.get("CheckpointChain"),
-        index.get("CheckpointSeq"),
-        index.get("CheckpointHash"),
-    ) else {
-        return Err(VerifyError::Column {
+    let column = |name: &str| {
+        index.get(name).copied().ok_or_else(|| VerifyError::Column {
             table: health_table.to_string(),
-            column: "CheckpointChain".into(),
-        });
+            column: name.to_string(),
+        })
     };
+    let (chain_at, seq_at, hash_at) = (
+        column("CheckpointChain")?,
+        column("CheckpointSeq")?,
+        column("CheckpointHash")?,
+    );
     Ok(result
         .rows
         .iter()

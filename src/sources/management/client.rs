@@ -267,10 +267,8 @@ impl ApiClient {
     /// body is read, which is when the connection is free again. Hundreds of tenants then
     /// share a bounded set of pooled connections instead of opening one per call.
     async fn send(&self, method: Method, url: Url) -> Result<Answer, ApiError> {
-        self.limiter.acquire().await;
-        // Token requests are calls on the wire too: under the same permit, 500 tenants
-        // starting at once don't open 500 connections to fetch their first tokens.
-        let _permit = self.requests.acquire().await;
+        // The token first, outside the shared permit: a tenant whose authority is slow or
+        // unreachable must not hold permits the other tenants' calls need.
         let token = self
             .credential
             .get_token(&[self.scope.as_str()], None)
@@ -281,6 +279,8 @@ impl ApiClient {
                     self.scope
                 ))
             })?;
+        self.limiter.acquire().await;
+        let _permit = self.requests.acquire().await;
         let response = self
             .http
             .request(method.clone(), url)

@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +36,8 @@ pub(crate) fn make()
         )?;
     Ok((ca.pem(), Arc::new(config)))
 }
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An axum listener that speaks TLS. Handshakes run side by side, as a real front end's do (one
 /// at a time, a burst of new connections would wait on each other's handshakes and look like a
@@ -69,11 +72,21 @@ impl axum::serve::Listener for TlsListener {
         loop {
             tokio::select! {
                 accepted = self.tcp.accept() => {
-                    let Ok((stream, addr)) = accepted else { continue };
+                    let Ok((stream, addr)) = accepted else {
+                        // Out of descriptors, say: don't spin while it lasts (as axum's own
+                        // listener does).
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
                     self.connections.fetch_add(1, Ordering::Relaxed);
                     let acceptor = self.acceptor.clone();
                     self.handshakes.spawn(async move {
-                        acceptor.accept(stream).await.ok().map(|tls| (tls, addr))
+                        // A client that never says hello doesn't hold a task for ever.
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                            .ok()?
+                            .ok()
+                            .map(|tls| (tls, addr))
                     });
                 }
                 Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {

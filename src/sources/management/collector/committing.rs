@@ -57,23 +57,25 @@ pub(super) async fn commit_loop(mut c: Committer) {
         let label = c.label.clone();
         let seen = c.seen.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let mut problems = Vec::new();
             let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
-            match files.write(writes) {
-                // Every fresh id is on disk now: the due ones can become runs.
-                Ok(()) => {
-                    if let Err(e) = seen::compact_due(&seen, &mut files, now_millis()) {
-                        // The ids stay in memory and in their log; compaction is tried again.
-                        problems.push(format!("{e} (seen ids not compacted yet)"));
-                    }
-                }
+            let ids_written = files.write(writes);
+            if let Err(e) = &ids_written {
                 // The ids are missing on disk only: a restart could send their duplicates.
-                Err(e) => problems.push(format!("{e} (duplicates possible after a restart)")),
+                problems.push(format!("{e} (duplicates possible after a restart)"));
             }
-            drop(files);
             if let Err(e) = store.save(&positions) {
                 problems.push(e.to_string());
+            }
+            // The permit covers the commit only: a compaction (every tenant's at once after
+            // midnight UTC, merging a day's runs) must not hold other tenants' commits back.
+            drop(permit);
+            // Every fresh id is on disk now: the due ones can become runs.
+            if ids_written.is_ok()
+                && let Err(e) = seen::compact_due(&seen, &mut files, now_millis())
+            {
+                // The ids stay in memory and in their log; compaction is tried again.
+                problems.push(format!("{e} (seen ids not compacted yet)"));
             }
             problems
         })
