@@ -3,11 +3,12 @@
 //! delivery.
 //!
 //! Start reading at `collector`; `client` speaks the API, `tracker` decides how far a position
-//! may move, `positions` and `seen` keep state on disk, `rate` and `lag` watch the pace.
+//! may move, `positions` and `seen` keep state on disk, `journal` commits it for every tenant at once, `rate` and `lag` watch the pace.
 
 pub mod client;
 mod collector;
 pub mod config;
+pub mod journal;
 pub mod lag;
 pub mod positions;
 pub mod rate;

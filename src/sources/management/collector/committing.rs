@@ -9,38 +9,31 @@ pub(super) struct Committer {
     pub(super) content_types: Vec<String>,
     pub(super) trackers: Arc<Mutex<Vec<Tracker>>>,
     pub(super) seen: Arc<Mutex<SeenSet>>,
-    /// The disk side (None in dry-run): seen-id files and positions.
-    pub(super) disk: Option<(Arc<Mutex<SeenFiles>>, Arc<PositionStore>)>,
+    /// The disk side (None in dry-run): the tenant's seen-id files and the journal that
+    /// commits reach the disk through.
+    pub(super) disk: Option<Disk>,
     pub(super) lag: Arc<LagBoard>,
     pub(super) events: mpsc::UnboundedReceiver<CommitEvent>,
-    pub(super) interval: Duration,
+    /// Bounds the tenants compacting their seen ids at once.
     pub(super) disk_writers: Arc<Semaphore>,
 }
 
-/// Applies completions in batches (whatever arrived together), then makes them durable: seen
-/// ids flushed first, positions replaced after, so a crash between the two only means blobs
-/// read again and their records recognised as seen. Locks are held only for the in-memory
-/// part; the disk work runs on a blocking thread with none held.
+#[derive(Clone)]
+pub(super) struct Disk {
+    pub(super) files: Arc<Mutex<SeenFiles>>,
+    pub(super) store: Arc<PositionStore>,
+    pub(super) journal: Arc<StateJournal>,
+}
+
+/// Applies completions in batches (whatever arrived while the last commit was on its way),
+/// then makes them durable in the state journal: the seen ids and the positions in one entry,
+/// flushed with the other tenants' of the same round (at most one round per commit interval).
+/// Locks are held only for the in-memory part.
 pub(super) async fn commit_loop(mut c: Committer) {
     let mut batch = Vec::new();
-    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
-        // At most one disk commit per interval: completions arriving meanwhile are gathered
-        // into it (a crash then re-sends at most that much more).
-        if let Some(at) = last_write {
-            tokio::time::sleep_until(at + c.interval).await;
-        }
         if c.events.recv_many(&mut batch, 65_536).await == 0 {
             break;
-        }
-        // Waiting for a disk permit (dry-run writes nothing) gathers what completes meanwhile
-        // into this commit. The semaphore is never closed.
-        let permit = match c.disk {
-            Some(_) => c.disk_writers.clone().acquire_owned().await.ok(),
-            None => None,
-        };
-        while let Ok(more) = c.events.try_recv() {
-            batch.push(more);
         }
         let events = std::mem::take(&mut batch);
         let (oldest, writes, positions) = apply(&c, events);
@@ -50,40 +43,52 @@ pub(super) async fn commit_loop(mut c: Committer) {
                 c.lag.update(&c.label, ct, oldest, now);
             }
         }
-        let Some((files, store)) = c.disk.clone() else {
+        let Some(disk) = c.disk.clone() else {
             continue;
         };
-        last_write = Some(tokio::time::Instant::now());
-        let label = c.label.clone();
-        let seen = c.seen.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut problems = Vec::new();
-            let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
-            let ids_written = files.write(writes);
-            if let Err(e) = &ids_written {
-                // The ids are missing on disk only: a restart could send their duplicates.
-                problems.push(format!("{e} (duplicates possible after a restart)"));
-            }
-            if let Err(e) = store.save(&positions) {
-                problems.push(e.to_string());
-            }
-            // The permit covers the commit only: a compaction (every tenant's at once after
-            // midnight UTC, merging a day's runs) must not hold other tenants' commits back.
-            drop(permit);
-            // Every fresh id is on disk now: the due ones can become runs.
-            if ids_written.is_ok()
-                && let Err(e) = seen::compact_due(&seen, &mut files, now_millis())
-            {
-                // The ids stay in memory and in their log; compaction is tried again.
-                problems.push(format!("{e} (seen ids not compacted yet)"));
-            }
-            problems
-        })
-        .await
-        .unwrap_or_else(|e| vec![format!("commit task failed: {e}")]);
-        for problem in written {
-            tracing::error!(tenant = %label, error = %problem, "collection state could not be written; collection goes on, and a restart would read some content again");
+        let committed = disk
+            .journal
+            .commit(Commit {
+                files: disk.files.clone(),
+                store: disk.store.clone(),
+                writes,
+                positions,
+            })
+            .await;
+        if let Err(e) = committed {
+            // The state is in memory and goes to the tenant's files at the next checkpoint;
+            // a crash before it could send some records again.
+            tracing::error!(tenant = %c.label, error = %e, "collection state could not be written; collection goes on, and a restart would read some content again");
+            continue;
         }
+        // Every fresh id is durable now: the due ones can become runs.
+        if c.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .compaction_due(now_millis())
+        {
+            compact(&c, disk).await;
+        }
+    }
+}
+
+/// Turns the tenant's due seen ids into runs on a blocking thread, holding one of the
+/// process's disk-writer permits.
+async fn compact(c: &Committer, disk: Disk) {
+    // The semaphore is never closed.
+    let permit = c.disk_writers.clone().acquire_owned().await.ok();
+    let seen = c.seen.clone();
+    let compacted = tokio::task::spawn_blocking(move || {
+        let mut files = disk.files.lock().unwrap_or_else(|e| e.into_inner());
+        let done = seen::compact_due(&seen, &mut files, now_millis());
+        drop(permit);
+        done.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("compaction task failed: {e}")));
+    if let Err(e) = compacted {
+        // The ids stay in memory and in their log; compaction is tried again.
+        tracing::error!(tenant = %c.label, error = %e, "seen ids not compacted yet; tried again at the next commit");
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use super::client::{ApiClient, ApiError, ContentItem, now_millis};
 use super::config::{AVAILABILITY_HOURS, ManagementConfig, TenantConfig};
+use super::journal::{self, Commit, Entry, JournalError, StateJournal};
 use super::lag::LagBoard;
 use super::positions::{PositionError, PositionStore, TenantPositions};
 use super::rate::RateLimiter;
@@ -100,6 +101,8 @@ pub enum CollectorError {
     Positions(#[from] PositionError),
     #[error(transparent)]
     Seen(#[from] super::seen::SeenError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error("{0}")]
     Shard(String),
 }
@@ -134,15 +137,13 @@ struct Settings {
     blob_budget: Arc<Semaphore>,
     /// Shared by every tenant's client: a permit per request on the wire.
     request_budget: Arc<Semaphore>,
-    commit_interval: Duration,
-    /// Shared by every tenant's committer: a permit per commit writing to disk.
+    /// Shared by every tenant's committer: a permit per compaction writing to disk.
     disk_writers: Arc<Semaphore>,
     options: CollectorOptions,
 }
 
-/// Tenants' commits writing to disk at once. Each is a few small writes and two fsyncs; more
-/// side by side only add blocking threads waiting on the same disk (500 tenants: 55-75 threads
-/// without the bound, 8-10 with it; the number of commits and the CPU were the same).
+/// Tenants compacting their seen ids at once (after midnight UTC every tenant's yesterday is
+/// due): more side by side only add blocking threads waiting on the same disk.
 const DISK_WRITERS: usize = 2;
 
 enum CommitEvent {
@@ -177,6 +178,8 @@ struct Tenant {
 /// The running collection of every configured tenant.
 pub struct Collector {
     tenants: JoinSet<TenantReport>,
+    /// None in dry-run.
+    journal: Option<Arc<StateJournal>>,
     pub lag: Arc<LagBoard>,
     pub counters: Arc<Counters>,
 }
@@ -204,10 +207,22 @@ impl Collector {
             blob_concurrency: config.blob_concurrency.max(1),
             blob_budget: Arc::new(Semaphore::new(config.max_blobs_in_flight.max(1))),
             request_budget: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
-            commit_interval: Duration::from_millis(config.commit_interval_ms),
             disk_writers: Arc::new(Semaphore::new(DISK_WRITERS)),
             options,
         });
+        // A run replays what an earlier one left in the journal into the tenants' files; a
+        // dry-run only reads it, and applies it in memory.
+        let (journal, mut recovered) = if settings.options.persist {
+            let journal = StateJournal::open(
+                &config.state_dir,
+                &store,
+                |tenant| seen_dir(config, tenant),
+                Duration::from_millis(config.commit_interval_ms),
+            )?;
+            (Some(Arc::new(journal)), HashMap::new())
+        } else {
+            (None, journal::recovered(&config.state_dir)?)
+        };
         let lag = Arc::new(LagBoard::default());
         let counters = Arc::new(Counters::default());
         let pod_name = std::env::var("POD_NAME")
@@ -223,12 +238,15 @@ impl Collector {
                 tracing::debug!(tenant = %tenant.label(), shard, shards, "tenant belongs to another replica");
                 continue;
             }
-            let prepared = prepare(tenant, config, &http, &store, &settings, &lag, &counters);
+            let journaled = recovered.remove(&tenant.tenant_id.to_ascii_lowercase());
+            let prepared = prepare(
+                tenant, config, &http, &store, journaled, &settings, &lag, &counters,
+            );
             let out = out.clone();
-            let store = store.clone();
+            let disk = journal.clone().map(|journal| (store.clone(), journal));
             tenants.spawn(async move {
                 match prepared {
-                    Ok(parts) => run_tenant(parts, store, out).await,
+                    Ok(parts) => run_tenant(parts, disk, out).await,
                     Err(error) => {
                         tracing::error!(tenant = %error.0, error = %error.1, "tenant not collected");
                         TenantReport {
@@ -241,6 +259,7 @@ impl Collector {
         }
         Ok(Self {
             tenants,
+            journal,
             lag,
             counters,
         })
@@ -256,6 +275,20 @@ impl Collector {
                     tenant: "?".into(),
                     errors: vec![format!("tenant task failed: {e}")],
                 }),
+            }
+        }
+        if let Some(journal) = self.journal.take() {
+            let closed = journal.close().await;
+            let stats = &journal.stats;
+            tracing::info!(
+                rounds = stats.rounds.load(Ordering::Relaxed),
+                commits = stats.commits.load(Ordering::Relaxed),
+                checkpoints = stats.checkpoints.load(Ordering::Relaxed),
+                "state journal closed"
+            );
+            if let Err(e) = closed {
+                // Kept in the journal: the next run replays it.
+                tracing::error!(error = %e, "the tenants' state files could not be brought up to date at the end; the next run replays the journal");
             }
         }
         reports.sort_by(|a, b| a.tenant.cmp(&b.tenant));
@@ -278,13 +311,24 @@ struct Prepared {
     counters: Arc<Counters>,
 }
 
+/// A tenant's seen-id directory.
+fn seen_dir(config: &ManagementConfig, tenant_id: &str) -> std::path::PathBuf {
+    config
+        .state_dir
+        .join("seen")
+        .join(tenant_id.to_ascii_lowercase())
+}
+
 /// Everything a tenant needs that can fail before it runs: its credential, client, positions
-/// and seen ids. Failing here stops this tenant only.
+/// and seen ids (with what a dry-run found in the journal, `journaled`, on top). Failing here
+/// stops this tenant only.
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     tenant: &TenantConfig,
     config: &ManagementConfig,
     http: &reqwest::Client,
     store: &PositionStore,
+    journaled: Option<Entry>,
     settings: &Arc<Settings>,
     lag: &Arc<LagBoard>,
     counters: &Arc<Counters>,
@@ -319,14 +363,11 @@ fn prepare(
         settings.options.max_blob_bytes,
     )
     .map_err(fail)?;
-    let positions = store
+    let mut positions = store
         .load(&tenant.tenant_id)
         .map_err(|e| fail(e.to_string()))?;
-    let seen_dir = config
-        .state_dir
-        .join("seen")
-        .join(tenant.tenant_id.to_ascii_lowercase());
-    let (seen, loaded) = SeenSet::load(
+    let seen_dir = seen_dir(config, &tenant.tenant_id);
+    let (mut seen, loaded) = SeenSet::load(
         &seen_dir,
         settings.options.persist,
         now_millis(),
@@ -339,6 +380,12 @@ fn prepare(
     } else {
         None
     };
+    if let Some(entry) = journaled {
+        positions = entry.positions;
+        for (day, keys) in &entry.appends {
+            seen.restore(*day, keys);
+        }
+    }
     if loaded.torn_bytes > 0 {
         tracing::warn!(tenant = %label, torn_bytes = loaded.torn_bytes, "seen-id files ended in a partial id (a crash mid-write); cut off");
     }
@@ -360,7 +407,7 @@ fn prepare(
 
 async fn run_tenant(
     p: Prepared,
-    store: Arc<PositionStore>,
+    disk: Option<(Arc<PositionStore>, Arc<StateJournal>)>,
     out: mpsc::Sender<Unit>,
 ) -> TenantReport {
     let trackers: Vec<Tracker> = p
@@ -395,10 +442,14 @@ async fn run_tenant(
         seen,
         disk: p
             .seen_files
-            .map(|files| (Arc::new(Mutex::new(files)), store)),
+            .zip(disk)
+            .map(|(files, (store, journal))| Disk {
+                files: Arc::new(Mutex::new(files)),
+                store,
+                journal,
+            }),
         lag: p.lag,
         events: event_rx,
-        interval: p.settings.commit_interval,
         disk_writers: p.settings.disk_writers.clone(),
     }));
     let mut workers = JoinSet::new();

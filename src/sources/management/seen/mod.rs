@@ -131,10 +131,50 @@ pub struct SeenSet {
 }
 
 /// What the disk must catch up on.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Writes {
     appends: BTreeMap<i64, Vec<u8>>,
     deletes: Vec<i64>,
+}
+
+impl Writes {
+    /// Keys to append per day (as the journal holds them), nothing to delete.
+    pub fn from_appends(appends: Vec<(i64, Vec<u8>)>) -> Self {
+        let mut writes = Self::default();
+        for (day, keys) in appends {
+            writes
+                .appends
+                .entry(day)
+                .or_default()
+                .extend_from_slice(&keys);
+        }
+        writes
+    }
+
+    /// Each day's keys to append.
+    pub fn appends(&self) -> impl Iterator<Item = (i64, Vec<u8>)> + '_ {
+        self.appends
+            .iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(day, keys)| (*day, keys.clone()))
+    }
+
+    /// `later` on top of these: its appends added, and a day it deletes loses what was to be
+    /// appended to it.
+    pub fn merge(&mut self, later: Writes) {
+        for (day, keys) in later.appends {
+            self.appends
+                .entry(day)
+                .or_default()
+                .extend_from_slice(&keys);
+        }
+        for day in later.deletes {
+            self.appends.remove(&day);
+            if !self.deletes.contains(&day) {
+                self.deletes.push(day);
+            }
+        }
+    }
 }
 
 /// A day's fresh keys to turn into a run, merged with the day's runs when it has too many.
@@ -334,6 +374,21 @@ impl SeenSet {
         self.enforce_ceiling();
     }
 
+    /// Keys a journal holds that the day logs don't yet (a dry-run after a run that was cut
+    /// short): remembered as seen, with nothing to write.
+    pub fn restore(&mut self, day: i64, keys: &[u8]) {
+        let set = self.days.entry(day).or_default();
+        for chunk in keys.chunks_exact(KEY_BYTES) {
+            let mut key = [0u8; KEY_BYTES];
+            key.copy_from_slice(chunk);
+            let key = u128::from_le_bytes(key);
+            if !set.contains(key) && set.fresh.insert(key) {
+                self.total += 1;
+            }
+        }
+        self.enforce_ceiling();
+    }
+
     /// Drops the days that left the retention.
     pub fn expire(&mut self, now_ms: i64) {
         let oldest_kept = now_ms.div_euclid(DAY_MS) - self.retention_days;
@@ -359,10 +414,7 @@ impl SeenSet {
         let yesterday = now_ms.div_euclid(DAY_MS) - 1;
         self.days
             .iter()
-            .filter(|(day, d)| {
-                d.fresh.len() >= self.fresh_max
-                    || (**day < yesterday && (!d.fresh.is_empty() || d.runs.len() > 1))
-            })
+            .filter(|(day, d)| self.due(**day, d, yesterday))
             .map(|(day, d)| {
                 // Sorted by the compaction, outside the lock.
                 let fresh: Vec<u128> = d.fresh.iter().copied().collect();
@@ -388,6 +440,19 @@ impl SeenSet {
                 }
             })
             .collect()
+    }
+
+    /// Whether [`SeenSet::compactions_due`] has any (cheap: nothing copied).
+    pub fn compaction_due(&self, now_ms: i64) -> bool {
+        let yesterday = now_ms.div_euclid(DAY_MS) - 1;
+        self.days
+            .iter()
+            .any(|(day, d)| self.due(*day, d, yesterday))
+    }
+
+    fn due(&self, day: i64, d: &Day, yesterday: i64) -> bool {
+        d.fresh.len() >= self.fresh_max
+            || (day < yesterday && (!d.fresh.is_empty() || d.runs.len() > 1))
     }
 
     /// Puts a run written by [`SeenFiles::compact`] in place of the fresh keys (and runs) it

@@ -1,0 +1,196 @@
+use std::collections::BTreeMap;
+use std::io::Write as _;
+
+use super::*;
+use crate::sources::management::now_millis;
+use crate::sources::management::positions::ContentPosition;
+use crate::sources::management::seen::SeenSet;
+
+const DAY_MS: i64 = 86_400_000;
+
+fn positions(tenant: &str, committed: i64) -> TenantPositions {
+    TenantPositions {
+        tenant_id: tenant.into(),
+        content_types: BTreeMap::from([(
+            "Audit.General".to_string(),
+            ContentPosition {
+                committed: Some(committed),
+                done: BTreeMap::from([(format!("blob-{committed}"), committed + 1)]),
+                subscription_started: None,
+            },
+        )]),
+    }
+}
+
+fn keys(keys: &[u128]) -> Vec<u8> {
+    keys.iter().flat_map(|k| k.to_le_bytes()).collect()
+}
+
+fn seen_dir(state: &Path, tenant: &str) -> PathBuf {
+    state.join("seen").join(tenant)
+}
+
+fn today() -> i64 {
+    now_millis().div_euclid(DAY_MS)
+}
+
+/// A commit of `tenant` (loaded in `store` first, as the collector does).
+fn commit(state: &Path, store: &Arc<PositionStore>, tenant: &str, n: i64, ids: &[u128]) -> Commit {
+    store.load(tenant).unwrap();
+    Commit {
+        files: Arc::new(Mutex::new(
+            SeenFiles::open(&seen_dir(state, tenant)).unwrap(),
+        )),
+        store: store.clone(),
+        writes: Writes::from_appends(vec![(today(), keys(ids))]),
+        positions: positions(tenant, n),
+    }
+}
+
+/// Whether the tenant's files (as a restart loads them) remember `id`.
+fn files_remember(state: &Path, tenant: &str, id: u128) -> bool {
+    let (mut seen, _) =
+        SeenSet::load(&seen_dir(state, tenant), false, now_millis(), 30, 1 << 20).unwrap();
+    !seen.admit(id)
+}
+
+fn journal_len(state: &Path) -> u64 {
+    std::fs::metadata(path(state)).unwrap().len()
+}
+
+#[tokio::test]
+async fn commits_waiting_together_are_one_flush_and_reach_the_tenants_files_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, writer) =
+        StateJournal::prepare(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+    let waiting: Vec<_> = (0..20u16)
+        .map(|i| {
+            let tenant = format!("tenant-{i}");
+            journal.commit(commit(
+                state,
+                &store,
+                &tenant,
+                1_000 + i64::from(i),
+                &[u128::from(i) + 1],
+            ))
+        })
+        .collect();
+    writer.start().unwrap();
+    for commit in waiting {
+        commit.await.unwrap();
+    }
+    assert_eq!(journal.stats.rounds.load(Ordering::Relaxed), 1, "one flush");
+    assert_eq!(journal.stats.commits.load(Ordering::Relaxed), 20);
+    // Durable in the journal; the tenants' own files are not written yet.
+    assert!(journal_len(state) > 0);
+    assert!(store.load("tenant-3").unwrap().content_types.is_empty());
+    assert!(!files_remember(state, "tenant-3", 4));
+    journal.close().await.unwrap();
+    assert_eq!(journal_len(state), 0, "emptied once the files hold it all");
+    for i in 0..20u16 {
+        let tenant = format!("tenant-{i}");
+        assert_eq!(
+            store.load(&tenant).unwrap(),
+            positions(&tenant, 1_000 + i64::from(i))
+        );
+        assert!(files_remember(state, &tenant, u128::from(i) + 1));
+    }
+    assert!(
+        journal
+            .commit(commit(state, &store, "late", 1, &[1]))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_run_cut_short_is_replayed_by_the_next_and_a_dry_run_reads_it_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let journal =
+        StateJournal::open(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+    journal
+        .commit(commit(state, &store, "Tenant-A", 5, &[7]))
+        .await
+        .unwrap();
+    journal
+        .commit(commit(state, &store, "Tenant-A", 6, &[8, 9]))
+        .await
+        .unwrap();
+    // Cut short: no close, so no checkpoint.
+    drop(journal);
+    let whole = journal_len(state);
+    // A write cut short by the crash.
+    let mut torn = Vec::new();
+    frame::encode(
+        &Entry {
+            positions: positions("Tenant-A", 99),
+            appends: vec![(today(), keys(&[99]))],
+        },
+        &mut torn,
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path(state))
+        .unwrap()
+        .write_all(&torn[..torn.len() - 3])
+        .unwrap();
+    // A dry-run sees the last whole commit's positions and every id, and changes nothing.
+    let seen = recovered(state).unwrap();
+    let entry = &seen["tenant-a"];
+    assert_eq!(entry.positions, positions("Tenant-A", 6));
+    assert_eq!(
+        entry.appends,
+        vec![(today(), keys(&[7])), (today(), keys(&[8, 9]))]
+    );
+    assert!(journal_len(state) > whole);
+    assert!(store.load("Tenant-A").unwrap().content_types.is_empty());
+    // The next run replays the whole entries into the files and empties the journal.
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let again = StateJournal::open(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+    assert_eq!(journal_len(state), 0);
+    assert_eq!(store.load("Tenant-A").unwrap(), positions("Tenant-A", 6));
+    for id in [7, 8, 9] {
+        assert!(files_remember(state, "Tenant-A", id), "id {id}");
+    }
+    assert!(
+        !files_remember(state, "Tenant-A", 99),
+        "the torn entry is not one"
+    );
+    again.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_journal_past_its_size_is_checkpointed_and_emptied_while_commits_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, mut writer) =
+        StateJournal::prepare(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+    writer.writer.checkpoint_bytes = 1;
+    writer.writer.next_checkpoint = 1;
+    writer.start().unwrap();
+    journal
+        .commit(commit(state, &store, "t", 1, &[1]))
+        .await
+        .unwrap();
+    journal
+        .commit(commit(state, &store, "t", 2, &[2]))
+        .await
+        .unwrap();
+    // The second round came after the first's checkpoint: the files held commit 1 by then.
+    journal.close().await.unwrap();
+    let stats = &journal.stats;
+    assert_eq!(stats.rounds.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        stats.checkpoints.load(Ordering::Relaxed),
+        3,
+        "two by size, one at close"
+    );
+    assert_eq!(store.load("t").unwrap(), positions("t", 2));
+    assert!(files_remember(state, "t", 1) && files_remember(state, "t", 2));
+    assert_eq!(journal_len(state), 0);
+}
