@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::azurite::Azurite;
 use common::management::*;
-use m365_sentinel::sources::management::positions::PositionStore;
+use m365_sentinel::sources::management::journal::positions_on_disk;
 use serde_json::Value;
 
 const CONTAINER: &str = "m365-archive";
@@ -125,9 +125,7 @@ fn blob_times(content: &Content, tenant: usize, ct: usize) -> (i64, i64) {
 
 /// Each content type's committed position (ms since the epoch).
 fn committed(dir: &Path, tenant: &str) -> Vec<i64> {
-    let positions = PositionStore::read_only(&dir.join("state/positions"))
-        .load(tenant)
-        .unwrap();
+    let positions = positions_on_disk(&dir.join("state"), tenant).unwrap();
     let positions: Value = serde_json::to_value(positions).unwrap();
     CONTENT_TYPES
         .iter()

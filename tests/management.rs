@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::management::*;
 use m365_emulator::{BlobSpec, MgmtFault};
-use m365_sentinel::sources::management::positions::PositionStore;
+use m365_sentinel::sources::management::journal::positions_on_disk;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +65,7 @@ async fn three_tenants_fifty_thousand_records_arrive_exactly_once() {
         }
     }
     // The positions on disk are readable and past the content.
-    let positions = PositionStore::read_only(&dir.path().join("state/positions"))
-        .load(TENANTS[0])
-        .unwrap();
+    let positions = positions_on_disk(&dir.path().join("state"), TENANTS[0]).unwrap();
     let positions: Value = serde_json::to_value(positions).unwrap();
     for ct in CONTENT_TYPES {
         let committed = positions["content_types"][ct]["committed"]
@@ -393,4 +391,64 @@ async fn two_replicas_split_the_tenants_and_together_collect_each_once() {
             .count();
         assert!(listings > 0, "{tenant}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runs_state_is_in_the_journal_and_a_dry_run_and_the_next_run_both_skip_what_it_sent()
+ {
+    let emulator = emulator_with_tenants([true, true, true]).await;
+    let content = make_content(&emulator, &[0, 1, 2], 3_000, 30, true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&emulator, dir.path(), None);
+    let log = dir.path().join("log.txt");
+    let child = spawn(&["run"], &config, &log);
+    wait_for("every record", Duration::from_secs(120), || {
+        emulator.accepted_count() >= content.records.len()
+    })
+    .await;
+    stop_after_three_rounds(&emulator, child).await;
+    // Killed: the commits are in the journal, and the position slots were never written.
+    let journal = dir.path().join("state/journal");
+    let journaled = std::fs::metadata(&journal).unwrap().len();
+    assert!(journaled > 0);
+    assert!(
+        !dir.path()
+            .join(format!("state/positions/{}.0", TENANTS[0]))
+            .exists()
+    );
+    // A dry-run reads the journal: nothing is new to it, and it changes nothing.
+    let out_dir = dir.path().join("out");
+    let out = run_to_end(dry_run_args(&config, &out_dir)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let shown = std::fs::read_dir(out_dir.join("Custom-OfficeActivity_CL"))
+        .map(|entries| {
+            entries
+                .map(|e| {
+                    let body = std::fs::read(e.unwrap().path()).unwrap();
+                    serde_json::from_slice::<Vec<Value>>(&body).unwrap().len()
+                })
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    assert_eq!(shown, 0, "the dry-run would send nothing again\n{stderr}");
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), journaled);
+    // The next run replays the journal into the tenants' files and sends nothing again; ending
+    // cleanly, it leaves the journal empty and the slots current.
+    let out = run_to_end(once(&config)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (counts, rows) = arrivals(&emulator);
+    assert_eq!(counts.len(), content.records.len());
+    assert!(counts.values().all(|n| *n == 1), "nothing delivered twice");
+    assert_rows_match(&rows, &content);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    assert!(
+        dir.path()
+            .join(format!("state/positions/{}.0", TENANTS[0]))
+            .exists()
+    );
 }

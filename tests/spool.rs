@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::management::*;
 use m365_emulator::Emulator;
-use m365_sentinel::sources::management::positions::PositionStore;
+use m365_sentinel::sources::management::journal::positions_on_disk;
 
 /// Bytes of spool files on disk.
 fn spool_bytes(dir: &Path) -> u64 {
@@ -329,8 +329,8 @@ async fn sigterm_stops_cleanly_and_the_next_start_delivers_the_spool_before_new_
 /// True when every content type of every tenant has a position committed after `since`.
 fn all_committed_since(dir: &Path, since: i64) -> bool {
     TENANTS.iter().all(|tenant| {
-        let store = PositionStore::read_only(&dir.join("state/positions"));
-        let Ok(positions) = store.load(tenant).map(serde_json::to_value) else {
+        let Ok(positions) = positions_on_disk(&dir.join("state"), tenant).map(serde_json::to_value)
+        else {
             return false;
         };
         let Ok(positions) = positions else {

@@ -211,6 +211,18 @@ pub fn recovered(state_dir: &Path) -> Result<HashMap<String, Entry>, JournalErro
     }
 }
 
+/// The tenant's positions as the next run starts from them: the journal's last entry for it,
+/// or else its position slots (for operators and tests reading where collection stands).
+pub fn positions_on_disk(state_dir: &Path, tenant_id: &str) -> Result<TenantPositions, String> {
+    let journaled = recovered(state_dir).map_err(|e| e.to_string())?;
+    match journaled.get(&tenant_id.to_ascii_lowercase()) {
+        Some(entry) => Ok(entry.positions.clone()),
+        None => PositionStore::read_only(&state_dir.join("positions"))
+            .load(tenant_id)
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// Per tenant, its ids of every entry and the positions of its last.
 fn by_tenant(entries: Vec<Entry>) -> HashMap<String, Entry> {
     let mut tenants: HashMap<String, Entry> = HashMap::new();
