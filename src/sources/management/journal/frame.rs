@@ -20,18 +20,31 @@ pub struct Entry {
 
 /// Appends the framed entry to `out`.
 pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
+    let appends = entry
+        .appends
+        .iter()
+        .map(|(day, keys)| (*day, keys.as_slice()));
+    encode_parts(&entry.positions, appends, out);
+}
+
+/// Appends the framed entry of these positions and appends to `out`.
+pub fn encode_parts<'k>(
+    positions: &TenantPositions,
+    appends: impl ExactSizeIterator<Item = (i64, &'k [u8])>,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
-    let tenant = entry.positions.tenant_id.as_bytes();
+    let tenant = positions.tenant_id.as_bytes();
     // Tenant ids are GUIDs or domain names, far below 64 KiB; the config refuses others.
     let tenant = &tenant[..tenant.len().min(usize::from(u16::MAX))];
     out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     out.extend_from_slice(tenant);
-    let positions = serde_json::to_vec(&entry.positions).unwrap_or_default();
+    let positions = serde_json::to_vec(positions).unwrap_or_default();
     push_len(out, positions.len());
     out.extend_from_slice(&positions);
-    push_len(out, entry.appends.len());
-    for (day, keys) in &entry.appends {
+    push_len(out, appends.len());
+    for (day, keys) in appends {
         out.extend_from_slice(&day.to_le_bytes());
         push_len(out, keys.len());
         out.extend_from_slice(keys);

@@ -151,12 +151,11 @@ impl Writes {
         writes
     }
 
-    /// Each day's keys to append.
-    pub fn appends(&self) -> impl Iterator<Item = (i64, Vec<u8>)> + '_ {
+    /// Each day's keys to append (a day may have none).
+    pub fn appends(&self) -> impl ExactSizeIterator<Item = (i64, &[u8])> + '_ {
         self.appends
             .iter()
-            .filter(|(_, keys)| !keys.is_empty())
-            .map(|(day, keys)| (*day, keys.clone()))
+            .map(|(day, keys)| (*day, keys.as_slice()))
     }
 
     /// `later` on top of these: its appends added, and a day it deletes loses what was to be
