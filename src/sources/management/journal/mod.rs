@@ -29,12 +29,17 @@ pub mod frame;
 
 pub use frame::Entry;
 
-/// The journal's size at which the tenants' files are brought up to date and it is emptied.
-/// The writer keeps the ids committed since the last checkpoint in memory to write them then,
-/// so this bounds that memory (about as much as the journal: 16 bytes an id), the replay after
-/// a crash and the disk the journal takes; at 500 tenants a checkpoint costs about three
-/// fsyncs a tenant, so one every 8 MiB is a few hundred times fewer than a commit's own.
-pub const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// The journal's size at which the tenants' files are brought up to date and it is emptied:
+/// it bounds the replay after a crash (read whole at start) and the disk the journal takes.
+/// Most of it is positions (every commit carries its tenant's whole positions, about 2.5 KB
+/// for five content types), of which the writer keeps only each tenant's last.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// The ids the writer holds in memory (16 bytes each, committed since the last checkpoint, to
+/// write into the day logs then) at which it checkpoints too: its memory bound. At 500 tenants
+/// a checkpoint costs about three fsyncs a tenant, so one per half a million ids is still
+/// several times fewer than the commits' own were (two each, about 11 a tenant per pass).
+pub const PENDING_ID_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -137,6 +142,9 @@ impl StateJournal {
             len: 0,
             checkpoint_bytes: CHECKPOINT_BYTES,
             next_checkpoint: CHECKPOINT_BYTES,
+            pending_ids: 0,
+            pending_ids_max: PENDING_ID_BYTES,
+            pending_ids_due: PENDING_ID_BYTES,
             window,
             pending: HashMap::new(),
             stats: stats.clone(),
@@ -290,6 +298,10 @@ struct Writer {
     len: u64,
     checkpoint_bytes: u64,
     next_checkpoint: u64,
+    /// Bytes of ids in `pending`, and the count at which a checkpoint is due.
+    pending_ids: usize,
+    pending_ids_max: usize,
+    pending_ids_due: usize,
     window: Duration,
     pending: HashMap<String, Pending>,
     stats: Arc<JournalStats>,
@@ -328,9 +340,8 @@ impl Writer {
                 let _ = done.send(self.checkpoint());
                 return;
             }
-            if self.len >= self.next_checkpoint
-                && let Err(error) = self.checkpoint()
-            {
+            let due = self.len >= self.next_checkpoint || self.pending_ids >= self.pending_ids_due;
+            if due && let Err(error) = self.checkpoint() {
                 tracing::error!(journal = %self.path, %error, "checkpoint of the state journal failed; it is kept and tried again later");
             }
         }
@@ -349,6 +360,11 @@ impl Writer {
             .commits
             .fetch_add(round.len() as u64, Ordering::Relaxed);
         for (commit, done) in round {
+            self.pending_ids += commit
+                .writes
+                .appends()
+                .map(|(_, keys)| keys.len())
+                .sum::<usize>();
             let key = commit.positions.tenant_id.to_ascii_lowercase();
             match self.pending.get_mut(&key) {
                 Some(p) => {
@@ -421,9 +437,13 @@ impl Writer {
         }
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         if let Some(error) = first_error {
+            // Tried again after as much again (not at every round, on a disk that fails).
             self.next_checkpoint = self.len + self.checkpoint_bytes;
+            self.pending_ids_due = self.pending_ids + self.pending_ids_max;
             return Err(error);
         }
+        self.pending_ids = 0;
+        self.pending_ids_due = self.pending_ids_max;
         self.pending.clear();
         self.file
             .set_len(0)
