@@ -36,7 +36,8 @@ pub fn encode_parts<'k>(
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     let tenant = positions.tenant_id.as_bytes();
-    // Tenant ids are GUIDs or domain names, far below 64 KiB; the config refuses others.
+    // Tenant ids are GUIDs (preflight checks) and name the tenant's state files, at most 255
+    // bytes: a tenant with a longer one never gets as far as a commit.
     let tenant = &tenant[..tenant.len().min(usize::from(u16::MAX))];
     out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     out.extend_from_slice(tenant);
