@@ -21,7 +21,6 @@ pub(super) struct Committer {
 #[derive(Clone)]
 pub(super) struct Disk {
     pub(super) files: Arc<Mutex<SeenFiles>>,
-    pub(super) store: Arc<PositionStore>,
     pub(super) journal: Arc<StateJournal>,
 }
 
@@ -46,11 +45,14 @@ pub(super) async fn commit_loop(mut c: Committer) {
         let Some(disk) = c.disk.clone() else {
             continue;
         };
+        let mut writes = writes;
+        if writes.has_deletes() {
+            delete_days(&c, &disk, writes.take_deletes()).await;
+        }
         let committed = disk
             .journal
             .commit(Commit {
                 files: disk.files.clone(),
-                store: disk.store.clone(),
                 writes,
                 positions,
             })
@@ -69,6 +71,21 @@ pub(super) async fn commit_loop(mut c: Committer) {
         {
             compact(&c, disk).await;
         }
+    }
+}
+
+/// Deletes the files of days the seen-id set dropped (expired, or over `max_ids_per_tenant`),
+/// at once; losing a delete in a crash only brings the day back until the next load drops it.
+async fn delete_days(c: &Committer, disk: &Disk, deletes: seen::Writes) {
+    let files = disk.files.clone();
+    let deleted = tokio::task::spawn_blocking(move || {
+        let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
+        files.write(deletes).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("delete task failed: {e}")));
+    if let Err(e) = deleted {
+        tracing::warn!(tenant = %c.label, error = %e, "a dropped day's seen-id files could not be deleted; the next start drops them");
     }
 }
 

@@ -210,16 +210,17 @@ impl Collector {
             disk_writers: Arc::new(Semaphore::new(DISK_WRITERS)),
             options,
         });
-        // A run replays what an earlier one left in the journal into the tenants' files; a
-        // dry-run only reads it, and applies it in memory.
+        // A run replays what an earlier one left in the journal into the tenants' files (what
+        // it could not is applied in memory); a dry-run only reads it, and applies it in memory.
         let (journal, mut recovered) = if settings.options.persist {
-            let journal = StateJournal::open(
+            let state_dir = config.state_dir.clone();
+            let (journal, carried) = StateJournal::open(
                 &config.state_dir,
                 &store,
-                |tenant| seen_dir(config, tenant),
+                move |tenant| seen_dir(&state_dir, tenant),
                 Duration::from_millis(config.commit_interval_ms),
             )?;
-            (Some(Arc::new(journal)), HashMap::new())
+            (Some(Arc::new(journal)), carried)
         } else {
             (None, journal::recovered(&config.state_dir)?)
         };
@@ -243,7 +244,7 @@ impl Collector {
                 tenant, config, &http, &store, journaled, &settings, &lag, &counters,
             );
             let out = out.clone();
-            let disk = journal.clone().map(|journal| (store.clone(), journal));
+            let disk = journal.clone();
             tenants.spawn(async move {
                 match prepared {
                     Ok(parts) => run_tenant(parts, disk, out).await,
@@ -312,16 +313,13 @@ struct Prepared {
 }
 
 /// A tenant's seen-id directory.
-fn seen_dir(config: &ManagementConfig, tenant_id: &str) -> std::path::PathBuf {
-    config
-        .state_dir
-        .join("seen")
-        .join(tenant_id.to_ascii_lowercase())
+fn seen_dir(state_dir: &std::path::Path, tenant_id: &str) -> std::path::PathBuf {
+    state_dir.join("seen").join(tenant_id.to_ascii_lowercase())
 }
 
 /// Everything a tenant needs that can fail before it runs: its credential, client, positions
-/// and seen ids (with what a dry-run found in the journal, `journaled`, on top). Failing here
-/// stops this tenant only.
+/// and seen ids (with what the journal holds that the files don't, `journaled`, on top: all of
+/// it in a dry-run, what could not be replayed in a run). Failing here stops this tenant only.
 #[allow(clippy::too_many_arguments)]
 fn prepare(
     tenant: &TenantConfig,
@@ -366,7 +364,7 @@ fn prepare(
     let mut positions = store
         .load(&tenant.tenant_id)
         .map_err(|e| fail(e.to_string()))?;
-    let seen_dir = seen_dir(config, &tenant.tenant_id);
+    let seen_dir = seen_dir(&config.state_dir, &tenant.tenant_id);
     let (mut seen, loaded) = SeenSet::load(
         &seen_dir,
         settings.options.persist,
@@ -407,7 +405,7 @@ fn prepare(
 
 async fn run_tenant(
     p: Prepared,
-    disk: Option<(Arc<PositionStore>, Arc<StateJournal>)>,
+    journal: Option<Arc<StateJournal>>,
     out: mpsc::Sender<Unit>,
 ) -> TenantReport {
     let trackers: Vec<Tracker> = p
@@ -440,14 +438,10 @@ async fn run_tenant(
         content_types: tenant.content_types.clone(),
         trackers,
         seen,
-        disk: p
-            .seen_files
-            .zip(disk)
-            .map(|(files, (store, journal))| Disk {
-                files: Arc::new(Mutex::new(files)),
-                store,
-                journal,
-            }),
+        disk: p.seen_files.zip(journal).map(|(files, journal)| Disk {
+            files: Arc::new(Mutex::new(files)),
+            journal,
+        }),
         lag: p.lag,
         events: event_rx,
         disk_writers: p.settings.disk_writers.clone(),

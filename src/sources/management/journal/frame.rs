@@ -61,36 +61,69 @@ fn push_len(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
 }
 
-/// What a journal file holds: its whole entries, and how many bytes after the last one are not
-/// a whole entry (a write cut short).
-#[derive(Debug, Default)]
+/// How far a journal file reads: the bytes of its whole entries, and how many after the last
+/// one are not a whole entry (a write cut short).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Read {
-    pub entries: Vec<Entry>,
-    pub whole_bytes: usize,
-    pub torn_bytes: usize,
+    pub whole_bytes: u64,
+    pub torn_bytes: u64,
 }
 
 /// Reads entries from the start of `bytes` up to the first that is not whole.
-pub fn read_all(bytes: &[u8]) -> Read {
-    let mut read = Read::default();
-    let mut at = 0;
-    while let Some((entry, next)) = read_one(bytes, at) {
-        read.entries.push(entry);
-        at = next;
-    }
-    read.whole_bytes = at;
-    read.torn_bytes = bytes.len() - at;
-    read
+#[cfg(test)]
+pub fn read_all(bytes: &[u8]) -> (Vec<Entry>, Read) {
+    let mut entries = Vec::new();
+    let read = read_each(bytes, bytes.len() as u64, |e| entries.push(e))
+        .unwrap_or_else(|_| Read::default());
+    (entries, read)
 }
 
-fn read_one(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
-    let header = bytes.get(at..at + HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    let payload = bytes.get(at + HEADER..at + HEADER + len)?;
-    if len == 0 || crc32fast::hash(payload) != crc {
-        return None;
+/// Hands each whole entry of `file` (`len` bytes long) to `each`, one at a time (memory: one
+/// entry), up to the first that is not whole.
+pub fn read_each(
+    file: impl std::io::Read,
+    len: u64,
+    mut each: impl FnMut(Entry),
+) -> std::io::Result<Read> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut at = 0u64;
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER];
+        if len - at < HEADER as u64 || !read_exact_or_end(&mut reader, &mut header)? {
+            break;
+        }
+        let (size, crc) = header.split_at(4);
+        let size = u64::from(u32::from_le_bytes(size.try_into().unwrap_or_default()));
+        let crc = u32::from_le_bytes(crc.try_into().unwrap_or_default());
+        // A length past the file's end is a torn header, not an allocation to make.
+        if size == 0 || size > len - at - HEADER as u64 {
+            break;
+        }
+        payload.resize(size as usize, 0);
+        if !read_exact_or_end(&mut reader, &mut payload)? || crc32fast::hash(&payload) != crc {
+            break;
+        }
+        let Some(entry) = decode(&payload) else { break };
+        each(entry);
+        at += HEADER as u64 + size;
     }
+    Ok(Read {
+        whole_bytes: at,
+        torn_bytes: len - at,
+    })
+}
+
+/// False at the end of the input before `buf` is full.
+fn read_exact_or_end(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<Entry> {
     let mut cursor = Cursor { bytes: payload };
     let tenant_len = usize::from(u16::from_le_bytes(cursor.take(2)?.try_into().ok()?));
     let tenant = std::str::from_utf8(cursor.take(tenant_len)?).ok()?;
@@ -104,12 +137,16 @@ fn read_one(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
     for _ in 0..days {
         let day = i64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
         let n = cursor.len()?;
+        // Whole keys only: a day log must stay aligned.
+        if n % 16 != 0 {
+            return None;
+        }
         appends.push((day, cursor.take(n)?.to_vec()));
     }
     cursor
         .bytes
         .is_empty()
-        .then_some((Entry { positions, appends }, at + HEADER + len))
+        .then_some(Entry { positions, appends })
 }
 
 struct Cursor<'a> {
@@ -159,27 +196,31 @@ mod tests {
         encode(&a, &mut bytes);
         encode(&b, &mut bytes);
         let whole = bytes.len();
-        let read = read_all(&bytes);
-        assert_eq!(read.entries, vec![a.clone(), b.clone()]);
-        assert_eq!((read.whole_bytes, read.torn_bytes), (whole, 0));
+        let (entries, read) = read_all(&bytes);
+        assert_eq!(entries, vec![a.clone(), b.clone()]);
+        assert_eq!((read.whole_bytes, read.torn_bytes), (whole as u64, 0));
         // A third entry cut short at every length reads as the two whole ones.
         let mut third = Vec::new();
         encode(&entry("tenant-c", 1, &[3; 16]), &mut third);
         for cut in 1..third.len() {
             let mut torn = bytes.clone();
             torn.extend_from_slice(&third[..cut]);
-            let read = read_all(&torn);
-            assert_eq!(read.entries.len(), 2, "cut at {cut}");
-            assert_eq!(read.torn_bytes, cut);
+            let (entries, read) = read_all(&torn);
+            assert_eq!(entries.len(), 2, "cut at {cut}");
+            assert_eq!(read.torn_bytes, cut as u64);
         }
         // One byte changed inside b: only a is whole.
         let mut altered = bytes.clone();
         altered[whole - 3] ^= 0x40;
-        let read = read_all(&altered);
-        assert_eq!(read.entries, vec![a]);
+        assert_eq!(read_all(&altered).0, vec![a]);
         // Zeros (a preallocated or sparse tail) end the entries too.
+        let bytes_before_zeros = bytes.clone();
         let mut zeros = bytes;
         zeros.extend_from_slice(&[0; 64]);
-        assert_eq!(read_all(&zeros).entries.len(), 2);
+        assert_eq!(read_all(&zeros).0.len(), 2);
+        // A header claiming more than the file holds is torn, not a 4 GiB allocation.
+        let mut huge = bytes_before_zeros;
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4, 5]);
+        assert_eq!(read_all(&huge).0.len(), 2);
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -57,10 +57,9 @@ pub enum JournalError {
     Stopped,
 }
 
-/// One tenant's commit and where its own files are.
+/// One tenant's commit and its seen-id files.
 pub struct Commit {
     pub files: Arc<Mutex<SeenFiles>>,
-    pub store: Arc<PositionStore>,
     pub writes: Writes,
     pub positions: TenantPositions,
 }
@@ -93,23 +92,26 @@ pub fn path(state_dir: &Path) -> PathBuf {
 impl StateJournal {
     /// Opens the journal in `state_dir`, first replaying what an earlier run left in it into
     /// the tenants' files (`seen_dir` names a tenant's seen-id directory), then starts its
-    /// writer. `window`: how long a round gathers commits after its first.
+    /// writer. `window`: how long a round gathers commits after its first. Returns, per
+    /// tenant (lowercase id), what could not be replayed (its files failed: logged, kept in the
+    /// journal), for the collector to apply in memory as a dry-run does.
     pub fn open(
         state_dir: &Path,
         store: &Arc<PositionStore>,
-        seen_dir: impl Fn(&str) -> PathBuf,
+        seen_dir: impl Fn(&str) -> PathBuf + Send + 'static,
         window: Duration,
-    ) -> Result<Self, JournalError> {
-        let (journal, writer) = Self::prepare(state_dir, store, seen_dir, window)?;
+    ) -> Result<(Self, HashMap<String, Entry>), JournalError> {
+        let (journal, mut writer) = Self::prepare(state_dir, store, seen_dir, window)?;
+        let carried = writer.writer.replay()?;
         writer.start()?;
-        Ok(journal)
+        Ok((journal, carried))
     }
 
     /// The journal, and its writer not yet started (commits wait in its queue meanwhile).
     fn prepare(
         state_dir: &Path,
         store: &Arc<PositionStore>,
-        seen_dir: impl Fn(&str) -> PathBuf,
+        seen_dir: impl Fn(&str) -> PathBuf + Send + 'static,
         window: Duration,
     ) -> Result<(Self, Unstarted), JournalError> {
         let path = path(state_dir);
@@ -119,27 +121,22 @@ impl StateJournal {
             error,
         };
         private_fs::private_dir(state_dir).map_err(io)?;
-        let mut file = private_fs::private_options()
+        let file = private_fs::private_options()
             .create(true)
             .read(true)
             .append(true)
             .open(&path)
             .map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        if !bytes.is_empty() {
-            replay(&shown, &bytes, store, &seen_dir)?;
-            file.set_len(0)
-                .and_then(|()| file.sync_data())
-                .map_err(io)?;
-        }
         private_fs::sync_dir(state_dir).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         let stats = Arc::new(JournalStats::default());
         let (requests, received) = mpsc::channel();
         let writer = Writer {
             path: shown,
             file,
-            len: 0,
+            len,
+            store: store.clone(),
+            seen_dir: Box::new(seen_dir),
             checkpoint_bytes: CHECKPOINT_BYTES,
             next_checkpoint: CHECKPOINT_BYTES,
             pending_ids: 0,
@@ -211,14 +208,19 @@ impl Unstarted {
 /// a dry-run applies it in memory, so it skips what a run would.
 pub fn recovered(state_dir: &Path) -> Result<HashMap<String, Entry>, JournalError> {
     let path = path(state_dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(by_tenant(frame::read_all(&bytes).entries)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-        Err(error) => Err(JournalError::Io {
-            path: path.display().to_string(),
-            error,
-        }),
-    }
+    let io = |error| JournalError::Io {
+        path: path.display().to_string(),
+        error,
+    };
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(error) => return Err(io(error)),
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let mut tenants = HashMap::new();
+    frame::read_each(file, len, |entry| fold(&mut tenants, entry)).map_err(io)?;
+    Ok(tenants)
 }
 
 /// The tenant's positions as the next run starts from them: the journal's last entry for it,
@@ -233,62 +235,57 @@ pub fn positions_on_disk(state_dir: &Path, tenant_id: &str) -> Result<TenantPosi
     }
 }
 
-/// Per tenant, its ids of every entry and the positions of its last.
-fn by_tenant(entries: Vec<Entry>) -> HashMap<String, Entry> {
-    let mut tenants: HashMap<String, Entry> = HashMap::new();
-    for entry in entries {
-        let key = entry.positions.tenant_id.to_ascii_lowercase();
-        match tenants.get_mut(&key) {
-            Some(merged) => {
-                merged.appends.extend(entry.appends);
-                merged.positions = entry.positions;
-            }
-            None => {
-                tenants.insert(key, entry);
-            }
+/// Adds an entry to its tenant's: the ids of every entry, the positions of the last.
+fn fold(tenants: &mut HashMap<String, Entry>, entry: Entry) {
+    let key = entry.positions.tenant_id.to_ascii_lowercase();
+    match tenants.get_mut(&key) {
+        Some(merged) => {
+            merged.appends.extend(entry.appends);
+            merged.positions = entry.positions;
+        }
+        None => {
+            tenants.insert(key, entry);
         }
     }
-    tenants
 }
 
-/// Brings each tenant's files up to the journal's entries, flushed.
-fn replay(
-    path: &str,
-    bytes: &[u8],
-    store: &PositionStore,
-    seen_dir: &dyn Fn(&str) -> PathBuf,
-) -> Result<(), JournalError> {
-    let read = frame::read_all(bytes);
-    if read.torn_bytes > 0 {
-        tracing::warn!(journal = %path, torn_bytes = read.torn_bytes, "the state journal ended in a partial entry (a crash mid-write); its whole entries are replayed");
-    }
-    let tenants = by_tenant(read.entries);
-    tracing::info!(journal = %path, tenants = tenants.len(), "replaying the state journal an earlier run left");
-    for entry in tenants.into_values() {
-        let tenant = entry.positions.tenant_id.clone();
-        let fail = |error: String| JournalError::Replay {
-            path: path.to_string(),
-            tenant: tenant.clone(),
-            error,
-        };
-        let mut files = SeenFiles::open(&seen_dir(&tenant)).map_err(|e| fail(e.to_string()))?;
-        files
-            .write(Writes::from_appends(entry.appends))
-            .map_err(|e| fail(e.to_string()))?;
-        store.load(&tenant).map_err(|e| fail(e.to_string()))?;
-        store
-            .save(&entry.positions)
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// A tenant's commits since the last checkpoint, and where its files are.
+/// A tenant's commits since the last checkpoint, and its seen-id files: the committer's, or,
+/// for a tenant known only from the journal, opened by the checkpoint.
 struct Pending {
-    files: Arc<Mutex<SeenFiles>>,
-    store: Arc<PositionStore>,
+    files: Option<Arc<Mutex<SeenFiles>>>,
     writes: Writes,
     positions: TenantPositions,
+}
+
+impl Pending {
+    /// The tenant's ids and positions written to its own files, flushed (ids first). On
+    /// failure the ids not written stay pending.
+    fn write_out(
+        &mut self,
+        store: &PositionStore,
+        seen_dir: &dyn Fn(&str) -> PathBuf,
+    ) -> Result<(), String> {
+        let tenant = self.positions.tenant_id.clone();
+        let files = match &self.files {
+            Some(files) => files.clone(),
+            None => {
+                let files = SeenFiles::open(&seen_dir(&tenant)).map_err(|e| e.to_string())?;
+                // Saving needs the tenant's slots open.
+                store.load(&tenant).map_err(|e| e.to_string())?;
+                self.files.insert(Arc::new(Mutex::new(files))).clone()
+            }
+        };
+        let writes = std::mem::take(&mut self.writes);
+        let written = files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(writes.clone());
+        if let Err(e) = written {
+            self.writes = writes;
+            return Err(e.to_string());
+        }
+        store.save(&self.positions).map_err(|e| e.to_string())
+    }
 }
 
 struct Writer {
@@ -296,6 +293,8 @@ struct Writer {
     file: File,
     /// Bytes of whole entries in the file.
     len: u64,
+    store: Arc<PositionStore>,
+    seen_dir: Box<dyn Fn(&str) -> PathBuf + Send>,
     checkpoint_bytes: u64,
     next_checkpoint: u64,
     /// Bytes of ids in `pending`, and the count at which a checkpoint is due.
@@ -370,15 +369,13 @@ impl Writer {
                 Some(p) => {
                     p.writes.merge(commit.writes);
                     p.positions = commit.positions;
-                    p.files = commit.files;
-                    p.store = commit.store;
+                    p.files = Some(commit.files);
                 }
                 None => {
                     self.pending.insert(
                         key,
                         Pending {
-                            files: commit.files,
-                            store: commit.store,
+                            files: Some(commit.files),
                             writes: commit.writes,
                             positions: commit.positions,
                         },
@@ -407,51 +404,100 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                // Cut back to the last whole entry, so later ones are not behind a torn one.
-                let _ = self.file.set_len(self.len);
+                // Cut back to the last whole entry, so later ones are not behind a torn one
+                // (if even that fails, the checkpoint that follows empties the file).
+                if let Err(cut) = self.file.set_len(self.len) {
+                    tracing::error!(journal = %self.path, error = %cut, "the state journal could not be cut back after a failed write");
+                }
                 Err(format!("{}: {e}", self.path))
             }
         }
     }
 
-    /// Writes every pending tenant's ids and positions to its own files (flushed), then
-    /// empties the journal. A tenant whose files fail keeps its pending state, and the journal
-    /// is kept, so nothing it holds is forgotten.
+    /// What an earlier run left in the journal, into the tenants' files: the same as a
+    /// checkpoint, of the journal's whole entries (read one at a time). Returns the tenants
+    /// whose files failed (kept in the journal, and logged).
+    fn replay(&mut self) -> Result<HashMap<String, Entry>, JournalError> {
+        if self.len == 0 {
+            return Ok(HashMap::new());
+        }
+        let io = |error| JournalError::Io {
+            path: self.path.clone(),
+            error,
+        };
+        let mut tenants = HashMap::new();
+        let file = File::open(&self.path).map_err(io)?;
+        let read =
+            frame::read_each(file, self.len, |entry| fold(&mut tenants, entry)).map_err(io)?;
+        if read.torn_bytes > 0 {
+            tracing::warn!(journal = %self.path, torn_bytes = read.torn_bytes, "the state journal ended in a partial entry (a crash mid-write); its whole entries are replayed");
+        }
+        tracing::info!(journal = %self.path, tenants = tenants.len(), "replaying the state journal an earlier run left");
+        for entry in tenants.into_values() {
+            self.pending_ids += entry.appends.iter().map(|(_, k)| k.len()).sum::<usize>();
+            self.pending.insert(
+                entry.positions.tenant_id.to_ascii_lowercase(),
+                Pending {
+                    files: None,
+                    writes: Writes::from_appends(entry.appends),
+                    positions: entry.positions,
+                },
+            );
+        }
+        if let Err(error) = self.checkpoint() {
+            tracing::error!(journal = %self.path, %error, "some tenants' state could not be replayed into their files; it stays in the journal, and those tenants resume from it");
+        }
+        Ok(self
+            .pending
+            .iter()
+            .map(|(key, p)| {
+                let entry = Entry {
+                    positions: p.positions.clone(),
+                    appends: p.writes.appends().map(|(d, k)| (d, k.to_vec())).collect(),
+                };
+                (key.clone(), entry)
+            })
+            .collect())
+    }
+
+    /// Writes every pending tenant's ids and positions to its own files (flushed), then starts
+    /// the journal again holding only the tenants whose files failed (their state carried over
+    /// as one entry each), so nothing the journal held is forgotten and one tenant's broken
+    /// files don't keep the journal growing.
     fn checkpoint(&mut self) -> Result<(), String> {
         let mut first_error = None;
-        for (tenant, pending) in &mut self.pending {
-            let writes = std::mem::take(&mut pending.writes);
-            let written = pending
-                .files
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write(writes.clone());
-            if let Err(e) = written {
-                pending.writes = writes;
+        let mut carried = Vec::new();
+        for (key, pending) in &mut self.pending {
+            if let Err(e) = pending.write_out(&self.store, &*self.seen_dir) {
+                let tenant = &pending.positions.tenant_id;
                 first_error.get_or_insert(format!("tenant {tenant}: {e}"));
-                continue;
-            }
-            if let Err(e) = pending.store.save(&pending.positions) {
-                first_error.get_or_insert(format!("tenant {tenant}: {e}"));
+                carried.push(key.clone());
             }
         }
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        if let Some(error) = first_error {
-            // Tried again after as much again (not at every round, on a disk that fails).
-            self.next_checkpoint = self.len + self.checkpoint_bytes;
-            self.pending_ids_due = self.pending_ids + self.pending_ids_max;
-            return Err(error);
-        }
+        self.pending.retain(|key, _| carried.contains(key));
+        self.buffer.clear();
         self.pending_ids = 0;
-        self.pending_ids_due = self.pending_ids_max;
-        self.pending.clear();
+        for p in self.pending.values() {
+            frame::encode_parts(&p.positions, p.writes.appends(), &mut self.buffer);
+            self.pending_ids += p.writes.appends().map(|(_, k)| k.len()).sum::<usize>();
+        }
         self.file
             .set_len(0)
-            .and_then(|()| self.file.sync_data())
             .map_err(|e| format!("{}: {e}", self.path))?;
         self.len = 0;
-        self.next_checkpoint = self.checkpoint_bytes;
-        Ok(())
+        let restarted = if self.buffer.is_empty() {
+            self.file
+                .sync_data()
+                .map_err(|e| format!("{}: {e}", self.path))
+        } else {
+            self.append()
+        };
+        // A failure is tried again after as much again, not at every round.
+        self.next_checkpoint = self.len + self.checkpoint_bytes;
+        self.pending_ids_due = self.pending_ids + self.pending_ids_max;
+        restarted?;
+        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -30,6 +30,15 @@ fn seen_dir(state: &Path, tenant: &str) -> PathBuf {
     state.join("seen").join(tenant)
 }
 
+fn seen_in(state: &Path) -> impl Fn(&str) -> PathBuf + Send + 'static {
+    let state = state.to_path_buf();
+    move |tenant| seen_dir(&state, tenant)
+}
+
+fn open(state: &Path, store: &Arc<PositionStore>) -> (StateJournal, HashMap<String, Entry>) {
+    StateJournal::open(state, store, seen_in(state), Duration::ZERO).unwrap()
+}
+
 fn today() -> i64 {
     now_millis().div_euclid(DAY_MS)
 }
@@ -41,7 +50,6 @@ fn commit(state: &Path, store: &Arc<PositionStore>, tenant: &str, n: i64, ids: &
         files: Arc::new(Mutex::new(
             SeenFiles::open(&seen_dir(state, tenant)).unwrap(),
         )),
-        store: store.clone(),
         writes: Writes::from_appends(vec![(today(), keys(ids))]),
         positions: positions(tenant, n),
     }
@@ -64,7 +72,7 @@ async fn commits_waiting_together_are_one_flush_and_reach_the_tenants_files_at_c
     let state = dir.path();
     let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
     let (journal, writer) =
-        StateJournal::prepare(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+        StateJournal::prepare(state, &store, seen_in(state), Duration::ZERO).unwrap();
     let waiting: Vec<_> = (0..20u16)
         .map(|i| {
             let tenant = format!("tenant-{i}");
@@ -110,8 +118,7 @@ async fn a_run_cut_short_is_replayed_by_the_next_and_a_dry_run_reads_it_unchange
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
-    let journal =
-        StateJournal::open(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+    let (journal, _) = open(state, &store);
     journal
         .commit(commit(state, &store, "Tenant-A", 5, &[7]))
         .await
@@ -150,7 +157,8 @@ async fn a_run_cut_short_is_replayed_by_the_next_and_a_dry_run_reads_it_unchange
     assert!(store.load("Tenant-A").unwrap().content_types.is_empty());
     // The next run replays the whole entries into the files and empties the journal.
     let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
-    let again = StateJournal::open(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+    let (again, carried) = open(state, &store);
+    assert!(carried.is_empty());
     assert_eq!(journal_len(state), 0);
     assert_eq!(store.load("Tenant-A").unwrap(), positions("Tenant-A", 6));
     for id in [7, 8, 9] {
@@ -171,7 +179,7 @@ async fn a_journal_past_its_size_or_holding_too_many_ids_is_checkpointed_while_c
         let state = dir.path();
         let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
         let (journal, mut writer) =
-            StateJournal::prepare(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+            StateJournal::prepare(state, &store, seen_in(state), Duration::ZERO).unwrap();
         if by_size {
             writer.writer.checkpoint_bytes = 1;
             writer.writer.next_checkpoint = 1;
@@ -204,8 +212,7 @@ async fn a_journal_past_its_size_or_holding_too_many_ids_is_checkpointed_while_c
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
-    let journal =
-        StateJournal::open(state, &store, |t| seen_dir(state, t), Duration::ZERO).unwrap();
+    let (journal, _) = open(state, &store);
     for n in 1..=3 {
         journal
             .commit(commit(state, &store, "t", n, &[n as u128]))
@@ -214,4 +221,40 @@ async fn a_journal_past_its_size_or_holding_too_many_ids_is_checkpointed_while_c
     }
     journal.close().await.unwrap();
     assert_eq!(journal.stats.checkpoints.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_tenant_whose_files_fail_is_carried_in_the_journal_while_the_others_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, _) = open(state, &store);
+    for (tenant, id) in [("good", 1), ("bad", 2)] {
+        journal
+            .commit(commit(state, &store, tenant, 10, &[id]))
+            .await
+            .unwrap();
+    }
+    drop(journal);
+    // The bad tenant's seen-id directory can't be opened any more.
+    std::fs::remove_dir_all(seen_dir(state, "bad")).unwrap();
+    std::fs::write(seen_dir(state, "bad"), b"not a directory").unwrap();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, carried) = open(state, &store);
+    // The good one is in its files; the bad one is handed back (for the collector to apply in
+    // memory) and is all the journal still holds.
+    assert_eq!(store.load("good").unwrap(), positions("good", 10));
+    assert!(files_remember(state, "good", 1));
+    assert_eq!(carried.keys().collect::<Vec<_>>(), vec!["bad"]);
+    assert_eq!(carried["bad"].positions, positions("bad", 10));
+    assert_eq!(
+        recovered(state).unwrap().keys().collect::<Vec<_>>(),
+        vec!["bad"]
+    );
+    // Fixed: the next checkpoint (here the close) writes it out and empties the journal.
+    std::fs::remove_file(seen_dir(state, "bad")).unwrap();
+    journal.close().await.unwrap();
+    assert_eq!(journal_len(state), 0);
+    assert_eq!(store.load("bad").unwrap(), positions("bad", 10));
+    assert!(files_remember(state, "bad", 2));
 }

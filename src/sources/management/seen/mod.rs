@@ -158,6 +158,19 @@ impl Writes {
             .map(|(day, keys)| (*day, keys.as_slice()))
     }
 
+    /// The deletes, taken out (for the committer to apply at once: a delete applied later, at
+    /// a checkpoint, could remove a run a compaction wrote for the same day since).
+    pub fn take_deletes(&mut self) -> Writes {
+        Writes {
+            appends: BTreeMap::new(),
+            deletes: std::mem::take(&mut self.deletes),
+        }
+    }
+
+    pub fn has_deletes(&self) -> bool {
+        !self.deletes.is_empty()
+    }
+
     /// `later` on top of these: its appends added, and a day it deletes loses what was to be
     /// appended to it.
     pub fn merge(&mut self, later: Writes) {
