@@ -58,9 +58,9 @@ pub(super) async fn commit_loop(mut c: Committer) {
             })
             .await;
         if let Err(e) = committed {
-            // The state is in memory and goes to the tenant's files at the next checkpoint;
-            // a crash before it could send some records again.
-            tracing::error!(tenant = %c.label, error = %e, "collection state could not be written; collection goes on, and a restart would read some content again");
+            // The writer keeps the state and tries to write it into the tenant's files at
+            // once; until that works, a crash could send some records again.
+            tracing::error!(tenant = %c.label, error = %e, "collection state could not be made durable in the journal; collection goes on, and a crash before the state reaches disk would read some content again");
             continue;
         }
         // Every fresh id is durable now: the due ones can become runs.

@@ -53,6 +53,9 @@ pub enum JournalError {
         tenant: String,
         error: String,
     },
+    /// The writer's own message: the journal's path or the tenant whose files failed.
+    #[error("state journal: {0}")]
+    Write(String),
     #[error("state journal stopped; the collector's state is no longer written")]
     Stopped,
 }
@@ -178,10 +181,7 @@ fn answer(
 ) -> Result<(), JournalError> {
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(JournalError::Io {
-            path: "journal".into(),
-            error: std::io::Error::other(error),
-        }),
+        Ok(Err(error)) => Err(JournalError::Write(error)),
         Err(_) => Err(JournalError::Stopped),
     }
 }
