@@ -67,6 +67,9 @@ fn push_len(out: &mut Vec<u8>, len: usize) {
 pub struct Read {
     pub whole_bytes: u64,
     pub torn_bytes: u64,
+    /// The reading stopped at a frame whole by its checksum that doesn't decode (another
+    /// version's, or damage), not at a torn write.
+    pub undecodable: bool,
 }
 
 /// Reads entries from the start of `bytes` up to the first that is not whole.
@@ -88,6 +91,7 @@ pub fn read_each(
     let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
     let mut at = 0u64;
     let mut payload = Vec::new();
+    let mut undecodable = false;
     loop {
         let mut header = [0u8; HEADER];
         if len - at < HEADER as u64 || !read_exact_or_end(&mut reader, &mut header)? {
@@ -104,13 +108,17 @@ pub fn read_each(
         if !read_exact_or_end(&mut reader, &mut payload)? || crc32fast::hash(&payload) != crc {
             break;
         }
-        let Some(entry) = decode(&payload) else { break };
+        let Some(entry) = decode(&payload) else {
+            undecodable = true;
+            break;
+        };
         each(entry);
         at += HEADER as u64 + size;
     }
     Ok(Read {
         whole_bytes: at,
         torn_bytes: len - at,
+        undecodable,
     })
 }
 

@@ -45,14 +45,6 @@ pub const PENDING_ID_BYTES: usize = 8 << 20;
 pub enum JournalError {
     #[error("state journal {path}: {error}")]
     Io { path: String, error: std::io::Error },
-    #[error(
-        "state journal {path}: replaying it into tenant {tenant}'s files failed ({error}); fix the state volume (permissions, space) and start again: the journal is kept"
-    )]
-    Replay {
-        path: String,
-        tenant: String,
-        error: String,
-    },
     /// The writer's own message: the journal's path or the tenant whose files failed.
     #[error("state journal: {0}")]
     Write(String),
@@ -136,6 +128,7 @@ impl StateJournal {
         let (requests, received) = mpsc::channel();
         let writer = Writer {
             path: shown,
+            file_path: path.clone(),
             file,
             len,
             store: store.clone(),
@@ -145,6 +138,7 @@ impl StateJournal {
             pending_ids: 0,
             pending_ids_max: PENDING_ID_BYTES,
             pending_ids_due: PENDING_ID_BYTES,
+            started: false,
             window,
             pending: HashMap::new(),
             stats: stats.clone(),
@@ -194,7 +188,11 @@ struct Unstarted {
 
 impl Unstarted {
     fn start(self) -> Result<(), JournalError> {
-        let Self { writer, received } = self;
+        let Self {
+            mut writer,
+            received,
+        } = self;
+        writer.started = true;
         let path = writer.path.clone();
         std::thread::Builder::new()
             .name("state-journal".into())
@@ -289,7 +287,9 @@ impl Pending {
 }
 
 struct Writer {
+    /// For messages.
     path: String,
+    file_path: PathBuf,
     file: File,
     /// Bytes of whole entries in the file.
     len: u64,
@@ -301,6 +301,8 @@ struct Writer {
     pending_ids: usize,
     pending_ids_max: usize,
     pending_ids_due: usize,
+    /// False until the writer's thread runs (its first checkpoint is the replay's).
+    started: bool,
     window: Duration,
     pending: HashMap<String, Pending>,
     stats: Arc<JournalStats>,
@@ -426,12 +428,21 @@ impl Writer {
             error,
         };
         let mut tenants = HashMap::new();
-        let file = File::open(&self.path).map_err(io)?;
+        let file = File::open(&self.file_path).map_err(io)?;
         let read =
             frame::read_each(file, self.len, |entry| fold(&mut tenants, entry)).map_err(io)?;
-        if read.torn_bytes > 0 {
+        if read.undecodable {
+            // Whole by its checksum but not an entry this version reads (a newer version's,
+            // or damage): kept aside for an operator, not silently dropped with what follows.
+            let aside = self.file_path.with_extension("unreadable");
+            std::fs::copy(&self.file_path, &aside).map_err(io)?;
+            tracing::error!(journal = %self.path, kept = %aside.display(), whole_bytes = read.whole_bytes, "the state journal holds an entry this version can't read; the entries before it are replayed, and the file is kept aside (a downgrade? run the version that wrote it once to checkpoint it)");
+        } else if read.torn_bytes > 0 {
             tracing::warn!(journal = %self.path, torn_bytes = read.torn_bytes, "the state journal ended in a partial entry (a crash mid-write); its whole entries are replayed");
         }
+        // New entries go after the whole ones, never behind a torn one.
+        self.file.set_len(read.whole_bytes).map_err(io)?;
+        self.len = read.whole_bytes;
         tracing::info!(journal = %self.path, tenants = tenants.len(), "replaying the state journal an earlier run left");
         for entry in tenants.into_values() {
             self.pending_ids += entry.appends.iter().map(|(_, k)| k.len()).sum::<usize>();
@@ -446,6 +457,11 @@ impl Writer {
         }
         if let Err(error) = self.checkpoint() {
             tracing::error!(journal = %self.path, %error, "some tenants' state could not be replayed into their files; it stays in the journal, and those tenants resume from it");
+        }
+        // The files replay opened are not used again: the tenant's committer brings its own
+        // with its first commit (two instances of one tenant's files must not write at once).
+        for pending in self.pending.values_mut() {
+            pending.files = None;
         }
         Ok(self
             .pending
@@ -463,11 +479,17 @@ impl Writer {
     /// Writes every pending tenant's ids and positions to its own files (flushed), then starts
     /// the journal again holding only the tenants whose files failed (their state carried over
     /// as one entry each), so nothing the journal held is forgotten and one tenant's broken
-    /// files don't keep the journal growing.
+    /// files don't keep the journal growing. A tenant carried over since the replay waits for
+    /// its committer's first commit (which brings its files) before it is tried again.
     fn checkpoint(&mut self) -> Result<(), String> {
+        let replaying = !self.started;
         let mut first_error = None;
         let mut carried = Vec::new();
         for (key, pending) in &mut self.pending {
+            if pending.files.is_none() && !replaying {
+                carried.push(key.clone());
+                continue;
+            }
             if let Err(e) = pending.write_out(&self.store, &*self.seen_dir) {
                 let tenant = &pending.positions.tenant_id;
                 first_error.get_or_insert(format!("tenant {tenant}: {e}"));
@@ -475,6 +497,7 @@ impl Writer {
             }
         }
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        // Written out: their state is in their own files now.
         self.pending.retain(|key, _| carried.contains(key));
         self.buffer.clear();
         self.pending_ids = 0;
@@ -482,22 +505,51 @@ impl Writer {
             frame::encode_parts(&p.positions, p.writes.appends(), &mut self.buffer);
             self.pending_ids += p.writes.appends().map(|(_, k)| k.len()).sum::<usize>();
         }
-        self.file
-            .set_len(0)
-            .map_err(|e| format!("{}: {e}", self.path))?;
-        self.len = 0;
-        let restarted = if self.buffer.is_empty() {
-            self.file
-                .sync_data()
-                .map_err(|e| format!("{}: {e}", self.path))
-        } else {
-            self.append()
-        };
+        let restarted = self.restart_journal();
         // A failure is tried again after as much again, not at every round.
         self.next_checkpoint = self.len + self.checkpoint_bytes;
         self.pending_ids_due = self.pending_ids + self.pending_ids_max;
         restarted?;
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The journal emptied, or replaced by `buffer` (the carried entries) so that a crash
+    /// leaves either the old journal or the new one whole: written beside it, flushed,
+    /// renamed over it. If that fails, the old journal (which holds everything) stays.
+    fn restart_journal(&mut self) -> Result<(), String> {
+        let fail = |e: std::io::Error| format!("{}: {e}", self.path);
+        if self.buffer.is_empty() {
+            self.file.set_len(0).map_err(fail)?;
+            self.len = 0;
+            return self.file.sync_data().map_err(fail);
+        }
+        let next = self.file_path.with_extension("next");
+        let replaced = (|| {
+            let mut file = private_fs::private_options()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&next)?;
+            file.write_all(&self.buffer)?;
+            file.sync_data()?;
+            std::fs::rename(&next, &self.file_path)?;
+            private_fs::sync_dir(self.file_path.parent().unwrap_or(Path::new(".")))?;
+            private_fs::private_options()
+                .read(true)
+                .append(true)
+                .open(&self.file_path)
+        })();
+        match replaced {
+            Ok(file) => {
+                self.file = file;
+                self.len = self.buffer.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&next);
+                Err(fail(e))
+            }
+        }
     }
 }
 

@@ -251,10 +251,57 @@ async fn a_tenant_whose_files_fail_is_carried_in_the_journal_while_the_others_ar
         recovered(state).unwrap().keys().collect::<Vec<_>>(),
         vec!["bad"]
     );
-    // Fixed: the next checkpoint (here the close) writes it out and empties the journal.
+    // Until its committer commits (bringing its own files), a checkpoint carries it again.
     std::fs::remove_file(seen_dir(state, "bad")).unwrap();
+    journal
+        .commit(commit(state, &store, "good", 11, &[5]))
+        .await
+        .unwrap();
+    // Fixed, and committing again: the next checkpoint (here the close) writes it out.
+    journal
+        .commit(commit(state, &store, "bad", 12, &[3]))
+        .await
+        .unwrap();
     journal.close().await.unwrap();
     assert_eq!(journal_len(state), 0);
-    assert_eq!(store.load("bad").unwrap(), positions("bad", 10));
-    assert!(files_remember(state, "bad", 2));
+    assert_eq!(store.load("bad").unwrap(), positions("bad", 12));
+    assert!(files_remember(state, "bad", 2) && files_remember(state, "bad", 3));
+    assert_eq!(store.load("good").unwrap(), positions("good", 11));
+}
+
+#[tokio::test]
+async fn an_entry_this_version_cant_read_is_kept_aside_and_the_entries_before_it_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let mut bytes = Vec::new();
+    frame::encode(
+        &Entry {
+            positions: positions("a", 1),
+            appends: vec![(today(), keys(&[1]))],
+        },
+        &mut bytes,
+    );
+    // Whole by its checksum, but not an entry (a newer version's, say).
+    let payload = b"not an entry of this version";
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
+    frame::encode(
+        &Entry {
+            positions: positions("b", 2),
+            appends: vec![],
+        },
+        &mut bytes,
+    );
+    std::fs::write(path(state), &bytes).unwrap();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, _) = open(state, &store);
+    assert_eq!(store.load("a").unwrap(), positions("a", 1));
+    assert!(store.load("b").unwrap().content_types.is_empty());
+    assert_eq!(
+        std::fs::read(path(state).with_extension("unreadable")).unwrap(),
+        bytes,
+        "kept for an operator"
+    );
+    journal.close().await.unwrap();
 }
