@@ -3,7 +3,8 @@
 //! delivery.
 //!
 //! Start reading at `collector`; `client` speaks the API, `tracker` decides how far a position
-//! may move, `positions` and `seen` keep state on disk, `journal` commits it for every tenant at once, `rate` and `lag` watch the pace.
+//! may move, `positions` and `seen` keep state on disk, `journal` commits it for every tenant
+//! at once, `rate` and `lag` watch the pace.
 
 pub mod client;
 mod collector;

@@ -5,11 +5,12 @@
 //! and flushes that file once; a commit is durable when its round is.
 //!
 //! The tenants' own files (the day logs of `seen` and the position slots) are brought up to
-//! date at a checkpoint: when the journal passes [`CHECKPOINT_BYTES`], when the collector
-//! stops, and, after a crash, from the journal's whole entries when the next run opens it.
-//! Only after every tenant's files are flushed is the journal emptied. A crash anywhere in
-//! between leaves the journal whole, and replaying it again only appends ids the day logs
-//! may hold already (loading skips repeats).
+//! date at a checkpoint: when the journal passes [`CHECKPOINT_BYTES`] or the writer holds
+//! [`PENDING_ID_BYTES`] of ids, when the collector stops, and, after a crash, from the
+//! journal's whole entries when the next run opens it. Only after the tenants' files are
+//! flushed is the journal emptied (or replaced, whole, by the state of the tenants whose files
+//! failed). A crash anywhere in between leaves a journal whole, and replaying it again only
+//! appends ids the day logs may hold already (loading skips repeats).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,7 +31,8 @@ pub mod frame;
 pub use frame::Entry;
 
 /// The journal's size at which the tenants' files are brought up to date and it is emptied:
-/// it bounds the replay after a crash (read whole at start) and the disk the journal takes.
+/// it bounds the replay after a crash (read an entry at a time at start) and the disk the
+/// journal takes.
 /// Most of it is positions (every commit carries its tenant's whole positions, about 2.5 KB
 /// for five content types), of which the writer keeps only each tenant's last.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -160,7 +162,8 @@ impl StateJournal {
         }
     }
 
-    /// Brings every tenant's files up to date, empties the journal and stops the writer.
+    /// Brings every tenant's files up to date, empties the journal (but for tenants whose files
+    /// fail, carried in it) and stops the writer.
     pub async fn close(&self) -> Result<(), JournalError> {
         let (done, result) = oneshot::channel();
         self.requests
@@ -248,7 +251,8 @@ fn fold(tenants: &mut HashMap<String, Entry>, entry: Entry) {
 }
 
 /// A tenant's commits since the last checkpoint, and its seen-id files: the committer's, or,
-/// for a tenant known only from the journal, opened by the checkpoint.
+/// for a tenant known only from the journal, opened by the replay (and None after it, until
+/// the tenant's committer commits).
 struct Pending {
     files: Option<Arc<Mutex<SeenFiles>>>,
     writes: Writes,

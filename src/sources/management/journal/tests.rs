@@ -62,6 +62,22 @@ fn files_remember(state: &Path, tenant: &str, id: u128) -> bool {
     !seen.admit(id)
 }
 
+/// A run cut short after tenants "good" (id 1) and "bad" (id 2) committed positions 10, and
+/// then "bad"'s seen-id directory can't be opened any more.
+async fn cut_short_with_a_broken_tenant(state: &Path) {
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, _) = open(state, &store);
+    for (tenant, id) in [("good", 1), ("bad", 2)] {
+        journal
+            .commit(commit(state, &store, tenant, 10, &[id]))
+            .await
+            .unwrap();
+    }
+    drop(journal);
+    std::fs::remove_dir_all(seen_dir(state, "bad")).unwrap();
+    std::fs::write(seen_dir(state, "bad"), b"not a directory").unwrap();
+}
+
 fn journal_len(state: &Path) -> u64 {
     std::fs::metadata(path(state)).unwrap().len()
 }
@@ -227,18 +243,7 @@ async fn a_journal_past_its_size_or_holding_too_many_ids_is_checkpointed_while_c
 async fn a_tenant_whose_files_fail_is_carried_in_the_journal_while_the_others_are_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
-    let (journal, _) = open(state, &store);
-    for (tenant, id) in [("good", 1), ("bad", 2)] {
-        journal
-            .commit(commit(state, &store, tenant, 10, &[id]))
-            .await
-            .unwrap();
-    }
-    drop(journal);
-    // The bad tenant's seen-id directory can't be opened any more.
-    std::fs::remove_dir_all(seen_dir(state, "bad")).unwrap();
-    std::fs::write(seen_dir(state, "bad"), b"not a directory").unwrap();
+    cut_short_with_a_broken_tenant(state).await;
     let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
     let (journal, carried) = open(state, &store);
     // The good one is in its files; the bad one is handed back (for the collector to apply in
@@ -304,4 +309,25 @@ async fn an_entry_this_version_cant_read_is_kept_aside_and_the_entries_before_it
         "kept for an operator"
     );
     journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_journal_that_cant_be_replaced_stays_as_it_was_holding_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    cut_short_with_a_broken_tenant(state).await;
+    let before = std::fs::read(path(state)).unwrap();
+    // The bad tenant is to be carried, but the journal's replacement can't be written.
+    std::fs::create_dir(path(state).with_extension("next")).unwrap();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, carried) = open(state, &store);
+    assert_eq!(carried.keys().collect::<Vec<_>>(), vec!["bad"]);
+    assert_eq!(store.load("good").unwrap(), positions("good", 10));
+    // The old journal is untouched: the carried tenant's state is still on disk.
+    assert_eq!(std::fs::read(path(state)).unwrap(), before);
+    assert_eq!(
+        recovered(state).unwrap()["bad"].positions,
+        positions("bad", 10)
+    );
+    drop(journal);
 }

@@ -141,13 +141,7 @@ impl Writes {
     /// Keys to append per day (as the journal holds them), nothing to delete.
     pub fn from_appends(appends: Vec<(i64, Vec<u8>)>) -> Self {
         let mut writes = Self::default();
-        for (day, keys) in appends {
-            writes
-                .appends
-                .entry(day)
-                .or_default()
-                .extend_from_slice(&keys);
-        }
+        writes.add_appends(appends);
         writes
     }
 
@@ -171,20 +165,22 @@ impl Writes {
         !self.deletes.is_empty()
     }
 
-    /// `later` on top of these: its appends added, and a day it deletes loses what was to be
-    /// appended to it.
+    /// `later`'s appends added to these. Deletes are not merged: the committer takes them out
+    /// and applies them at once ([`Writes::take_deletes`]).
     pub fn merge(&mut self, later: Writes) {
-        for (day, keys) in later.appends {
+        debug_assert!(
+            later.deletes.is_empty(),
+            "deletes are applied by the committer"
+        );
+        self.add_appends(later.appends);
+    }
+
+    fn add_appends(&mut self, appends: impl IntoIterator<Item = (i64, Vec<u8>)>) {
+        for (day, keys) in appends {
             self.appends
                 .entry(day)
                 .or_default()
                 .extend_from_slice(&keys);
-        }
-        for day in later.deletes {
-            self.appends.remove(&day);
-            if !self.deletes.contains(&day) {
-                self.deletes.push(day);
-            }
         }
     }
 }
@@ -386,8 +382,9 @@ impl SeenSet {
         self.enforce_ceiling();
     }
 
-    /// Keys a journal holds that the day logs don't yet (a dry-run after a run that was cut
-    /// short): remembered as seen, with nothing to write.
+    /// Keys a journal holds that the day logs don't (all of them in a dry-run after a run was
+    /// cut short; in a run, those its replay could not write): remembered as seen, with
+    /// nothing to write.
     pub fn restore(&mut self, day: i64, keys: &[u8]) {
         let set = self.days.entry(day).or_default();
         for chunk in keys.chunks_exact(KEY_BYTES) {
