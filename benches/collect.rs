@@ -224,8 +224,9 @@ fn main() {
         )
         .await
         .expect("run");
-        let reports = collector.finish().await;
+        let (reports, state_error) = collector.finish().await;
         assert!(reports.iter().all(|r| r.errors.is_empty()), "{reports:?}");
+        assert_eq!(state_error, None, "the collection state is durable");
         (stats, counters)
     });
     let wall = started.elapsed().as_secs_f64();

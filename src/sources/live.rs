@@ -142,10 +142,17 @@ impl LiveSources {
     pub async fn finish(self) -> Vec<SourceReport> {
         let mut reports = Vec::new();
         if let Some(collector) = self.management {
-            for tenant in collector.finish().await {
+            let (tenants, state_error) = collector.finish().await;
+            for tenant in tenants {
                 reports.push(SourceReport {
                     source: format!("tenant {}", tenant.tenant),
                     errors: tenant.errors,
+                });
+            }
+            if let Some(error) = state_error {
+                reports.push(SourceReport {
+                    source: "the Management API collection state".into(),
+                    errors: vec![error],
                 });
             }
         }

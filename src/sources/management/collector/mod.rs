@@ -267,7 +267,9 @@ impl Collector {
     }
 
     /// Waits for every tenant to end (in `once` mode, after its last position is written).
-    pub async fn finish(mut self) -> Vec<TenantReport> {
+    /// Beside the tenants' reports: the collection state that could not be made durable at
+    /// the end, if any (this run delivered its records, but the next run reads some again).
+    pub async fn finish(mut self) -> (Vec<TenantReport>, Option<String>) {
         let mut reports = Vec::new();
         while let Some(done) = self.tenants.join_next().await {
             match done {
@@ -278,6 +280,7 @@ impl Collector {
                 }),
             }
         }
+        let mut state_error = None;
         if let Some(journal) = self.journal.take() {
             let closed = journal.close().await;
             let stats = &journal.stats;
@@ -288,12 +291,12 @@ impl Collector {
                 "state journal closed"
             );
             if let Err(e) = closed {
-                // Kept in the journal: the next run replays it.
-                tracing::error!(error = %e, "the tenants' state files could not be brought up to date at the end; the next run replays the journal");
+                tracing::error!(error = %e, "collection state lost at the end");
+                state_error = Some(e.to_string());
             }
         }
         reports.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        reports
+        (reports, state_error)
     }
 }
 

@@ -52,6 +52,12 @@ pub enum JournalError {
     Write(String),
     #[error("state journal stopped; the collector's state is no longer written")]
     Stopped,
+    /// At close: state that reached neither the journal nor the tenants' files, and is lost
+    /// with the process.
+    #[error(
+        "the collection state (positions and seen ids) of {tenants} reached neither the state journal nor the tenants' own files ({error}); this run's records were delivered, but the next run reads their content again from the last state on disk (duplicates in the workspace, nothing lost): give the state volume (management.state_dir) room, or fix its permissions"
+    )]
+    NotDurable { tenants: String, error: String },
 }
 
 /// One tenant's commit and its seen-id files.
@@ -72,7 +78,7 @@ pub struct JournalStats {
 
 enum Message {
     Commit(Commit, oneshot::Sender<Result<(), String>>),
-    Close(oneshot::Sender<Result<(), String>>),
+    Close(oneshot::Sender<Result<(), JournalError>>),
 }
 
 /// The process's journal; its writer thread owns the file.
@@ -141,6 +147,7 @@ impl StateJournal {
             pending_ids_max: PENDING_ID_BYTES,
             pending_ids_due: PENDING_ID_BYTES,
             started: false,
+            unsaved: false,
             window,
             pending: HashMap::new(),
             stats: stats.clone(),
@@ -163,13 +170,14 @@ impl StateJournal {
     }
 
     /// Brings every tenant's files up to date, empties the journal (but for tenants whose files
-    /// fail, carried in it) and stops the writer.
+    /// fail, carried in it: logged, and replayed by the next run) and stops the writer. Fails
+    /// only when some state is on disk nowhere ([`JournalError::NotDurable`]).
     pub async fn close(&self) -> Result<(), JournalError> {
         let (done, result) = oneshot::channel();
         self.requests
             .send(Message::Close(done))
             .map_err(|_| JournalError::Stopped)?;
-        answer(result.await)
+        result.await.map_err(|_| JournalError::Stopped)?
     }
 }
 
@@ -307,6 +315,9 @@ struct Writer {
     pending_ids_due: usize,
     /// False until the writer's thread runs (its first checkpoint is the replay's).
     started: bool,
+    /// Whether some pending state is on disk nowhere: a round's write failed, and neither the
+    /// tenants' files nor a restarted journal have taken it since.
+    unsaved: bool,
     window: Duration,
     pending: HashMap<String, Pending>,
     stats: Arc<JournalStats>,
@@ -342,7 +353,7 @@ impl Writer {
                 self.write_round(round);
             }
             if let Some(done) = close {
-                let _ = done.send(self.checkpoint());
+                let _ = done.send(self.close());
                 return;
             }
             let due = self.len >= self.next_checkpoint || self.pending_ids >= self.pending_ids_due;
@@ -353,7 +364,9 @@ impl Writer {
     }
 
     /// Appends the round's commits and flushes them; every commit joins its tenant's pending
-    /// state whatever the disk did, so a later checkpoint still writes it.
+    /// state whatever the disk did, so a later checkpoint still writes it. When the write
+    /// fails, the tenants' own files take over at once, and a commit fails only if its state
+    /// reached them neither.
     fn write_round(&mut self, round: Vec<(Commit, oneshot::Sender<Result<(), String>>)>) {
         self.buffer.clear();
         for (commit, _) in &round {
@@ -364,6 +377,7 @@ impl Writer {
         self.stats
             .commits
             .fetch_add(round.len() as u64, Ordering::Relaxed);
+        let mut answers = Vec::with_capacity(round.len());
         for (commit, done) in round {
             self.pending_ids += commit
                 .writes
@@ -379,7 +393,7 @@ impl Writer {
                 }
                 None => {
                     self.pending.insert(
-                        key,
+                        key.clone(),
                         Pending {
                             files: Some(commit.files),
                             writes: commit.writes,
@@ -388,14 +402,46 @@ impl Writer {
                     );
                 }
             }
-            let _ = done.send(result.clone());
+            answers.push((key, done));
         }
-        if result.is_err() {
+        if let Err(error) = &result {
             // The file's state after a failed flush is unknown: the tenants' own files take
             // over, and the journal starts again empty.
-            if let Err(error) = self.checkpoint() {
-                tracing::error!(journal = %self.path, %error, "checkpoint after a failed journal write failed too");
+            if let Err(also) = self.checkpoint() {
+                tracing::error!(journal = %self.path, error = %also, "checkpoint after a failed journal write failed too");
             }
+            for (key, done) in answers {
+                let lost = self.unsaved && self.pending.contains_key(&key);
+                let _ = done.send(if lost { Err(error.clone()) } else { Ok(()) });
+            }
+            return;
+        }
+        for (_, done) in answers {
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    /// The last checkpoint: an error only for state that is on disk nowhere.
+    fn close(&mut self) -> Result<(), JournalError> {
+        let checkpointed = self.checkpoint();
+        match checkpointed {
+            Err(error) if self.unsaved => {
+                let mut tenants: Vec<&str> = self
+                    .pending
+                    .values()
+                    .map(|p| p.positions.tenant_id.as_str())
+                    .collect();
+                tenants.sort_unstable();
+                Err(JournalError::NotDurable {
+                    tenants: format!("tenant(s) {}", tenants.join(", ")),
+                    error,
+                })
+            }
+            Err(error) => {
+                tracing::error!(journal = %self.path, %error, "the tenants' state files could not all be brought up to date at the end; what they lack stays in the journal, and the next run replays it");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -410,6 +456,7 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
+                self.unsaved = true;
                 // Cut back to the last whole entry, so later ones are not behind a torn one
                 // (if even that fails, the checkpoint that follows empties the file).
                 if let Err(cut) = self.file.set_len(self.len) {
@@ -503,6 +550,9 @@ impl Writer {
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         // Written out: their state is in their own files now.
         self.pending.retain(|key, _| carried.contains(key));
+        if self.pending.is_empty() {
+            self.unsaved = false;
+        }
         self.buffer.clear();
         self.pending_ids = 0;
         for p in self.pending.values() {
@@ -510,6 +560,10 @@ impl Writer {
             self.pending_ids += p.writes.appends().map(|(_, k)| k.len()).sum::<usize>();
         }
         let restarted = self.restart_journal();
+        if restarted.is_ok() {
+            // The journal holds every tenant's state its files don't.
+            self.unsaved = false;
+        }
         // A failure is tried again after as much again, not at every round.
         self.next_checkpoint = self.len + self.checkpoint_bytes;
         self.pending_ids_due = self.pending_ids + self.pending_ids_max;

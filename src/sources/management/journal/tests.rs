@@ -331,3 +331,74 @@ async fn a_journal_that_cant_be_replaced_stays_as_it_was_holding_everything() {
     );
     drop(journal);
 }
+
+/// A writer whose journal takes no write (a handle that only reads: every append fails, as on
+/// a full disk) and, with `no_replacement`, can't be replaced either.
+fn failing_writer(
+    state: &Path,
+    store: &Arc<PositionStore>,
+    no_replacement: bool,
+) -> (StateJournal, Unstarted) {
+    let (journal, mut writer) =
+        StateJournal::prepare(state, store, seen_in(state), Duration::ZERO).unwrap();
+    writer.writer.file = File::open(path(state)).unwrap();
+    if no_replacement {
+        std::fs::create_dir(path(state).with_extension("next")).unwrap();
+    }
+    (journal, writer)
+}
+
+#[tokio::test]
+async fn a_failed_journal_write_is_taken_over_by_the_tenants_files_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, writer) = failing_writer(state, &store, true);
+    writer.start().unwrap();
+    // Durable all the same: the checkpoint after the failed write put the state in the
+    // tenant's own files before the commit was answered.
+    journal
+        .commit(commit(state, &store, "t", 7, &[9]))
+        .await
+        .unwrap();
+    assert_eq!(store.load("t").unwrap(), positions("t", 7));
+    assert!(files_remember(state, "t", 9));
+    journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn state_that_reaches_neither_the_journal_nor_the_tenants_files_fails_the_close_by_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, writer) = failing_writer(state, &store, true);
+    let lost = commit(state, &store, "lost-tenant", 7, &[9]);
+    // The tenant's seen-id directory becomes a file: its day log can't be written.
+    std::fs::remove_dir_all(seen_dir(state, "lost-tenant")).unwrap();
+    std::fs::write(seen_dir(state, "lost-tenant"), b"not a directory").unwrap();
+    writer.start().unwrap();
+    let failed = journal.commit(lost).await;
+    assert!(matches!(failed, Err(JournalError::Write(_))), "{failed:?}");
+    let closed = journal.close().await;
+    let Err(error @ JournalError::NotDurable { .. }) = closed else {
+        panic!("the close must say the state is lost: {closed:?}");
+    };
+    let text = error.to_string();
+    assert!(text.contains("lost-tenant"), "{text}");
+    assert!(text.contains("management.state_dir"), "{text}");
+    assert!(text.contains("nothing lost"), "{text}");
+    // A tenant carried durably in the journal is not such a failure: the close succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (journal, _) = open(state, &store);
+    let carried = commit(state, &store, "carried", 3, &[4]);
+    std::fs::remove_dir_all(seen_dir(state, "carried")).unwrap();
+    std::fs::write(seen_dir(state, "carried"), b"not a directory").unwrap();
+    journal.commit(carried).await.unwrap();
+    journal.close().await.unwrap();
+    assert_eq!(
+        recovered(state).unwrap()["carried"].positions,
+        positions("carried", 3)
+    );
+}
