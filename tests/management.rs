@@ -452,3 +452,75 @@ async fn a_killed_runs_state_is_in_the_journal_and_a_dry_run_and_the_next_run_bo
             .exists()
     );
 }
+
+/// Forty tenants starting at once: each asks for its token once, and no more than a few ask
+/// at a time, so they share a few pooled connections instead of opening one each (an MSSP's
+/// hundreds of tenants opened one connection to the authority per tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_tenants_starting_at_once_share_a_few_connections_for_their_tokens() {
+    use m365_emulator::MgmtTenant;
+    let emulator = m365_emulator::Emulator::start_tls(common::azure::emulator_config())
+        .await
+        .unwrap();
+    let tenants: Vec<String> = (1..=40)
+        .map(|i| format!("bbbbbbbb-0000-4000-8000-{i:012}"))
+        .collect();
+    let secrets: Vec<String> = (0..tenants.len())
+        .map(|i| format!("secret-of-tenant-{i}"))
+        .collect();
+    let created = now_ms() - 2 * HOUR_MS;
+    for (i, tenant) in tenants.iter().enumerate() {
+        emulator.add_mgmt_tenant(MgmtTenant {
+            tenant_id: tenant.clone(),
+            client_secret: secrets[i].clone(),
+            page_size: 20,
+            next_page_header: "NextPageUri",
+            subscriptions_enabled: true,
+        });
+        emulator.add_blobs(
+            tenant,
+            vec![BlobSpec {
+                content_type: "Audit.General".into(),
+                content_id: format!("blob-{i}"),
+                created_ms: created,
+                records: (0..2)
+                    .map(|r| {
+                        let mut record = audit_record(0, 3, 2 * i + r, created);
+                        record["OrganizationId"] = tenant.clone().into();
+                        record
+                    })
+                    .collect(),
+                hidden_listings: 0,
+                expired: false,
+            }],
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_for(
+        &emulator,
+        dir.path(),
+        &tenants,
+        &secrets,
+        "  max_concurrent_requests: 2\n",
+        "",
+    );
+    let out = run_to_end(once(&config)).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (counts, _) = arrivals(&emulator);
+    assert_eq!(counts.len(), 80, "every record delivered");
+    for tenant in &tenants {
+        assert_eq!(emulator.tokens_issued(tenant), 1, "{tenant}: one token");
+    }
+    // At most 8 token fetches and 2 API calls at once, the sink's requests beside them: a
+    // connection per tenant would be more than 40.
+    let connections = emulator.connections_accepted();
+    assert!(
+        connections <= 24,
+        "{connections} connections for 40 tenants"
+    );
+}

@@ -208,16 +208,39 @@ pub fn write_config_with(
     management_extra: &str,
     spool_extra: &str,
 ) -> PathBuf {
+    let secrets: Vec<String> = (0..TENANTS.len())
+        .map(|i| {
+            if wrong_secret == Some(i) {
+                "not-the-secret".to_string()
+            } else {
+                format!("secret-of-tenant-{i}")
+            }
+        })
+        .collect();
+    write_config_for(
+        emulator,
+        dir,
+        &TENANTS.map(String::from),
+        &secrets,
+        management_extra,
+        spool_extra,
+    )
+}
+
+/// As [`write_config_with`], for `tenants` with their `secrets`.
+pub fn write_config_for(
+    emulator: &Emulator,
+    dir: &Path,
+    tenant_ids: &[String],
+    secrets: &[String],
+    management_extra: &str,
+    spool_extra: &str,
+) -> PathBuf {
     std::fs::write(dir.join("ca.pem"), emulator.ca_pem().unwrap()).unwrap();
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     let url = emulator.url();
     let mut tenants = String::new();
-    for (i, tenant) in TENANTS.iter().enumerate() {
-        let secret = if wrong_secret == Some(i) {
-            "not-the-secret".to_string()
-        } else {
-            format!("secret-of-tenant-{i}")
-        };
+    for (i, (tenant, secret)) in tenant_ids.iter().zip(secrets).enumerate() {
         std::fs::write(dir.join(format!("secret-{i}")), secret).unwrap();
         tenants.push_str(&format!(
             "    - tenant_id: {tenant}\n      name: tenant-{i}\n      publisher_identifier: {PUBLISHER}\n      endpoint: {url}\n      authority_host: {url}\n      credential:\n        kind: client_secret\n        tenant_id: {tenant}\n        client_id: {CLIENT}\n        secret_file: {dir}/secret-{i}\n",

@@ -110,8 +110,21 @@ pub struct ApiClient {
     limiter: RateLimiter,
     /// Shared by every tenant: a permit per request on the wire (see `max_concurrent_requests`).
     requests: Arc<Semaphore>,
+    /// Shared by every tenant: a permit per token asked of the credential (see [`TOKEN_FETCHES`]).
+    token_fetches: Arc<Semaphore>,
+    /// The tenant's last token, used while it has more than [`TOKEN_MARGIN`] to live.
+    token: std::sync::Mutex<Option<azure_core::credentials::AccessToken>>,
     max_blob_bytes: usize,
 }
+
+/// Tokens asked of the tenants' credentials at once, process-wide. 500 tenants starting
+/// together asked for 500 tokens at once, each on a connection of its own to the authority
+/// (an HTTP/1.1 pool has no idle connection to lend yet): 570 connections in a pass, each a
+/// TLS handshake and buffers kept alive. A few at a time reuse each other's connections.
+pub const TOKEN_FETCHES: usize = 8;
+
+/// A token this close to its expiry is asked for again (the credential refreshes it).
+const TOKEN_MARGIN: azure_core::time::Duration = azure_core::time::Duration::minutes(5);
 
 /// A successful answer, read whole while its request held a permit.
 struct Answer {
@@ -126,6 +139,7 @@ impl ApiClient {
         credential: Arc<dyn TokenCredential>,
         limiter: RateLimiter,
         requests: Arc<Semaphore>,
+        token_fetches: Arc<Semaphore>,
         max_blob_bytes: usize,
     ) -> Result<Self, String> {
         let endpoint = tenant.endpoint();
@@ -141,8 +155,51 @@ impl ApiClient {
             scope: tenant.cloud.scope(),
             limiter,
             requests,
+            token_fetches,
+            token: std::sync::Mutex::new(None),
             max_blob_bytes,
         })
+    }
+
+    /// The bearer token for a call: the tenant's own copy while it is fresh, else one asked of
+    /// the credential under one of the process's [`TOKEN_FETCHES`] permits. A copy taken
+    /// without a permit never waits behind other tenants' fetches: a tenant whose authority is
+    /// slow holds a token permit, never a request permit, and only for its own fetch.
+    async fn token(&self) -> Result<azure_core::credentials::Secret, ApiError> {
+        if let Some(token) = self.fresh_token() {
+            return Ok(token);
+        }
+        // The semaphore is never closed.
+        let _permit = self.token_fetches.acquire().await;
+        // Another content type of this tenant may have fetched it meanwhile.
+        if let Some(token) = self.fresh_token() {
+            return Ok(token);
+        }
+        let token = self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| {
+                ApiError::TenantSetup(format!(
+                    "no token for {}: {e}; check the credential (secret, certificate, federated identity) and that the app is consented in this tenant",
+                    self.scope
+                ))
+            })?;
+        let secret = token.token.clone();
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(secret)
+    }
+
+    fn fresh_token(&self) -> Option<azure_core::credentials::Secret> {
+        let held = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        let token = held.as_ref()?;
+        let now = azure_core::time::OffsetDateTime::now_utc();
+        (token.expires_on - now > TOKEN_MARGIN).then(|| token.token.clone())
+    }
+
+    /// Forgets the tenant's copy (the API refused it): the next call asks the credential.
+    fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Content types whose subscription is enabled.
@@ -267,24 +324,15 @@ impl ApiClient {
     /// body is read, which is when the connection is free again. Hundreds of tenants then
     /// share a bounded set of pooled connections instead of opening one per call.
     async fn send(&self, method: Method, url: Url) -> Result<Answer, ApiError> {
-        // The token first, outside the shared permit: a tenant whose authority is slow or
-        // unreachable must not hold permits the other tenants' calls need.
-        let token = self
-            .credential
-            .get_token(&[self.scope.as_str()], None)
-            .await
-            .map_err(|e| {
-                ApiError::TenantSetup(format!(
-                    "no token for {}: {e}; check the credential (secret, certificate, federated identity) and that the app is consented in this tenant",
-                    self.scope
-                ))
-            })?;
+        // The token first, outside the shared request permit: a tenant whose authority is
+        // slow or unreachable must not hold permits the other tenants' calls need.
+        let token = self.token().await?;
         self.limiter.acquire().await;
         let _permit = self.requests.acquire().await;
         let response = self
             .http
             .request(method.clone(), url)
-            .bearer_auth(token.token.secret())
+            .bearer_auth(token.secret())
             .header(reqwest::header::CONTENT_LENGTH, "0")
             .send()
             .await
@@ -315,6 +363,9 @@ impl ApiClient {
                 String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
             ),
         };
+        if status == StatusCode::UNAUTHORIZED {
+            self.forget_token();
+        }
         Err(classify(status, code, message, server_time))
     }
 }

@@ -213,6 +213,16 @@ impl Emulator {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Tokens issued so far to clients of `tenant`.
+    pub fn tokens_issued(&self, tenant: &str) -> usize {
+        self.shared
+            .state()
+            .issued_tokens
+            .iter()
+            .filter(|t| t.tenant == tenant)
+            .count()
+    }
+
     /// The CA to trust for a TLS emulator.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()

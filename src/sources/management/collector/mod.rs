@@ -137,6 +137,8 @@ struct Settings {
     blob_budget: Arc<Semaphore>,
     /// Shared by every tenant's client: a permit per request on the wire.
     request_budget: Arc<Semaphore>,
+    /// Shared by every tenant's client: a permit per token asked of a credential.
+    token_fetches: Arc<Semaphore>,
     /// Shared by every tenant's committer: a permit per compaction writing to disk.
     disk_writers: Arc<Semaphore>,
     options: CollectorOptions,
@@ -207,6 +209,7 @@ impl Collector {
             blob_concurrency: config.blob_concurrency.max(1),
             blob_budget: Arc::new(Semaphore::new(config.max_blobs_in_flight.max(1))),
             request_budget: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            token_fetches: Arc::new(Semaphore::new(super::client::TOKEN_FETCHES)),
             disk_writers: Arc::new(Semaphore::new(DISK_WRITERS)),
             options,
         });
@@ -361,6 +364,7 @@ fn prepare(
         credential,
         RateLimiter::per_minute(config.requests_per_minute),
         settings.request_budget.clone(),
+        settings.token_fetches.clone(),
         settings.options.max_blob_bytes,
     )
     .map_err(fail)?;
