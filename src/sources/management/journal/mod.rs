@@ -147,7 +147,7 @@ impl StateJournal {
             pending_ids_max: PENDING_ID_BYTES,
             pending_ids_due: PENDING_ID_BYTES,
             started: false,
-            unsaved: false,
+            torn: false,
             window,
             pending: HashMap::new(),
             stats: stats.clone(),
@@ -265,6 +265,9 @@ struct Pending {
     files: Option<Arc<Mutex<SeenFiles>>>,
     writes: Writes,
     positions: TenantPositions,
+    /// Whether some of this state is on disk nowhere: a round of its commits failed to be
+    /// written, and neither its files nor the journal have taken it since.
+    unsaved: bool,
 }
 
 impl Pending {
@@ -315,9 +318,9 @@ struct Writer {
     pending_ids_due: usize,
     /// False until the writer's thread runs (its first checkpoint is the replay's).
     started: bool,
-    /// Whether some pending state is on disk nowhere: a round's write failed, and neither the
-    /// tenants' files nor a restarted journal have taken it since.
-    unsaved: bool,
+    /// Whether the file may end in a torn entry (a failed write could not be cut back): no
+    /// entry is appended behind it until the journal is replaced.
+    torn: bool,
     window: Duration,
     pending: HashMap<String, Pending>,
     stats: Arc<JournalStats>,
@@ -364,32 +367,45 @@ impl Writer {
     }
 
     /// Appends the round's commits and flushes them; every commit joins its tenant's pending
-    /// state whatever the disk did, so a later checkpoint still writes it. When the write
+    /// state whatever the disk did, so a later checkpoint still writes it. A tenant with state
+    /// on disk nowhere (an earlier round failed) has its whole pending state written before
+    /// its commit, so a replay of this round alone brings all of it back. When the write
     /// fails, the tenants' own files take over at once, and a commit fails only if its state
     /// reached them neither.
     fn write_round(&mut self, round: Vec<(Commit, oneshot::Sender<Result<(), String>>)>) {
         self.buffer.clear();
+        let mut keys: Vec<String> = Vec::with_capacity(round.len());
         for (commit, _) in &round {
+            let key = commit.positions.tenant_id.to_ascii_lowercase();
+            if let Some(p) = self.pending.get(&key)
+                && p.unsaved
+                && !keys.contains(&key)
+            {
+                frame::encode_parts(&p.positions, p.writes.appends(), &mut self.buffer);
+            }
             frame::encode_parts(&commit.positions, commit.writes.appends(), &mut self.buffer);
+            keys.push(key);
         }
         let result = self.append();
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         self.stats
             .commits
             .fetch_add(round.len() as u64, Ordering::Relaxed);
+        let failed = result.is_err();
         let mut answers = Vec::with_capacity(round.len());
-        for (commit, done) in round {
+        for ((commit, done), key) in round.into_iter().zip(keys) {
             self.pending_ids += commit
                 .writes
                 .appends()
                 .map(|(_, keys)| keys.len())
                 .sum::<usize>();
-            let key = commit.positions.tenant_id.to_ascii_lowercase();
             match self.pending.get_mut(&key) {
                 Some(p) => {
                     p.writes.merge(commit.writes);
                     p.positions = commit.positions;
                     p.files = Some(commit.files);
+                    // Written whole in this round, or not at all.
+                    p.unsaved = failed;
                 }
                 None => {
                     self.pending.insert(
@@ -398,6 +414,7 @@ impl Writer {
                             files: Some(commit.files),
                             writes: commit.writes,
                             positions: commit.positions,
+                            unsaved: failed,
                         },
                     );
                 }
@@ -411,7 +428,7 @@ impl Writer {
                 tracing::error!(journal = %self.path, error = %also, "checkpoint after a failed journal write failed too");
             }
             for (key, done) in answers {
-                let lost = self.unsaved && self.pending.contains_key(&key);
+                let lost = self.pending.get(&key).is_some_and(|p| p.unsaved);
                 let _ = done.send(if lost { Err(error.clone()) } else { Ok(()) });
             }
             return;
@@ -424,19 +441,18 @@ impl Writer {
     /// The last checkpoint: an error only for state that is on disk nowhere.
     fn close(&mut self) -> Result<(), JournalError> {
         let checkpointed = self.checkpoint();
+        let mut lost: Vec<&str> = self
+            .pending
+            .values()
+            .filter(|p| p.unsaved)
+            .map(|p| p.positions.tenant_id.as_str())
+            .collect();
+        lost.sort_unstable();
         match checkpointed {
-            Err(error) if self.unsaved => {
-                let mut tenants: Vec<&str> = self
-                    .pending
-                    .values()
-                    .map(|p| p.positions.tenant_id.as_str())
-                    .collect();
-                tenants.sort_unstable();
-                Err(JournalError::NotDurable {
-                    tenants: format!("tenant(s) {}", tenants.join(", ")),
-                    error,
-                })
-            }
+            Err(error) if !lost.is_empty() => Err(JournalError::NotDurable {
+                tenants: format!("tenant(s) {}", lost.join(", ")),
+                error,
+            }),
             Err(error) => {
                 tracing::error!(journal = %self.path, %error, "the tenants' state files could not all be brought up to date at the end; what they lack stays in the journal, and the next run replays it");
                 Ok(())
@@ -446,6 +462,12 @@ impl Writer {
     }
 
     fn append(&mut self) -> Result<(), String> {
+        if self.torn {
+            return Err(format!(
+                "{}: a failed write could not be cut back; nothing is appended until the journal is replaced",
+                self.path
+            ));
+        }
         let written = self
             .file
             .write_all(&self.buffer)
@@ -456,10 +478,10 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                self.unsaved = true;
                 // Cut back to the last whole entry, so later ones are not behind a torn one
-                // (if even that fails, the checkpoint that follows empties the file).
+                // (if even that fails, nothing is appended until a checkpoint replaces it).
                 if let Err(cut) = self.file.set_len(self.len) {
+                    self.torn = true;
                     tracing::error!(journal = %self.path, error = %cut, "the state journal could not be cut back after a failed write");
                 }
                 Err(format!("{}: {e}", self.path))
@@ -503,6 +525,7 @@ impl Writer {
                     files: None,
                     writes: Writes::from_appends(entry.appends),
                     positions: entry.positions,
+                    unsaved: false,
                 },
             );
         }
@@ -550,9 +573,6 @@ impl Writer {
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         // Written out: their state is in their own files now.
         self.pending.retain(|key, _| carried.contains(key));
-        if self.pending.is_empty() {
-            self.unsaved = false;
-        }
         self.buffer.clear();
         self.pending_ids = 0;
         for p in self.pending.values() {
@@ -561,8 +581,11 @@ impl Writer {
         }
         let restarted = self.restart_journal();
         if restarted.is_ok() {
-            // The journal holds every tenant's state its files don't.
-            self.unsaved = false;
+            // The journal holds every tenant's state its files don't, and ends whole.
+            self.torn = false;
+            for p in self.pending.values_mut() {
+                p.unsaved = false;
+            }
         }
         // A failure is tried again after as much again, not at every round.
         self.next_checkpoint = self.len + self.checkpoint_bytes;

@@ -402,3 +402,46 @@ async fn state_that_reaches_neither_the_journal_nor_the_tenants_files_fails_the_
         positions("carried", 3)
     );
 }
+
+#[tokio::test]
+async fn a_tenant_whose_round_was_lost_is_written_whole_by_its_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let (_journal, mut unstarted) = failing_writer(state, &store, true);
+    let writer = &mut unstarted.writer;
+    // Round 1 reaches neither the journal nor the tenant's files (its seen-id directory is a
+    // file now): answered as failed.
+    let first = commit(state, &store, "t", 1, &[1]);
+    std::fs::remove_dir_all(seen_dir(state, "t")).unwrap();
+    std::fs::write(seen_dir(state, "t"), b"not a directory").unwrap();
+    let (done, answer) = oneshot::channel();
+    writer.write_round(vec![(first, done)]);
+    assert!(answer.await.unwrap().is_err());
+    // The journal takes writes again (room on the disk, the file ends whole); round 2 of
+    // the same tenant succeeds.
+    writer.file = private_fs::private_options()
+        .read(true)
+        .append(true)
+        .open(path(state))
+        .unwrap();
+    writer.torn = false;
+    let second = Commit {
+        files: writer.pending["t"].files.clone().unwrap(),
+        writes: Writes::from_appends(vec![(today(), keys(&[2]))]),
+        positions: positions("t", 2),
+    };
+    let (done, answer) = oneshot::channel();
+    writer.write_round(vec![(second, done)]);
+    answer.await.unwrap().unwrap();
+    // A crash now: the journal alone brings back round 1's ids with round 2's positions.
+    let back = &recovered(state).unwrap()["t"];
+    assert_eq!(back.positions, positions("t", 2));
+    let ids: Vec<u8> = back.appends.iter().flat_map(|(_, k)| k.clone()).collect();
+    for id in [1u128, 2] {
+        assert!(
+            ids.chunks(16).any(|k| k == id.to_le_bytes()),
+            "id {id} in the journal"
+        );
+    }
+}
