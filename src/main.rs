@@ -18,7 +18,7 @@ use cli::shared::Common;
     about = "Collects the Microsoft 365 unified audit log and Defender for Office 365 email events \
              into Sentinel-shaped Log Analytics tables.",
     after_help = "Exit status: 0 success; 1 error (config, schemas, I/O); 2 usage error; \
-                  3 completed, but records were rejected; 4 some tenants could not be collected; \
+                  3 completed, but records were rejected; 4 some tenants could not be collected (or their state saved); \
                   5 verify found a chain not whole.\n\
                   Environment: M365_SENTINEL__SECTION__KEY=value overrides config keys."
 )]

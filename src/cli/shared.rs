@@ -180,7 +180,7 @@ pub fn report_sources(reports: Option<&[SourceReport]>) -> Option<ExitCode> {
     }
     (!failed.is_empty()).then(|| {
         println!(
-            "{} source(s) could not be collected (see the errors above); the others were",
+            "{} source(s) failed: not collected, or their collection state not saved (see the errors above); the others were collected",
             failed.len()
         );
         ExitCode::from(EXIT_TENANTS_FAILED)

@@ -7,7 +7,7 @@
 //! HTTP 403; PublisherIdentifier on every call, the content GET included).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use azure_core::credentials::TokenCredential;
 use reqwest::{Method, StatusCode, Url};
@@ -114,6 +114,9 @@ pub struct ApiClient {
     token_fetches: Arc<Semaphore>,
     /// The tenant's last token, used while it has more than [`TOKEN_MARGIN`] to live.
     token: std::sync::Mutex<Option<azure_core::credentials::AccessToken>>,
+    /// Held by the one content type of this tenant fetching a token: a tenant takes at most
+    /// one of the process's token permits.
+    fetching: tokio::sync::Mutex<()>,
     max_blob_bytes: usize,
 }
 
@@ -125,6 +128,10 @@ pub const TOKEN_FETCHES: usize = 8;
 
 /// A token this close to its expiry is asked for again (the credential refreshes it).
 const TOKEN_MARGIN: azure_core::time::Duration = azure_core::time::Duration::minutes(5);
+
+/// How long one token fetch may hold its permit: an authority that hangs must not keep the
+/// other tenants' refreshes waiting for the HTTP client's own timeouts and retries.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A successful answer, read whole while its request held a permit.
 struct Answer {
@@ -157,49 +164,64 @@ impl ApiClient {
             requests,
             token_fetches,
             token: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
             max_blob_bytes,
         })
     }
 
     /// The bearer token for a call: the tenant's own copy while it is fresh, else one asked of
-    /// the credential under one of the process's [`TOKEN_FETCHES`] permits. A copy taken
-    /// without a permit never waits behind other tenants' fetches: a tenant whose authority is
-    /// slow holds a token permit, never a request permit, and only for its own fetch.
+    /// the credential by one content type of the tenant at a time, under one of the process's
+    /// [`TOKEN_FETCHES`] permits for at most [`TOKEN_TIMEOUT`]. A copy taken without a permit
+    /// never waits behind other tenants' fetches: a tenant whose authority is slow holds one
+    /// token permit, never a request permit, and while another content type of it fetches,
+    /// the others go on with the old token as long as it has not expired.
     async fn token(&self) -> Result<azure_core::credentials::Secret, ApiError> {
-        if let Some(token) = self.fresh_token() {
+        if let Some(token) = self.held_token(TOKEN_MARGIN) {
+            return Ok(token);
+        }
+        let _fetching = match self.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match self.held_token(azure_core::time::Duration::ZERO) {
+                Some(token) => return Ok(token),
+                None => self.fetching.lock().await,
+            },
+        };
+        // Another content type of this tenant may have fetched it meanwhile.
+        if let Some(token) = self.held_token(TOKEN_MARGIN) {
             return Ok(token);
         }
         // The semaphore is never closed.
         let _permit = self.token_fetches.acquire().await;
-        // Another content type of this tenant may have fetched it meanwhile.
-        if let Some(token) = self.fresh_token() {
-            return Ok(token);
-        }
-        let token = self
-            .credential
-            .get_token(&[self.scope.as_str()], None)
+        let scopes = [self.scope.as_str()];
+        let fetched = tokio::time::timeout(TOKEN_TIMEOUT, self.credential.get_token(&scopes, None))
             .await
-            .map_err(|e| {
-                ApiError::TenantSetup(format!(
-                    "no token for {}: {e}; check the credential (secret, certificate, federated identity) and that the app is consented in this tenant",
-                    self.scope
+            .map_err(|_| {
+                ApiError::Transient(format!(
+                    "no token for {} within {} s; the authority is slow or unreachable",
+                    self.scope,
+                    TOKEN_TIMEOUT.as_secs()
                 ))
             })?;
+        let token = fetched.map_err(|e| {
+            ApiError::TenantSetup(format!(
+                "no token for {}: {e}; check the credential (secret, certificate, federated identity) and that the app is consented in this tenant",
+                self.scope
+            ))
+        })?;
         let secret = token.token.clone();
         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
         Ok(secret)
     }
 
-    fn fresh_token(&self) -> Option<azure_core::credentials::Secret> {
+    /// The tenant's token if it has more than `margin` to live.
+    fn held_token(
+        &self,
+        margin: azure_core::time::Duration,
+    ) -> Option<azure_core::credentials::Secret> {
         let held = self.token.lock().unwrap_or_else(|e| e.into_inner());
         let token = held.as_ref()?;
         let now = azure_core::time::OffsetDateTime::now_utc();
-        (token.expires_on - now > TOKEN_MARGIN).then(|| token.token.clone())
-    }
-
-    /// Forgets the tenant's copy (the API refused it): the next call asks the credential.
-    fn forget_token(&self) {
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        (token.expires_on - now > margin).then(|| token.token.clone())
     }
 
     /// Content types whose subscription is enabled.
@@ -363,9 +385,6 @@ impl ApiClient {
                 String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
             ),
         };
-        if status == StatusCode::UNAUTHORIZED {
-            self.forget_token();
-        }
         Err(classify(status, code, message, server_time))
     }
 }
