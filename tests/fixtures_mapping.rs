@@ -143,13 +143,7 @@ fn readme_first_command_runs_dry_run_on_the_shipped_samples() {
         stdout.contains("18 record(s) in, 18 row(s) mapped, 0 rejected"),
         "{stdout}"
     );
-    for table in [
-        "OfficeActivity_CL",
-        "EmailEvents_CL",
-        "EmailAttachmentInfo_CL",
-        "EmailUrlInfo_CL",
-        "EmailPostDeliveryEvents_CL",
-    ] {
+    for table in common::SENTINEL_TABLES {
         assert!(stdout.contains(table), "{table} in summary");
     }
     assert!(out.path().join("summary.txt").exists());

@@ -382,13 +382,7 @@ fn every_sample_rows_canonical_bytes_as_sealed_are_those_verify_computes() {
         }
     }
     // Every table the samples feed was checked, each with its rows.
-    for table in [
-        "OfficeActivity_CL",
-        "EmailEvents_CL",
-        "EmailAttachmentInfo_CL",
-        "EmailUrlInfo_CL",
-        "EmailPostDeliveryEvents_CL",
-    ] {
+    for table in common::SENTINEL_TABLES {
         assert!(
             rows_by_table.get(table).copied().unwrap_or(0) >= 1,
             "{table}: {rows_by_table:?}"

@@ -43,6 +43,15 @@ pub const WIDE_COLUMNS: [&str; 20] = [
     "OriginatingServer",
 ];
 
+/// The five Sentinel tables the connector fills, as the workspace names them.
+pub const SENTINEL_TABLES: [&str; 5] = [
+    "OfficeActivity_CL",
+    "EmailEvents_CL",
+    "EmailAttachmentInfo_CL",
+    "EmailUrlInfo_CL",
+    "EmailPostDeliveryEvents_CL",
+];
+
 /// `../shared/samples`, which CI always has beside the repository.
 pub fn shared_samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples")

@@ -74,8 +74,13 @@ async fn cut_short_with_a_broken_tenant(state: &Path) {
             .unwrap();
     }
     drop(journal);
-    std::fs::remove_dir_all(seen_dir(state, "bad")).unwrap();
-    std::fs::write(seen_dir(state, "bad"), b"not a directory").unwrap();
+    break_seen_dir(state, "bad");
+}
+
+/// The tenant's seen-id directory becomes a file: its day logs can't be written any more.
+fn break_seen_dir(state: &Path, tenant: &str) {
+    std::fs::remove_dir_all(seen_dir(state, tenant)).unwrap();
+    std::fs::write(seen_dir(state, tenant), b"not a directory").unwrap();
 }
 
 fn journal_len(state: &Path) -> u64 {
@@ -373,9 +378,7 @@ async fn state_that_reaches_neither_the_journal_nor_the_tenants_files_fails_the_
     let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
     let (journal, writer) = failing_writer(state, &store, true);
     let lost = commit(state, &store, "lost-tenant", 7, &[9]);
-    // The tenant's seen-id directory becomes a file: its day log can't be written.
-    std::fs::remove_dir_all(seen_dir(state, "lost-tenant")).unwrap();
-    std::fs::write(seen_dir(state, "lost-tenant"), b"not a directory").unwrap();
+    break_seen_dir(state, "lost-tenant");
     writer.start().unwrap();
     let failed = journal.commit(lost).await;
     assert!(matches!(failed, Err(JournalError::Write(_))), "{failed:?}");
@@ -393,8 +396,7 @@ async fn state_that_reaches_neither_the_journal_nor_the_tenants_files_fails_the_
     let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
     let (journal, _) = open(state, &store);
     let carried = commit(state, &store, "carried", 3, &[4]);
-    std::fs::remove_dir_all(seen_dir(state, "carried")).unwrap();
-    std::fs::write(seen_dir(state, "carried"), b"not a directory").unwrap();
+    break_seen_dir(state, "carried");
     journal.commit(carried).await.unwrap();
     journal.close().await.unwrap();
     assert_eq!(
@@ -413,8 +415,7 @@ async fn a_tenant_whose_round_was_lost_is_written_whole_by_its_next_round() {
     // Round 1 reaches neither the journal nor the tenant's files (its seen-id directory is a
     // file now): answered as failed.
     let first = commit(state, &store, "t", 1, &[1]);
-    std::fs::remove_dir_all(seen_dir(state, "t")).unwrap();
-    std::fs::write(seen_dir(state, "t"), b"not a directory").unwrap();
+    break_seen_dir(state, "t");
     let (done, answer) = oneshot::channel();
     writer.write_round(vec![(first, done)]);
     assert!(answer.await.unwrap().is_err());
