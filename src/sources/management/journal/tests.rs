@@ -65,7 +65,7 @@ fn files_remember(state: &Path, tenant: &str, id: u128) -> bool {
 /// A run cut short after tenants "good" (id 1) and "bad" (id 2) committed positions 10, and
 /// then "bad"'s seen-id directory can't be opened any more.
 async fn cut_short_with_a_broken_tenant(state: &Path) {
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, _) = open(state, &store);
     for (tenant, id) in [("good", 1), ("bad", 2)] {
         journal
@@ -83,6 +83,25 @@ fn break_seen_dir(state: &Path, tenant: &str) {
     std::fs::write(seen_dir(state, tenant), b"not a directory").unwrap();
 }
 
+fn store_in(state: &Path) -> Arc<PositionStore> {
+    Arc::new(PositionStore::open(&state.join("positions")).unwrap())
+}
+
+/// Commits `tenant`'s positions `n` and `ids`, which must succeed.
+async fn committed(
+    journal: &StateJournal,
+    state: &Path,
+    store: &Arc<PositionStore>,
+    tenant: &str,
+    n: i64,
+    ids: &[u128],
+) {
+    journal
+        .commit(commit(state, store, tenant, n, ids))
+        .await
+        .unwrap();
+}
+
 fn journal_len(state: &Path) -> u64 {
     std::fs::metadata(path(state)).unwrap().len()
 }
@@ -91,7 +110,7 @@ fn journal_len(state: &Path) -> u64 {
 async fn commits_waiting_together_are_one_flush_and_reach_the_tenants_files_at_close() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, writer) =
         StateJournal::prepare(state, &store, seen_in(state), Duration::ZERO).unwrap();
     let waiting: Vec<_> = (0..20u16)
@@ -138,16 +157,10 @@ async fn commits_waiting_together_are_one_flush_and_reach_the_tenants_files_at_c
 async fn a_run_cut_short_is_replayed_by_the_next_and_a_dry_run_reads_it_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, _) = open(state, &store);
-    journal
-        .commit(commit(state, &store, "Tenant-A", 5, &[7]))
-        .await
-        .unwrap();
-    journal
-        .commit(commit(state, &store, "Tenant-A", 6, &[8, 9]))
-        .await
-        .unwrap();
+    committed(&journal, state, &store, "Tenant-A", 5, &[7]).await;
+    committed(&journal, state, &store, "Tenant-A", 6, &[8, 9]).await;
     // Cut short: no close, so no checkpoint.
     drop(journal);
     let whole = journal_len(state);
@@ -177,7 +190,7 @@ async fn a_run_cut_short_is_replayed_by_the_next_and_a_dry_run_reads_it_unchange
     assert!(journal_len(state) > whole);
     assert!(store.load("Tenant-A").unwrap().content_types.is_empty());
     // The next run replays the whole entries into the files and empties the journal.
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (again, carried) = open(state, &store);
     assert!(carried.is_empty());
     assert_eq!(journal_len(state), 0);
@@ -198,7 +211,7 @@ async fn a_journal_past_its_size_or_holding_too_many_ids_is_checkpointed_while_c
     for by_size in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path();
-        let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+        let store = store_in(state);
         let (journal, mut writer) =
             StateJournal::prepare(state, &store, seen_in(state), Duration::ZERO).unwrap();
         if by_size {
@@ -209,14 +222,8 @@ async fn a_journal_past_its_size_or_holding_too_many_ids_is_checkpointed_while_c
             writer.writer.pending_ids_due = 16;
         }
         writer.start().unwrap();
-        journal
-            .commit(commit(state, &store, "t", 1, &[1]))
-            .await
-            .unwrap();
-        journal
-            .commit(commit(state, &store, "t", 2, &[2]))
-            .await
-            .unwrap();
+        committed(&journal, state, &store, "t", 1, &[1]).await;
+        committed(&journal, state, &store, "t", 2, &[2]).await;
         journal.close().await.unwrap();
         let stats = &journal.stats;
         assert_eq!(stats.rounds.load(Ordering::Relaxed), 2);
@@ -232,13 +239,10 @@ async fn a_journal_past_its_size_or_holding_too_many_ids_is_checkpointed_while_c
     // Neither: only the close checkpoints.
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, _) = open(state, &store);
     for n in 1..=3 {
-        journal
-            .commit(commit(state, &store, "t", n, &[n as u128]))
-            .await
-            .unwrap();
+        committed(&journal, state, &store, "t", n, &[n as u128]).await;
     }
     journal.close().await.unwrap();
     assert_eq!(journal.stats.checkpoints.load(Ordering::Relaxed), 1);
@@ -249,7 +253,7 @@ async fn a_tenant_whose_files_fail_is_carried_in_the_journal_while_the_others_ar
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     cut_short_with_a_broken_tenant(state).await;
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, carried) = open(state, &store);
     // The good one is in its files; the bad one is handed back (for the collector to apply in
     // memory) and is all the journal still holds.
@@ -263,15 +267,9 @@ async fn a_tenant_whose_files_fail_is_carried_in_the_journal_while_the_others_ar
     );
     // Until its committer commits (bringing its own files), a checkpoint carries it again.
     std::fs::remove_file(seen_dir(state, "bad")).unwrap();
-    journal
-        .commit(commit(state, &store, "good", 11, &[5]))
-        .await
-        .unwrap();
+    committed(&journal, state, &store, "good", 11, &[5]).await;
     // Fixed, and committing again: the next checkpoint (here the close) writes it out.
-    journal
-        .commit(commit(state, &store, "bad", 12, &[3]))
-        .await
-        .unwrap();
+    committed(&journal, state, &store, "bad", 12, &[3]).await;
     journal.close().await.unwrap();
     assert_eq!(journal_len(state), 0);
     assert_eq!(store.load("bad").unwrap(), positions("bad", 12));
@@ -304,7 +302,7 @@ async fn an_entry_this_version_cant_read_is_kept_aside_and_the_entries_before_it
         &mut bytes,
     );
     std::fs::write(path(state), &bytes).unwrap();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, _) = open(state, &store);
     assert_eq!(store.load("a").unwrap(), positions("a", 1));
     assert!(store.load("b").unwrap().content_types.is_empty());
@@ -324,7 +322,7 @@ async fn a_journal_that_cant_be_replaced_stays_as_it_was_holding_everything() {
     let before = std::fs::read(path(state)).unwrap();
     // The bad tenant is to be carried, but the journal's replacement can't be written.
     std::fs::create_dir(path(state).with_extension("next")).unwrap();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, carried) = open(state, &store);
     assert_eq!(carried.keys().collect::<Vec<_>>(), vec!["bad"]);
     assert_eq!(store.load("good").unwrap(), positions("good", 10));
@@ -357,15 +355,12 @@ fn failing_writer(
 async fn a_failed_journal_write_is_taken_over_by_the_tenants_files_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, writer) = failing_writer(state, &store, true);
     writer.start().unwrap();
     // Durable all the same: the checkpoint after the failed write put the state in the
     // tenant's own files before the commit was answered.
-    journal
-        .commit(commit(state, &store, "t", 7, &[9]))
-        .await
-        .unwrap();
+    committed(&journal, state, &store, "t", 7, &[9]).await;
     assert_eq!(store.load("t").unwrap(), positions("t", 7));
     assert!(files_remember(state, "t", 9));
     journal.close().await.unwrap();
@@ -375,7 +370,7 @@ async fn a_failed_journal_write_is_taken_over_by_the_tenants_files_at_once() {
 async fn state_that_reaches_neither_the_journal_nor_the_tenants_files_fails_the_close_by_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, writer) = failing_writer(state, &store, true);
     let lost = commit(state, &store, "lost-tenant", 7, &[9]);
     break_seen_dir(state, "lost-tenant");
@@ -393,7 +388,7 @@ async fn state_that_reaches_neither_the_journal_nor_the_tenants_files_fails_the_
     // A tenant carried durably in the journal is not such a failure: the close succeeds.
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (journal, _) = open(state, &store);
     let carried = commit(state, &store, "carried", 3, &[4]);
     break_seen_dir(state, "carried");
@@ -409,7 +404,7 @@ async fn state_that_reaches_neither_the_journal_nor_the_tenants_files_fails_the_
 async fn a_tenant_whose_round_was_lost_is_written_whole_by_its_next_round() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let store = Arc::new(PositionStore::open(&state.join("positions")).unwrap());
+    let store = store_in(state);
     let (_journal, mut unstarted) = failing_writer(state, &store, true);
     let writer = &mut unstarted.writer;
     // Round 1 reaches neither the journal nor the tenant's files (its seen-id directory is a
